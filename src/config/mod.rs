@@ -1,0 +1,285 @@
+//! Node configuration: the typed settings, loaded from `config/default.toml`-shaped TOML,
+//! an optional `--config` file and `STREAMEDGE_*` environment overrides.
+//!
+//! Every key is known: an unknown key or a value of the wrong shape is a [`ConfigError`]
+//! that names the key, and `main` turns it into exit code 2.
+
+mod load;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{load, ConfigError, ConfigSource, ENV_PREFIX};
+
+/// The whole node configuration. Defaults are the embedded single-node setup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub redis: RedisConfig,
+    pub ws: WsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            log: LogConfig::default(),
+            redis: RedisConfig::default(),
+            ws: WsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Public API listener (HTTP + WebSocket).
+    pub listen: SocketAddr,
+    /// Admin listener: `/metrics`, `/healthz`, `/readyz`.
+    pub admin_listen: SocketAddr,
+    /// How long a graceful shutdown may take before the node stops anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// This node's name in logs, metrics and the shared state; empty means generated.
+    pub node_id: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            shutdown_grace: Duration::from_secs(30),
+            node_id: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter directive (`info`, `streamedge=debug,tower_http=info`, ...).
+    /// `RUST_LOG`, when set, wins.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port/db`; empty selects the embedded in-memory backend.
+    pub url: String,
+    /// Prefix of every key and channel this node uses, so several deployments can share one
+    /// Redis.
+    pub key_prefix: String,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// How often the node pings Redis to decide readiness.
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            key_prefix: "streamedge:".into(),
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(2),
+            health_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsConfig {
+    /// Most WebSocket connections this node holds; upgrades beyond it get 503.
+    pub max_connections: usize,
+    /// Largest accepted client message (and frame), in bytes.
+    pub max_message_size: usize,
+    /// Per-connection outbound queue bound, in bytes; a client that lets it fill is
+    /// disconnected as a slow consumer.
+    pub send_queue_bytes: usize,
+    /// Per-connection socket read buffer (tungstenite's default is 128 KiB).
+    pub read_buffer_size: usize,
+    /// Per-connection write buffer before a flush is forced.
+    pub write_buffer_size: usize,
+    /// Interval between server pings.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 18_000,
+            max_message_size: 16 * 1024,
+            send_queue_bytes: 256 * 1024,
+            read_buffer_size: 4 * 1024,
+            write_buffer_size: 8 * 1024,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Config {
+    /// Checks rules that the types alone cannot express. Errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, msg: &str| {
+            Err(ConfigError::Invalid {
+                key: key.to_string(),
+                message: msg.to_string(),
+            })
+        };
+        if self.server.shutdown_grace.is_zero() {
+            return invalid("server.shutdown_grace", "must be greater than zero");
+        }
+        if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
+            return invalid("server.admin_listen", "must differ from server.listen");
+        }
+        if !self.redis.url.is_empty() {
+            let ok = self.redis.url.starts_with("redis://")
+                || self.redis.url.starts_with("rediss://")
+                || self.redis.url.starts_with("unix://")
+                || self.redis.url.starts_with("redis+unix://");
+            if !ok || redis::Client::open(self.redis.url.as_str()).is_err() {
+                return invalid("redis.url", "must be a redis://, rediss:// or unix:// URL");
+            }
+        }
+        for (key, d) in [
+            ("redis.connect_timeout", self.redis.connect_timeout),
+            ("redis.command_timeout", self.redis.command_timeout),
+            ("redis.health_interval", self.redis.health_interval),
+            ("ws.ping_interval", self.ws.ping_interval),
+            ("ws.idle_timeout", self.ws.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return invalid(key, "must be greater than zero");
+            }
+        }
+        if self.ws.idle_timeout <= self.ws.ping_interval {
+            return invalid("ws.idle_timeout", "must be longer than ws.ping_interval");
+        }
+        if self.ws.max_connections == 0 {
+            return invalid("ws.max_connections", "must be at least 1");
+        }
+        if !(256..=16 * 1024 * 1024).contains(&self.ws.max_message_size) {
+            return invalid(
+                "ws.max_message_size",
+                "must be between 256 and 16777216 bytes",
+            );
+        }
+        if self.ws.send_queue_bytes < self.ws.max_message_size {
+            return invalid(
+                "ws.send_queue_bytes",
+                "must be at least ws.max_message_size",
+            );
+        }
+        if !(512..=1024 * 1024).contains(&self.ws.read_buffer_size) {
+            return invalid(
+                "ws.read_buffer_size",
+                "must be between 512 and 1048576 bytes",
+            );
+        }
+        if !(512..=1024 * 1024).contains(&self.ws.write_buffer_size) {
+            return invalid(
+                "ws.write_buffer_size",
+                "must be between 512 and 1048576 bytes",
+            );
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return invalid("log.level", "is not a valid tracing filter (e.g. `info`)");
+        }
+        Ok(())
+    }
+
+    /// A copy safe to print or log: passwords and secrets replaced by `<redacted>`.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.redis.url = redact_url_password(&c.redis.url);
+        c
+    }
+}
+
+/// Replaces the password of a URL (`scheme://user:password@host`) with `<redacted>`.
+pub fn redact_url_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &authority[..at];
+    let user = userinfo.split(':').next().unwrap_or("");
+    format!(
+        "{}://{}:<redacted>@{}",
+        &url[..scheme_end],
+        user,
+        &rest[at + 1..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn redacts_password_only() {
+        assert_eq!(
+            redact_url_password("redis://:s3cret@10.0.0.1:6379/0"),
+            "redis://:<redacted>@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url_password("redis://app:pw@host/1"),
+            "redis://app:<redacted>@host/1"
+        );
+        assert_eq!(
+            redact_url_password("redis://127.0.0.1:6379/"),
+            "redis://127.0.0.1:6379/"
+        );
+        assert_eq!(redact_url_password(""), "");
+    }
+
+    #[test]
+    fn idle_timeout_must_exceed_ping_interval() {
+        let mut c = Config::default();
+        c.ws.idle_timeout = c.ws.ping_interval;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("ws.idle_timeout"), "{err}");
+    }
+}

@@ -1,0 +1,13 @@
+//! streamedge: an edge node for live shopping streams.
+//!
+//! Capabilities live in one folder each (`ws/`, `store/`, ...); [`server::run`] wires them
+//! into a node. See README.md for the architecture.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod ws;

@@ -1,0 +1,68 @@
+//! The admin listener: `GET /metrics`, `GET /healthz`, `GET /readyz`.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::telemetry;
+
+#[derive(Clone)]
+struct AdminState {
+    app: AppState,
+    metrics: PrometheusHandle,
+}
+
+pub fn router(app: AppState, metrics: PrometheusHandle) -> Router {
+    let r = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(crate::http::problem::not_found)
+        .method_not_allowed_fallback(crate::http::problem::method_not_allowed)
+        .with_state(AdminState { app, metrics });
+    crate::http::middleware::wrap(r, "admin")
+}
+
+async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
+    metrics::gauge!("streamedge_ready").set(if s.app.is_ready() { 1.0 } else { 0.0 });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        telemetry::metrics::render(&s.metrics),
+    )
+}
+
+/// Liveness: the process is up and serving its admin listener.
+async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Readiness: not draining, and the shared state (Redis, when configured) answers.
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    let app = &s.app;
+    let draining = app.is_draining();
+    let store_ok = app.store.is_healthy();
+    let ready = !draining && store_ok;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "ready": ready,
+            "draining": draining,
+            "node": app.node_id,
+            "store": { "backend": app.store.backend(), "healthy": store_ok },
+            "connections": app.registry.connections(),
+        })),
+    )
+}

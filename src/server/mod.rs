@@ -1,0 +1,170 @@
+//! The node's lifecycle: build the state, serve the public and admin listeners, and on
+//! the shutdown signal drain — readiness false at once, no new connections, WebSockets
+//! closed with 1012, background work flushed — within `server.shutdown_grace`.
+//!
+//! [`run`] takes already-bound listeners and a shutdown future (mini-redis style), so
+//! tests bind port 0 and stop the node without signals.
+
+pub mod admin;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use crate::config::Config;
+use crate::store::{self, SharedState, StoreError};
+
+/// The node's two listeners, bound by the caller.
+pub struct Listeners {
+    pub api: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses the configuration names.
+    pub async fn bind(config: &Config) -> std::io::Result<Self> {
+        let api = TcpListener::bind(config.server.listen).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("server.listen {}: {e}", config.server.listen),
+            )
+        })?;
+        let admin = TcpListener::bind(config.server.admin_listen)
+            .await
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("server.admin_listen {}: {e}", config.server.admin_listen),
+                )
+            })?;
+        Ok(Self { api, admin })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("shared state: {0}")]
+    Store(#[from] StoreError),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("shutdown did not finish within server.shutdown_grace ({0:?})")]
+    GraceExceeded(std::time::Duration),
+}
+
+/// The public API router.
+pub fn api_router(app: AppState) -> Router {
+    let r = Router::new()
+        .route(
+            "/v1/streams/{stream_id}/ws",
+            get(crate::ws::routes::stream_ws),
+        )
+        .fallback(crate::http::problem::not_found)
+        .method_not_allowed_fallback(crate::http::problem::method_not_allowed)
+        .with_state(app);
+    crate::http::middleware::wrap(r, "api")
+}
+
+/// Runs a node until `shutdown` completes, then drains it.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let metrics = crate::telemetry::metrics::install();
+    let config = Arc::new(config);
+    let node_id = node_id(&config);
+    let store: Arc<dyn SharedState> = store::from_config(&config).await?;
+    let app = AppState::new(config.clone(), store.clone(), node_id.clone());
+
+    let api_addr = listeners.api.local_addr()?;
+    let admin_addr = listeners.admin.local_addr()?;
+    let draining = app.draining.clone();
+    let stopped = CancellationToken::new();
+
+    let api = tokio::spawn({
+        let router = api_router(app.clone());
+        let draining = draining.clone();
+        let listener = listeners.api;
+        async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(draining.cancelled_owned())
+            .await
+        }
+    });
+    let admin = tokio::spawn({
+        let router = admin::router(app.clone(), metrics);
+        let stopped = stopped.clone();
+        let listener = listeners.admin;
+        async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopped.cancelled_owned())
+                .await
+        }
+    });
+    tracing::info!(
+        node = %node_id,
+        api = %api_addr,
+        admin = %admin_addr,
+        backend = store.backend(),
+        version = env!("CARGO_PKG_VERSION"),
+        "streamedge started"
+    );
+
+    shutdown.await;
+
+    let grace = config.server.shutdown_grace;
+    let started = Instant::now();
+    tracing::info!(
+        connections = app.registry.connections(),
+        grace = ?grace,
+        "shutting down: draining"
+    );
+    draining.cancel();
+    app.registry.close_all();
+    app.registry.tracker().close();
+    let drained = tokio::time::timeout(grace, async {
+        let _ = api.await;
+        app.registry.tracker().wait().await;
+        store.close().await;
+    })
+    .await;
+    stopped.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), admin).await;
+    match drained {
+        Ok(()) => {
+            tracing::info!(elapsed = ?started.elapsed(), "shutdown complete");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::error!(
+                connections = app.registry.connections(),
+                "shutdown grace period exceeded; stopping anyway"
+            );
+            Err(RunError::GraceExceeded(grace))
+        }
+    }
+}
+
+fn node_id(config: &Config) -> String {
+    if !config.server.node_id.is_empty() {
+        return config.server.node_id.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "node".to_string());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &suffix[..8])
+}

@@ -1,0 +1,349 @@
+//! The embedded in-memory backend: one node, no Redis. Same semantics as the Redis
+//! backend (the conformance suite holds both to it), with expiry checked on access and by
+//! a periodic sweep so expired entries do not accumulate.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::fanout::Fanout;
+use super::{
+    encode_log_publish, AppendOptions, LogEntry, SharedState, StoreError, StoreResult, Subscription,
+};
+
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+const PUBSUB_CAPACITY: usize = 4096;
+
+#[derive(Default)]
+struct Inner {
+    values: HashMap<String, (Value, Option<Instant>)>,
+    presence: HashMap<String, HashMap<String, Instant>>,
+    logs: HashMap<String, Log>,
+}
+
+enum Value {
+    Bytes(Bytes),
+    Counter(i64),
+}
+
+#[derive(Default)]
+struct Log {
+    last_seq: u64,
+    entries: VecDeque<LogEntry>,
+    expires: Option<Instant>,
+}
+
+fn live(exp: Option<Instant>, now: Instant) -> bool {
+    exp.is_none_or(|e| e > now)
+}
+
+impl Inner {
+    fn sweep(&mut self, now: Instant) {
+        self.values.retain(|_, (_, exp)| live(*exp, now));
+        self.presence.retain(|_, members| {
+            members.retain(|_, exp| *exp > now);
+            !members.is_empty()
+        });
+        self.logs.retain(|_, log| live(log.expires, now));
+    }
+
+    fn value(&mut self, key: &str, now: Instant) -> Option<&mut Value> {
+        if let Some((_, exp)) = self.values.get(key) {
+            if !live(*exp, now) {
+                self.values.remove(key);
+                return None;
+            }
+        }
+        self.values.get_mut(key).map(|(v, _)| v)
+    }
+
+    fn log(&mut self, name: &str, now: Instant) -> Option<&mut Log> {
+        if let Some(log) = self.logs.get(name) {
+            if !live(log.expires, now) {
+                self.logs.remove(name);
+                return None;
+            }
+        }
+        self.logs.get_mut(name)
+    }
+
+    fn members(&mut self, set: &str, now: Instant) -> Option<&mut HashMap<String, Instant>> {
+        let members = self.presence.get_mut(set)?;
+        members.retain(|_, exp| *exp > now);
+        Some(members)
+    }
+}
+
+/// The in-memory [`SharedState`].
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+    fanout: Arc<Fanout>,
+    sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// Creates the store; when called inside a Tokio runtime it also starts the sweeper.
+    pub fn new() -> Self {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let sweeper = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|rt| rt.spawn(sweep_loop(Arc::downgrade(&inner))));
+        Self {
+            inner,
+            fanout: Fanout::new(PUBSUB_CAPACITY, None),
+            sweeper: Mutex::new(sweeper),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("memory store lock")
+    }
+}
+
+async fn sweep_loop(inner: Weak<Mutex<Inner>>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        inner
+            .lock()
+            .expect("memory store lock")
+            .sweep(Instant::now());
+    }
+}
+
+impl Drop for MemoryStore {
+    fn drop(&mut self) {
+        if let Some(h) = self.sweeper.lock().expect("sweeper lock").take() {
+            h.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl SharedState for MemoryStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    fn is_healthy(&self) -> bool {
+        true
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
+        let mut inner = self.lock();
+        match inner.value(key, Instant::now()) {
+            None => Ok(None),
+            Some(Value::Bytes(b)) => Ok(Some(b.clone())),
+            Some(Value::Counter(n)) => Ok(Some(Bytes::from(n.to_string()))),
+        }
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> StoreResult<()> {
+        let exp = ttl.map(|t| Instant::now() + t);
+        self.lock().values.insert(
+            key.to_string(),
+            (Value::Bytes(Bytes::copy_from_slice(value)), exp),
+        );
+        Ok(())
+    }
+
+    async fn set_nx(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> StoreResult<bool> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if inner.value(key, now).is_some() {
+            return Ok(false);
+        }
+        inner.values.insert(
+            key.to_string(),
+            (
+                Value::Bytes(Bytes::copy_from_slice(value)),
+                ttl.map(|t| now + t),
+            ),
+        );
+        Ok(true)
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<bool> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let existed = inner.value(key, now).is_some();
+        inner.values.remove(key);
+        Ok(existed)
+    }
+
+    async fn incr(&self, key: &str, by: i64, ttl: Option<Duration>) -> StoreResult<i64> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let current = match inner.value(key, now) {
+            None => 0,
+            Some(Value::Counter(n)) => *n,
+            Some(Value::Bytes(b)) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+                .ok_or_else(|| StoreError::Backend(format!("{key} is not a counter")))?,
+        };
+        let next = current
+            .checked_add(by)
+            .ok_or_else(|| StoreError::Backend(format!("{key} would overflow")))?;
+        let exp = match ttl {
+            Some(t) => Some(now + t),
+            None => inner.values.get(key).and_then(|(_, e)| *e),
+        };
+        inner
+            .values
+            .insert(key.to_string(), (Value::Counter(next), exp));
+        Ok(next)
+    }
+
+    async fn presence_touch(&self, set: &str, member: &str, ttl: Duration) -> StoreResult<bool> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.members(set, now);
+        let members = inner.presence.entry(set.to_string()).or_default();
+        Ok(members.insert(member.to_string(), now + ttl).is_none())
+    }
+
+    async fn presence_remove(&self, set: &str, member: &str) -> StoreResult<bool> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        Ok(inner
+            .members(set, now)
+            .is_some_and(|m| m.remove(member).is_some()))
+    }
+
+    async fn presence_count(&self, set: &str) -> StoreResult<u64> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        Ok(inner.members(set, now).map_or(0, |m| m.len() as u64))
+    }
+
+    async fn presence_list(
+        &self,
+        set: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some(members) = inner.members(set, now) else {
+            return Ok(Vec::new());
+        };
+        let sorted: BTreeMap<&String, ()> = members.keys().map(|k| (k, ())).collect();
+        Ok(sorted
+            .into_keys()
+            .filter(|m| after.is_none_or(|a| m.as_str() > a))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn log_append(
+        &self,
+        log: &str,
+        payload: &[u8],
+        opts: &AppendOptions,
+    ) -> StoreResult<u64> {
+        let now = Instant::now();
+        let payload = Bytes::copy_from_slice(payload);
+        let seq = {
+            let mut inner = self.lock();
+            inner.log(log, now);
+            let l = inner.logs.entry(log.to_string()).or_default();
+            l.last_seq += 1;
+            l.entries.push_back(LogEntry {
+                seq: l.last_seq,
+                payload: payload.clone(),
+            });
+            if opts.max_len > 0 {
+                while l.entries.len() > opts.max_len {
+                    l.entries.pop_front();
+                }
+            }
+            if let Some(ttl) = opts.ttl {
+                l.expires = Some(now + ttl);
+            }
+            // Published under the lock so subscribers see appends in sequence order.
+            if let Some(ch) = &opts.publish {
+                self.fanout.deliver(
+                    ch,
+                    super::PubSubEvent::Message(encode_log_publish(l.last_seq, &payload)),
+                );
+            }
+            l.last_seq
+        };
+        Ok(seq)
+    }
+
+    async fn log_after(&self, log: &str, after: u64, limit: usize) -> StoreResult<Vec<LogEntry>> {
+        let mut inner = self.lock();
+        let Some(l) = inner.log(log, Instant::now()) else {
+            return Ok(Vec::new());
+        };
+        let start = l.entries.partition_point(|e| e.seq <= after);
+        Ok(l.entries.iter().skip(start).take(limit).cloned().collect())
+    }
+
+    async fn log_before(&self, log: &str, before: u64, limit: usize) -> StoreResult<Vec<LogEntry>> {
+        let mut inner = self.lock();
+        let Some(l) = inner.log(log, Instant::now()) else {
+            return Ok(Vec::new());
+        };
+        let end = l.entries.partition_point(|e| e.seq < before);
+        Ok(l.entries
+            .iter()
+            .take(end)
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn log_last_seq(&self, log: &str) -> StoreResult<u64> {
+        let mut inner = self.lock();
+        Ok(inner.log(log, Instant::now()).map_or(0, |l| l.last_seq))
+    }
+
+    async fn log_remove(&self, log: &str, seq: u64) -> StoreResult<bool> {
+        let mut inner = self.lock();
+        let Some(l) = inner.log(log, Instant::now()) else {
+            return Ok(false);
+        };
+        match l.entries.binary_search_by_key(&seq, |e| e.seq) {
+            Ok(i) => {
+                l.entries.remove(i);
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    async fn publish(&self, channel: &str, payload: Bytes) -> StoreResult<()> {
+        self.fanout
+            .deliver(channel, super::PubSubEvent::Message(payload));
+        Ok(())
+    }
+
+    async fn subscribe(&self, channel: &str) -> StoreResult<Subscription> {
+        Ok(self.fanout.subscribe(channel).0)
+    }
+
+    async fn close(&self) {
+        if let Some(h) = self.sweeper.lock().expect("sweeper lock").take() {
+            h.abort();
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Shared state: the traits every capability uses for state that all nodes must agree on,
+//! and the two backends behind them.
+//!
+//! - [`memory::MemoryStore`]: the embedded single-node backend (no Redis configured).
+//! - [`redis::RedisStore`]: the cluster backend, chosen when `redis.url` is set.
+//!
+//! Both pass the same conformance suite (`tests/store_conformance.rs`). The shapes:
+//! key/value with TTL and atomic counters, presence sets whose members expire, an ordered
+//! per-name log whose appends are sequenced atomically (and optionally published in the
+//! same step), and publish/subscribe across nodes.
+
+pub mod fanout;
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::config::Config;
+
+pub use fanout::{PubSubEvent, Subscription};
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached now; the operation may succeed later.
+    #[error("shared state unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered with an error or something this node cannot read.
+    #[error("shared state error: {0}")]
+    Backend(String),
+}
+
+/// One entry of an ordered log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub seq: u64,
+    pub payload: Bytes,
+}
+
+/// How [`SharedState::log_append`] treats the log.
+#[derive(Debug, Clone, Default)]
+pub struct AppendOptions {
+    /// Keep at most this many entries (oldest trimmed first); 0 keeps everything.
+    pub max_len: usize,
+    /// Expire the whole log (and its sequence) this long after the last append.
+    pub ttl: Option<Duration>,
+    /// Publish the new entry on this channel, in the same atomic step, framed by
+    /// [`encode_log_publish`].
+    pub publish: Option<String>,
+}
+
+/// The frame published for a log append: the decimal sequence number, `\n`, the payload.
+pub fn encode_log_publish(seq: u64, payload: &[u8]) -> Bytes {
+    let mut v = Vec::with_capacity(payload.len() + 21);
+    v.extend_from_slice(seq.to_string().as_bytes());
+    v.push(b'\n');
+    v.extend_from_slice(payload);
+    Bytes::from(v)
+}
+
+/// Reads a frame made by [`encode_log_publish`].
+pub fn decode_log_publish(frame: &Bytes) -> Option<LogEntry> {
+    let nl = frame.iter().position(|b| *b == b'\n')?;
+    let seq = std::str::from_utf8(&frame[..nl]).ok()?.parse().ok()?;
+    Some(LogEntry {
+        seq,
+        payload: frame.slice(nl + 1..),
+    })
+}
+
+/// State shared by every node of a deployment.
+///
+/// Keys and channels are plain names chosen by the capabilities (`stream:{id}:...`); a
+/// backend may prefix them. Every operation is atomic on its own.
+#[async_trait]
+pub trait SharedState: Send + Sync + 'static {
+    /// `"memory"` or `"redis"`.
+    fn backend(&self) -> &'static str;
+    /// Whether the backend answered its last health check.
+    fn is_healthy(&self) -> bool;
+    /// Checks the backend now.
+    async fn ping(&self) -> StoreResult<()>;
+
+    // --- key/value ---------------------------------------------------------------------
+    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>>;
+    /// Sets a value, replacing any previous one and its TTL.
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> StoreResult<()>;
+    /// Sets a value only when the key does not exist; returns whether it was set.
+    async fn set_nx(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> StoreResult<bool>;
+    /// Removes a key (value or counter); returns whether it existed.
+    async fn delete(&self, key: &str) -> StoreResult<bool>;
+    /// Adds `by` to a counter (missing counts as 0) and returns the new value. `ttl`, when
+    /// given, is (re)applied to the counter on every call.
+    async fn incr(&self, key: &str, by: i64, ttl: Option<Duration>) -> StoreResult<i64>;
+
+    // --- presence ----------------------------------------------------------------------
+    /// Marks `member` present in `set` until `ttl` from now; returns whether it was absent.
+    async fn presence_touch(&self, set: &str, member: &str, ttl: Duration) -> StoreResult<bool>;
+    /// Removes `member`; returns whether it was present.
+    async fn presence_remove(&self, set: &str, member: &str) -> StoreResult<bool>;
+    /// Members present now.
+    async fn presence_count(&self, set: &str) -> StoreResult<u64>;
+    /// Members present now, in byte order, starting after `after`, at most `limit`.
+    async fn presence_list(
+        &self,
+        set: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>>;
+
+    // --- ordered log ---------------------------------------------------------------------
+    /// Appends an entry with the next sequence number (1, 2, ...) and returns it.
+    async fn log_append(&self, log: &str, payload: &[u8], opts: &AppendOptions)
+        -> StoreResult<u64>;
+    /// Entries with `seq > after`, oldest first, at most `limit`.
+    async fn log_after(&self, log: &str, after: u64, limit: usize) -> StoreResult<Vec<LogEntry>>;
+    /// Entries with `seq < before`, newest first, at most `limit`.
+    async fn log_before(&self, log: &str, before: u64, limit: usize) -> StoreResult<Vec<LogEntry>>;
+    /// The last sequence number handed out (0 when none).
+    async fn log_last_seq(&self, log: &str) -> StoreResult<u64>;
+    /// Removes one entry; returns whether it was there. The sequence is not reused.
+    async fn log_remove(&self, log: &str, seq: u64) -> StoreResult<bool>;
+
+    // --- publish / subscribe -------------------------------------------------------------
+    /// Delivers `payload` to every current subscriber of `channel` on every node.
+    async fn publish(&self, channel: &str, payload: Bytes) -> StoreResult<()>;
+    /// Subscribes to `channel`. After this returns, every later publish is received, unless
+    /// the subscription reports [`PubSubEvent::Resync`] (messages may have been missed).
+    async fn subscribe(&self, channel: &str) -> StoreResult<Subscription>;
+
+    /// Stops background tasks (health checks, the pub/sub connection).
+    async fn close(&self);
+}
+
+/// Builds the backend the configuration selects: Redis when `redis.url` is set, the
+/// embedded memory backend otherwise.
+pub async fn from_config(config: &Config) -> StoreResult<Arc<dyn SharedState>> {
+    if config.redis.url.is_empty() {
+        Ok(Arc::new(memory::MemoryStore::new()))
+    } else {
+        Ok(Arc::new(redis::RedisStore::connect(&config.redis).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_publish_round_trip() {
+        let f = encode_log_publish(42, b"he\nllo");
+        let e = decode_log_publish(&f).unwrap();
+        assert_eq!(e.seq, 42);
+        assert_eq!(&e.payload[..], b"he\nllo");
+        assert!(decode_log_publish(&Bytes::from_static(b"x\nabc")).is_none());
+        assert!(decode_log_publish(&Bytes::from_static(b"12")).is_none());
+    }
+}

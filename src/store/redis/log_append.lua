@@ -1,0 +1,33 @@
+-- Appends one entry to an ordered log and returns its sequence number, atomically with
+-- trimming, expiry and publishing, so every node sees one total order.
+-- KEYS[1]: the log (a Redis Stream, entry ids "<seq>-0")   KEYS[2]: its sequence counter
+-- ARGV[1]: payload   ARGV[2]: entries kept (0 = all)   ARGV[3]: TTL in ms (0 = none)
+-- ARGV[4]: channel that receives "<seq>\n<payload>" ('' = no publish)
+local seq = redis.call('INCR', KEYS[2])
+if seq == 1 then
+  -- The counter is new but the log may not be (counter evicted or restored): continue
+  -- after the log's last entry rather than reuse its ids.
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if #last > 0 then
+    local top = tonumber(string.match(last[1][1], '^(%d+)'))
+    if top >= seq then
+      seq = top + 1
+      redis.call('SET', KEYS[2], seq)
+    end
+  end
+end
+local id = seq .. '-0'
+if tonumber(ARGV[2]) > 0 then
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], id, 'p', ARGV[1])
+else
+  redis.call('XADD', KEYS[1], id, 'p', ARGV[1])
+end
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+if ARGV[4] ~= '' then
+  redis.call('PUBLISH', ARGV[4], seq .. '\n' .. ARGV[1])
+end
+return seq

@@ -1,0 +1,147 @@
+//! One WebSocket connection: a send loop that drains the outbound queue in batches (one
+//! flush per batch) and pings, and a receive loop that enforces the idle timeout and
+//! answers client frames, under one `select!`. Generic over `Sink`/`Stream` so tests can
+//! drive it with channels.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+
+use super::protocol::{self, ClientFrame, FrameError, ServerFrame};
+use super::queue::{close_code, CloseReason, OutboundQueue};
+
+/// Timing settings of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnSettings {
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnEnd {
+    /// The client closed or went away.
+    Client,
+    /// The node closed it with this reason.
+    Closed(CloseReason),
+    /// Writing to the socket failed.
+    WriteFailed,
+}
+
+/// Drives a connection until it ends. Frames the node wants to send are pushed to
+/// `queue` by anyone (fan-out, replies); this function writes them.
+pub async fn drive<S>(socket: S, queue: Arc<OutboundQueue>, settings: ConnSettings) -> ConnEnd
+where
+    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Send,
+{
+    let (mut sink, mut stream) = socket.split();
+    let end = tokio::select! {
+        end = send_loop(&mut sink, &queue, settings.ping_interval) => end,
+        end = recv_loop(&mut stream, &queue, settings.idle_timeout) => end,
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    if let ConnEnd::Closed(reason) = &end {
+        metrics::counter!("streamedge_ws_closed_total", "reason" => reason.reason).increment(1);
+    }
+    end
+}
+
+async fn send_loop<K>(sink: &mut K, queue: &OutboundQueue, ping_every: Duration) -> ConnEnd
+where
+    K: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let mut batch = Vec::with_capacity(16);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            close = queue.next_batch(&mut batch) => {
+                let n = batch.len() as u64;
+                for frame in batch.drain(..) {
+                    if sink.feed(Message::Text(frame)).await.is_err() {
+                        return ConnEnd::WriteFailed;
+                    }
+                }
+                if n > 0 {
+                    metrics::counter!("streamedge_ws_frames_out_total").increment(n);
+                }
+                if let Some(reason) = close {
+                    let frame = CloseFrame { code: reason.code, reason: reason.reason.into() };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    return ConnEnd::Closed(reason);
+                }
+                if sink.flush().await.is_err() {
+                    return ConnEnd::WriteFailed;
+                }
+                metrics::counter!("streamedge_ws_flushes_total").increment(1);
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    return ConnEnd::WriteFailed;
+                }
+            }
+        }
+    }
+}
+
+async fn recv_loop<T>(stream: &mut T, queue: &OutboundQueue, idle: Duration) -> ConnEnd
+where
+    T: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    loop {
+        let msg = match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => {
+                return close_then_wait(queue, close_code::IDLE_TIMEOUT, "idle timeout").await
+            }
+            Ok(None) => return ConnEnd::Client,
+            Ok(Some(Err(e))) => {
+                return if is_too_big(&e) {
+                    close_then_wait(queue, close_code::MESSAGE_TOO_BIG, "message too big").await
+                } else {
+                    tracing::debug!(error = %e, "websocket read failed");
+                    ConnEnd::Client
+                };
+            }
+            Ok(Some(Ok(msg))) => msg,
+        };
+        match msg {
+            Message::Text(text) => {
+                metrics::counter!("streamedge_ws_frames_in_total", "kind" => "text").increment(1);
+                let reply = match protocol::parse_client(&text) {
+                    Ok(ClientFrame::Ping { reference }) => ServerFrame::Pong {
+                        reference: reference.as_deref(),
+                    }
+                    .encode(),
+                    Err(e) => e.to_frame().encode(),
+                };
+                let _ = queue.push(reply);
+            }
+            Message::Binary(_) => {
+                metrics::counter!("streamedge_ws_frames_in_total", "kind" => "binary").increment(1);
+                let _ = queue.push(FrameError::binary().to_frame().encode());
+            }
+            Message::Ping(_) | Message::Pong(_) => {}
+            Message::Close(_) => return ConnEnd::Client,
+        }
+    }
+}
+
+/// Asks the send loop to close with `code`, then waits for it to do so.
+async fn close_then_wait(queue: &OutboundQueue, code: u16, reason: &'static str) -> ConnEnd {
+    queue.close(CloseReason { code, reason });
+    std::future::pending().await
+}
+
+/// Whether a read error is tungstenite refusing an oversized frame or message.
+fn is_too_big(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}

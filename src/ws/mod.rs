@@ -1,0 +1,12 @@
+//! The stream WebSocket endpoint `GET /v1/streams/{stream_id}/ws`: admission, the
+//! connection registry (fan-out by stream, shutdown), bounded coalescing outbound queues,
+//! keepalive and the frame protocol.
+
+pub mod conn;
+pub mod protocol;
+pub mod queue;
+pub mod registry;
+pub mod routes;
+
+pub use queue::close_code;
+pub use registry::Registry;

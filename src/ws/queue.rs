@@ -1,0 +1,188 @@
+//! A connection's outbound queue: bounded by bytes, drained in batches so that one socket
+//! flush carries every frame that accumulated (write coalescing), and closable with a
+//! close code that is sent after the frames already queued.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::Notify;
+
+/// Why the node closes a connection, with its WebSocket close code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+/// Close codes the node sends (documented in `docs/protocol.md`).
+pub mod close_code {
+    /// The node is shutting down or draining: reconnect (to another node).
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// A frame or message was larger than `ws.max_message_size`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The client broke the protocol (e.g. a malformed WebSocket frame).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// The node failed internally.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// Nothing (not even a pong) arrived for `ws.idle_timeout`.
+    pub const IDLE_TIMEOUT: u16 = 4001;
+    /// The client did not read fast enough and its outbound queue filled.
+    pub const SLOW_CONSUMER: u16 = 4002;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The queue would exceed its byte bound; the connection is being closed.
+    Full,
+    /// The connection is already closing.
+    Closed,
+}
+
+#[derive(Default)]
+struct State {
+    frames: VecDeque<Utf8Bytes>,
+    bytes: usize,
+    close: Option<CloseReason>,
+}
+
+/// See the module documentation.
+pub struct OutboundQueue {
+    state: Mutex<State>,
+    notify: Notify,
+    max_bytes: usize,
+}
+
+impl OutboundQueue {
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            max_bytes,
+        }
+    }
+
+    /// Queues a text frame. If it does not fit, the queue closes itself with
+    /// [`close_code::SLOW_CONSUMER`] and the frame is refused.
+    pub fn push(&self, frame: Utf8Bytes) -> Result<(), PushError> {
+        let mut st = self.state.lock().expect("queue lock");
+        if st.close.is_some() {
+            return Err(PushError::Closed);
+        }
+        if st.bytes + frame.len() > self.max_bytes {
+            st.close = Some(CloseReason {
+                code: close_code::SLOW_CONSUMER,
+                reason: "slow consumer",
+            });
+            // Pending frames are dropped: the client resumes from its last seen position.
+            st.frames.clear();
+            st.bytes = 0;
+            drop(st);
+            self.notify.notify_one();
+            return Err(PushError::Full);
+        }
+        st.bytes += frame.len();
+        st.frames.push_back(frame);
+        drop(st);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Asks for the connection to be closed after the frames already queued. The first
+    /// reason given wins.
+    pub fn close(&self, reason: CloseReason) {
+        let mut st = self.state.lock().expect("queue lock");
+        if st.close.is_none() {
+            st.close = Some(reason);
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.state.lock().expect("queue lock").close.is_some()
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().expect("queue lock").bytes
+    }
+
+    /// Takes everything queued into `out` and returns the close reason once the queue is
+    /// closing (after its frames). Waits while there is nothing to do.
+    pub async fn next_batch(&self, out: &mut Vec<Utf8Bytes>) -> Option<CloseReason> {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut st = self.state.lock().expect("queue lock");
+                if !st.frames.is_empty() || st.close.is_some() {
+                    out.extend(st.frames.drain(..));
+                    st.bytes = 0;
+                    return st.close.clone();
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batches_everything_queued() {
+        let q = OutboundQueue::new(100);
+        q.push("a".into()).unwrap();
+        q.push("bb".into()).unwrap();
+        assert_eq!(q.queued_bytes(), 3);
+        let mut out = Vec::new();
+        assert_eq!(q.next_batch(&mut out).await, None);
+        assert_eq!(out.len(), 2);
+        assert_eq!(q.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn overflow_closes_as_slow_consumer() {
+        let q = OutboundQueue::new(4);
+        q.push("abc".into()).unwrap();
+        assert_eq!(q.push("de".into()), Err(PushError::Full));
+        assert_eq!(q.push("x".into()), Err(PushError::Closed));
+        let mut out = Vec::new();
+        let reason = q.next_batch(&mut out).await.unwrap();
+        assert_eq!(reason.code, close_code::SLOW_CONSUMER);
+        assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn close_comes_after_queued_frames_and_first_reason_wins() {
+        let q = OutboundQueue::new(100);
+        q.push("a".into()).unwrap();
+        q.close(CloseReason {
+            code: close_code::SERVICE_RESTART,
+            reason: "restart",
+        });
+        q.close(CloseReason {
+            code: close_code::IDLE_TIMEOUT,
+            reason: "idle",
+        });
+        let mut out = Vec::new();
+        let reason = q.next_batch(&mut out).await.unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(reason.code, close_code::SERVICE_RESTART);
+    }
+
+    #[tokio::test]
+    async fn waits_until_something_arrives() {
+        let q = std::sync::Arc::new(OutboundQueue::new(100));
+        let q2 = q.clone();
+        let t = tokio::spawn(async move {
+            let mut out = Vec::new();
+            q2.next_batch(&mut out).await;
+            out.len()
+        });
+        tokio::task::yield_now().await;
+        q.push("x".into()).unwrap();
+        assert_eq!(t.await.unwrap(), 1);
+    }
+}

@@ -1,0 +1,208 @@
+//! The node's registry of open stream WebSockets: admission against
+//! `ws.max_connections`, connections grouped by stream for fan-out, and closing every
+//! connection at shutdown. Fan-out hands the same frame bytes to every connection.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use super::queue::{close_code, CloseReason, OutboundQueue, PushError};
+
+pub type ConnId = u64;
+
+/// See the module documentation.
+pub struct Registry {
+    streams: RwLock<HashMap<Uuid, HashMap<ConnId, Arc<OutboundQueue>>>>,
+    next_id: AtomicU64,
+    open: AtomicUsize,
+    max: usize,
+    closing: AtomicBool,
+    tracker: TaskTracker,
+}
+
+/// A reserved connection slot; released on drop.
+pub struct Admission {
+    registry: Arc<Registry>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let n = self.registry.open.fetch_sub(1, Ordering::SeqCst) - 1;
+        metrics::gauge!("streamedge_ws_connections").set(n as f64);
+    }
+}
+
+/// A connection's place in the registry; removed on drop.
+pub struct Registration {
+    pub id: ConnId,
+    pub stream: Uuid,
+    registry: Arc<Registry>,
+    _admission: Admission,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut streams = self.registry.streams.write().expect("registry lock");
+        if let Some(conns) = streams.get_mut(&self.stream) {
+            conns.remove(&self.id);
+            if conns.is_empty() {
+                streams.remove(&self.stream);
+            }
+        }
+    }
+}
+
+impl Registry {
+    pub fn new(max_connections: usize) -> Arc<Self> {
+        Arc::new(Self {
+            streams: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            open: AtomicUsize::new(0),
+            max: max_connections,
+            closing: AtomicBool::new(false),
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    /// Reserves a connection slot, or `None` when the node is full.
+    pub fn try_admit(self: &Arc<Self>) -> Option<Admission> {
+        let prev = self
+            .open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()?;
+        metrics::gauge!("streamedge_ws_connections").set((prev + 1) as f64);
+        Some(Admission {
+            registry: Arc::clone(self),
+        })
+    }
+
+    /// Adds a connection to its stream. A connection registered after [`Self::close_all`]
+    /// is closed at once.
+    pub fn register(
+        self: &Arc<Self>,
+        admission: Admission,
+        stream: Uuid,
+        queue: Arc<OutboundQueue>,
+    ) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut streams = self.streams.write().expect("registry lock");
+            streams.entry(stream).or_default().insert(id, queue.clone());
+        }
+        if self.closing.load(Ordering::SeqCst) {
+            queue.close(shutdown_reason());
+        }
+        Registration {
+            id,
+            stream,
+            registry: Arc::clone(self),
+            _admission: admission,
+        }
+    }
+
+    /// Queues the same frame on every connection of a stream; returns how many took it.
+    /// Connections whose queue is full are closed as slow consumers.
+    pub fn broadcast(&self, stream: &Uuid, frame: &Utf8Bytes) -> usize {
+        let streams = self.streams.read().expect("registry lock");
+        let Some(conns) = streams.get(stream) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for q in conns.values() {
+            match q.push(frame.clone()) {
+                Ok(()) => delivered += 1,
+                Err(PushError::Full) => {
+                    metrics::counter!("streamedge_ws_closed_total", "reason" => "slow_consumer")
+                        .increment(1);
+                }
+                Err(PushError::Closed) => {}
+            }
+        }
+        delivered
+    }
+
+    /// Closes every connection with 1012 (service restart) and refuses new ones.
+    pub fn close_all(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let streams = self.streams.read().expect("registry lock");
+        for q in streams.values().flat_map(|c| c.values()) {
+            q.close(shutdown_reason());
+        }
+    }
+
+    /// Open connections (admitted, including ones still being set up).
+    pub fn connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Connections registered on one stream.
+    pub fn stream_connections(&self, stream: &Uuid) -> usize {
+        self.streams
+            .read()
+            .expect("registry lock")
+            .get(stream)
+            .map_or(0, |c| c.len())
+    }
+
+    /// Tracks the connection tasks, so shutdown can wait for them.
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+}
+
+fn shutdown_reason() -> CloseReason {
+    CloseReason {
+        code: close_code::SERVICE_RESTART,
+        reason: "service restart",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn admission_is_bounded_and_released() {
+        let r = Registry::new(2);
+        let a = r.try_admit().unwrap();
+        let _b = r.try_admit().unwrap();
+        assert!(r.try_admit().is_none());
+        drop(a);
+        assert!(r.try_admit().is_some());
+    }
+
+    #[tokio::test]
+    async fn broadcast_reaches_only_the_stream() {
+        let r = Registry::new(10);
+        let (s1, s2) = (Uuid::new_v4(), Uuid::new_v4());
+        let q1 = Arc::new(OutboundQueue::new(1024));
+        let q2 = Arc::new(OutboundQueue::new(1024));
+        let reg1 = r.register(r.try_admit().unwrap(), s1, q1.clone());
+        let _reg2 = r.register(r.try_admit().unwrap(), s2, q2.clone());
+        assert_eq!(r.broadcast(&s1, &"hi".into()), 1);
+        assert_eq!(q1.queued_bytes(), 2);
+        assert_eq!(q2.queued_bytes(), 0);
+        drop(reg1);
+        assert_eq!(r.stream_connections(&s1), 0);
+        assert_eq!(r.connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn close_all_closes_existing_and_late_connections() {
+        let r = Registry::new(10);
+        let s = Uuid::new_v4();
+        let q1 = Arc::new(OutboundQueue::new(1024));
+        let _a = r.register(r.try_admit().unwrap(), s, q1.clone());
+        r.close_all();
+        assert!(q1.is_closing());
+        let q2 = Arc::new(OutboundQueue::new(1024));
+        let _b = r.register(r.try_admit().unwrap(), s, q2.clone());
+        assert!(q2.is_closing());
+    }
+}
