@@ -14,24 +14,13 @@ use serde::{Deserialize, Serialize};
 pub use load::{load, ConfigError, ConfigSource, ENV_PREFIX};
 
 /// The whole node configuration. Defaults are the embedded single-node setup.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub redis: RedisConfig,
     pub ws: WsConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            log: LogConfig::default(),
-            redis: RedisConfig::default(),
-            ws: WsConfig::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -66,3 +66,40 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
         })),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::memory::MemoryStore;
+    use axum::body::Body;
+    use axum::http::Request;
+    use std::sync::Arc;
+    use tower::ServiceExt;
+
+    async fn readyz_status(app: &AppState) -> (StatusCode, serde_json::Value) {
+        let router = router(app.clone(), crate::telemetry::metrics::install());
+        let resp = router
+            .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn readiness_is_false_while_draining() {
+        let app = AppState::new(
+            Arc::new(Config::default()),
+            Arc::new(MemoryStore::new()),
+            "n1".into(),
+        );
+        assert_eq!(readyz_status(&app).await.0, StatusCode::OK);
+        app.draining.cancel();
+        let (status, body) = readyz_status(&app).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["draining"], true);
+        assert_eq!(body["ready"], false);
+    }
+}

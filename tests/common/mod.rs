@@ -1,0 +1,405 @@
+//! Helpers for integration tests: nodes started in-process on port 0, the node binary as a
+//! child process, private Redis servers, and WebSocket clients.
+//!
+//! Integration tests need the real Redis and PostgreSQL that `scripts/test` starts; run
+//! without them, they fail with a message that says so (they never skip).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use streamedge::config::Config;
+use streamedge::server::{self, Listeners, RunError};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const RUN_THROUGH_SCRIPT: &str =
+    "run the integration tests through `scripts/test`, which starts Redis and PostgreSQL";
+
+/// The shared Redis that `scripts/test` started.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL")
+        .unwrap_or_else(|_| panic!("REDIS_URL is not set: {RUN_THROUGH_SCRIPT}"))
+}
+
+/// The `redis-server` binary, for tests that stop and restart their own Redis.
+pub fn redis_server_bin() -> PathBuf {
+    std::env::var_os("REDIS_SERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("REDIS_SERVER_BIN is not set: {RUN_THROUGH_SCRIPT}"))
+}
+
+/// A config for tests: loopback, short grace, quiet logs, a fresh key prefix.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.server.shutdown_grace = Duration::from_secs(10);
+    c.server.node_id = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    c.redis.key_prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
+    c.redis.health_interval = Duration::from_millis(200);
+    c.redis.connect_timeout = Duration::from_millis(500);
+    c.redis.command_timeout = Duration::from_millis(1000);
+    c
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A node running inside the test process.
+pub struct TestNode {
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), RunError>>,
+}
+
+impl TestNode {
+    pub async fn start(config: Config) -> Self {
+        let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (api_addr, admin_addr) = (api.local_addr().unwrap(), admin.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(config, Listeners { api, admin }, async {
+            let _ = rx.await;
+        }));
+        let node = Self {
+            api: api_addr,
+            admin: admin_addr,
+            stop: Some(tx),
+            task,
+        };
+        node.wait_http().await;
+        node
+    }
+
+    async fn wait_http(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if reqwest::get(self.admin_url("/healthz")).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("node did not start");
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.api, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn ws_url(&self, stream: &uuid::Uuid) -> String {
+        format!("ws://{}/v1/streams/{}/ws", self.api, stream)
+    }
+
+    /// Triggers shutdown and returns what `run` returned.
+    pub async fn shutdown(mut self) -> Result<(), RunError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await.expect("node task panicked")
+    }
+}
+
+/// The node binary as a child process, configured through the environment.
+pub struct NodeProcess {
+    pub child: Child,
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl NodeProcess {
+    pub fn spawn(env: &[(&str, String)]) -> Self {
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamedge"));
+        cmd.arg("serve")
+            .env_remove("RUST_LOG")
+            .env("STREAMEDGE_SERVER__LISTEN", api.to_string())
+            .env("STREAMEDGE_SERVER__ADMIN_LISTEN", admin.to_string())
+            .env("STREAMEDGE_LOG__LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn streamedge");
+        let p = Self { child, api, admin };
+        p.wait_ready();
+        p
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(self.admin).is_ok()
+                && std::net::TcpStream::connect(self.api).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("streamedge process did not start listening");
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private `redis-server` that a test may stop and restart on the same port.
+pub struct RedisServer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("se-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = Self {
+            port,
+            dir,
+            child: None,
+        };
+        s.restart();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts (again) on the same port and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new(redis_server_bin())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// Kills the server (as a crash would).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Opens a stream WebSocket offering the `streamedge.v1` subprotocol.
+pub async fn ws_connect(url: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "streamedge.v1".parse().unwrap());
+    let (ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket connect");
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap()),
+        Some("streamedge.v1")
+    );
+    ws
+}
+
+/// The next text frame as JSON (skipping pings), failing after `limit`.
+pub async fn next_json(ws: &mut Ws, limit: Duration) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("timed out waiting for a frame")
+            .expect("connection ended")
+            .expect("websocket error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).expect("server sent JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the close frame and returns its code (skipping other frames).
+pub async fn close_code(ws: &mut Ws, limit: Duration) -> u16 {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("timed out waiting for close")
+        {
+            Some(Ok(Message::Close(Some(f)))) => return f.code.into(),
+            Some(Ok(Message::Close(None))) => panic!("close frame without a code"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("connection failed before a close frame: {e}"),
+            None => panic!("connection ended without a close frame"),
+        }
+    }
+}
+
+pub async fn send_text(ws: &mut Ws, text: &str) {
+    ws.send(Message::Text(text.into())).await.unwrap();
+}
+
+/// Polls `f` until it returns true or `limit` passes; returns whether it did.
+pub async fn eventually<F, Fut>(limit: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A WebSocket client that never answers anything: the handshake by hand, then raw
+/// frames read off the socket. For tests of what the node does to silent clients (a
+/// tungstenite client would answer pings as soon as it reads).
+pub struct RawWs {
+    tcp: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    pub async fn connect(addr: SocketAddr, path: &str) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed during handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        assert!(
+            head.starts_with("HTTP/1.1 101"),
+            "handshake refused: {head}"
+        );
+        buf.drain(..end);
+        Self { tcp, buf }
+    }
+
+    /// Reads frames until a close frame (returning its code) or EOF (`None`).
+    pub async fn read_until_close(&mut self, limit: Duration) -> Option<u16> {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut chunk = [0u8; 4096];
+        loop {
+            while let Some((opcode, payload, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                if opcode == 0x8 {
+                    return payload.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+                }
+            }
+            let n = tokio::time::timeout_at(deadline, self.tcp.read(&mut chunk))
+                .await
+                .expect("timed out waiting for close")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// One unmasked server frame: (opcode, payload, bytes used), if complete.
+fn parse_server_frame(b: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    if b.len() < 2 {
+        return None;
+    }
+    let opcode = b[0] & 0x0f;
+    let (len, mut at) = match b[1] & 0x7f {
+        126 => (u16::from_be_bytes([*b.get(2)?, *b.get(3)?]) as usize, 4),
+        127 => (
+            u64::from_be_bytes(b.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    if b[1] & 0x80 != 0 {
+        at += 4; // masked (not expected from a server)
+    }
+    let payload = b.get(at..at + len)?.to_vec();
+    Some((opcode, payload, at + len))
+}

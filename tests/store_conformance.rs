@@ -1,0 +1,445 @@
+//! One conformance suite for the shared-state backends: every test runs against the
+//! in-memory backend and against a real Redis (the one `scripts/test` starts).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use streamedge::store::memory::MemoryStore;
+use streamedge::store::redis::RedisStore;
+use streamedge::store::{
+    decode_log_publish, AppendOptions, PubSubEvent, SharedState, Subscription,
+};
+
+type Store = Arc<dyn SharedState>;
+
+async fn memory() -> Store {
+    Arc::new(MemoryStore::new())
+}
+
+async fn redis_with_prefix(prefix: &str) -> Store {
+    let mut cfg = common::test_config().redis;
+    cfg.url = common::redis_url();
+    cfg.key_prefix = prefix.to_string();
+    let store = RedisStore::connect(&cfg).await.expect("redis store");
+    assert!(
+        store.is_healthy(),
+        "Redis at {} does not answer; run the tests through scripts/test",
+        cfg.url
+    );
+    Arc::new(store)
+}
+
+async fn redis() -> Store {
+    redis_with_prefix(&common::test_config().redis.key_prefix).await
+}
+
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn recv(sub: &mut Subscription) -> PubSubEvent {
+    tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .expect("timed out waiting for a pub/sub event")
+        .expect("subscription closed")
+}
+
+async fn recv_message(sub: &mut Subscription) -> Bytes {
+    match recv(sub).await {
+        PubSubEvent::Message(b) => b,
+        PubSubEvent::Resync => panic!("unexpected resync"),
+    }
+}
+
+async fn nothing_more(sub: &mut Subscription) {
+    let r = tokio::time::timeout(Duration::from_millis(200), sub.recv()).await;
+    assert!(r.is_err(), "unexpected event {r:?}");
+}
+
+// --- key/value -----------------------------------------------------------------------------
+
+async fn kv_round_trip(s: Store) {
+    assert_eq!(s.get("k").await.unwrap(), None);
+    s.set("k", b"v1", None).await.unwrap();
+    assert_eq!(s.get("k").await.unwrap().as_deref(), Some(&b"v1"[..]));
+    s.set("k", b"\x00\xffbinary\n", None).await.unwrap();
+    assert_eq!(
+        s.get("k").await.unwrap().as_deref(),
+        Some(&b"\x00\xffbinary\n"[..])
+    );
+    assert!(s.delete("k").await.unwrap());
+    assert!(!s.delete("k").await.unwrap());
+    assert_eq!(s.get("k").await.unwrap(), None);
+}
+
+async fn kv_ttl_expires(s: Store) {
+    s.set("short", b"x", Some(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    s.set("long", b"y", Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(s.get("short").await.unwrap().is_some());
+    assert!(
+        common::eventually(WAIT, || async { s.get("short").await.unwrap().is_none() }).await,
+        "value with a TTL never expired"
+    );
+    assert!(s.get("long").await.unwrap().is_some());
+    // Setting again without a TTL makes it permanent.
+    s.set("short", b"z", Some(Duration::from_millis(200)))
+        .await
+        .unwrap();
+    s.set("short", b"z", None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(s.get("short").await.unwrap().is_some());
+}
+
+async fn kv_set_nx(s: Store) {
+    assert!(s.set_nx("once", b"a", None).await.unwrap());
+    assert!(!s.set_nx("once", b"b", None).await.unwrap());
+    assert_eq!(s.get("once").await.unwrap().as_deref(), Some(&b"a"[..]));
+    s.delete("once").await.unwrap();
+    assert!(s
+        .set_nx("once", b"c", Some(Duration::from_millis(200)))
+        .await
+        .unwrap());
+    assert!(
+        common::eventually(WAIT, || async {
+            s.set_nx("once", b"d", None).await.unwrap()
+        })
+        .await,
+        "set_nx never succeeded after the TTL"
+    );
+}
+
+async fn counters(s: Store) {
+    assert_eq!(s.incr("c", 1, None).await.unwrap(), 1);
+    assert_eq!(s.incr("c", 5, None).await.unwrap(), 6);
+    assert_eq!(s.incr("c", -2, None).await.unwrap(), 4);
+    assert_eq!(s.get("c").await.unwrap().as_deref(), Some(&b"4"[..]));
+    assert_eq!(
+        s.incr("ct", 1, Some(Duration::from_millis(300)))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        common::eventually(WAIT, || async { s.get("ct").await.unwrap().is_none() }).await,
+        "counter with a TTL never expired"
+    );
+    s.set("notnum", b"abc", None).await.unwrap();
+    assert!(s.incr("notnum", 1, None).await.is_err());
+}
+
+async fn concurrent_counter_increments(s: Store) {
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                s.incr("shared", 1, None).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(s.incr("shared", 0, None).await.unwrap(), 200);
+}
+
+// --- presence ------------------------------------------------------------------------------
+
+async fn presence_members(s: Store) {
+    let ttl = Duration::from_secs(30);
+    assert_eq!(s.presence_count("p").await.unwrap(), 0);
+    assert!(s.presence_touch("p", "bob", ttl).await.unwrap());
+    assert!(s.presence_touch("p", "alice", ttl).await.unwrap());
+    assert!(!s.presence_touch("p", "bob", ttl).await.unwrap());
+    assert!(s.presence_touch("p", "carol", ttl).await.unwrap());
+    assert_eq!(s.presence_count("p").await.unwrap(), 3);
+    assert_eq!(
+        s.presence_list("p", None, 10).await.unwrap(),
+        vec!["alice", "bob", "carol"]
+    );
+    assert_eq!(
+        s.presence_list("p", None, 2).await.unwrap(),
+        vec!["alice", "bob"]
+    );
+    assert_eq!(
+        s.presence_list("p", Some("bob"), 10).await.unwrap(),
+        vec!["carol"]
+    );
+    assert!(s
+        .presence_list("p", Some("carol"), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s.presence_remove("p", "bob").await.unwrap());
+    assert!(!s.presence_remove("p", "bob").await.unwrap());
+    assert_eq!(s.presence_count("p").await.unwrap(), 2);
+    assert_eq!(s.presence_count("other").await.unwrap(), 0);
+}
+
+async fn presence_expires(s: Store) {
+    s.presence_touch("e", "stays", Duration::from_secs(30))
+        .await
+        .unwrap();
+    s.presence_touch("e", "goes", Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(s.presence_count("e").await.unwrap(), 2);
+    assert!(
+        common::eventually(WAIT, || async { s.presence_count("e").await.unwrap() == 1 }).await,
+        "expired member still counted"
+    );
+    assert_eq!(s.presence_list("e", None, 10).await.unwrap(), vec!["stays"]);
+    // An expired member counts as absent: touching it again reports it as new, and
+    // removing it reports it was not there.
+    s.presence_touch("e", "flash", Duration::from_millis(100))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!s.presence_remove("e", "flash").await.unwrap());
+    s.presence_touch("e", "flash", Duration::from_millis(100))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(s
+        .presence_touch("e", "flash", Duration::from_secs(5))
+        .await
+        .unwrap());
+}
+
+// --- ordered log -----------------------------------------------------------------------------
+
+fn seqs(entries: &[streamedge::store::LogEntry]) -> Vec<u64> {
+    entries.iter().map(|e| e.seq).collect()
+}
+
+async fn log_append_and_read(s: Store) {
+    let o = AppendOptions::default();
+    assert_eq!(s.log_last_seq("l").await.unwrap(), 0);
+    assert!(s.log_after("l", 0, 10).await.unwrap().is_empty());
+    assert!(s.log_before("l", u64::MAX, 10).await.unwrap().is_empty());
+    for i in 1..=5u64 {
+        let payload = format!("m{i}\nwith newline");
+        assert_eq!(s.log_append("l", payload.as_bytes(), &o).await.unwrap(), i);
+    }
+    let all = s.log_after("l", 0, 100).await.unwrap();
+    assert_eq!(seqs(&all), vec![1, 2, 3, 4, 5]);
+    assert_eq!(&all[2].payload[..], b"m3\nwith newline");
+    assert_eq!(seqs(&s.log_after("l", 2, 2).await.unwrap()), vec![3, 4]);
+    assert!(s.log_after("l", 5, 10).await.unwrap().is_empty());
+    assert_eq!(seqs(&s.log_before("l", 4, 2).await.unwrap()), vec![3, 2]);
+    assert_eq!(
+        seqs(&s.log_before("l", u64::MAX, 2).await.unwrap()),
+        vec![5, 4]
+    );
+    assert!(s.log_before("l", 1, 10).await.unwrap().is_empty());
+    assert_eq!(s.log_last_seq("l").await.unwrap(), 5);
+    assert!(s.log_remove("l", 3).await.unwrap());
+    assert!(!s.log_remove("l", 3).await.unwrap());
+    assert!(!s.log_remove("l", 99).await.unwrap());
+    assert_eq!(
+        seqs(&s.log_after("l", 0, 100).await.unwrap()),
+        vec![1, 2, 4, 5]
+    );
+    assert_eq!(seqs(&s.log_before("l", 5, 2).await.unwrap()), vec![4, 2]);
+    // Removal never reuses a sequence number.
+    assert_eq!(s.log_append("l", b"six", &o).await.unwrap(), 6);
+    // Logs are independent.
+    assert_eq!(s.log_append("other", b"x", &o).await.unwrap(), 1);
+}
+
+async fn log_trims_to_max_len(s: Store) {
+    let o = AppendOptions {
+        max_len: 3,
+        ..Default::default()
+    };
+    for i in 1..=10u64 {
+        assert_eq!(s.log_append("t", b"x", &o).await.unwrap(), i);
+    }
+    assert_eq!(
+        seqs(&s.log_after("t", 0, 100).await.unwrap()),
+        vec![8, 9, 10]
+    );
+    assert_eq!(s.log_last_seq("t").await.unwrap(), 10);
+}
+
+async fn log_expires(s: Store) {
+    let o = AppendOptions {
+        ttl: Some(Duration::from_millis(300)),
+        ..Default::default()
+    };
+    s.log_append("x", b"a", &o).await.unwrap();
+    s.log_append("x", b"b", &o).await.unwrap();
+    assert_eq!(s.log_last_seq("x").await.unwrap(), 2);
+    assert!(
+        common::eventually(WAIT, || async {
+            s.log_last_seq("x").await.unwrap() == 0
+                && s.log_after("x", 0, 10).await.unwrap().is_empty()
+        })
+        .await,
+        "log with a TTL never expired"
+    );
+}
+
+async fn log_append_publishes_in_order(s: Store) {
+    let mut sub = s.subscribe("chan").await.unwrap();
+    let o = AppendOptions {
+        publish: Some("chan".into()),
+        ..Default::default()
+    };
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let s = s.clone();
+        let o = o.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                s.log_append("pl", format!("{t}:{i}").as_bytes(), &o)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        let frame = recv_message(&mut sub).await;
+        let entry = decode_log_publish(&frame).expect("log publish frame");
+        got.push(entry);
+    }
+    let order: Vec<u64> = got.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        order,
+        (1..=100).collect::<Vec<_>>(),
+        "published out of order or with gaps"
+    );
+    let stored = s.log_after("pl", 0, 1000).await.unwrap();
+    assert_eq!(stored, got, "published entries differ from stored ones");
+    nothing_more(&mut sub).await;
+}
+
+async fn concurrent_appends_are_gapless(s: Store) {
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for _ in 0..25 {
+                mine.push(
+                    s.log_append("g", b"x", &AppendOptions::default())
+                        .await
+                        .unwrap(),
+                );
+            }
+            mine
+        }));
+    }
+    let mut all = BTreeSet::new();
+    for t in tasks {
+        for seq in t.await.unwrap() {
+            assert!(all.insert(seq), "sequence {seq} handed out twice");
+        }
+    }
+    assert_eq!(all, (1..=200).collect::<BTreeSet<_>>());
+}
+
+// --- publish / subscribe -------------------------------------------------------------------
+
+async fn pubsub_fanout(s: Store) {
+    let mut a = s.subscribe("room").await.unwrap();
+    let mut b = s.subscribe("room").await.unwrap();
+    let mut other = s.subscribe("elsewhere").await.unwrap();
+    s.publish("room", Bytes::from_static(b"hello"))
+        .await
+        .unwrap();
+    assert_eq!(&recv_message(&mut a).await[..], b"hello");
+    assert_eq!(&recv_message(&mut b).await[..], b"hello");
+    nothing_more(&mut other).await;
+    drop(b);
+    s.publish("room", Bytes::from_static(b"\x00bin\xff"))
+        .await
+        .unwrap();
+    assert_eq!(&recv_message(&mut a).await[..], b"\x00bin\xff");
+    drop(a);
+    // Publishing with nobody listening is fine; a new subscriber gets later messages.
+    s.publish("room", Bytes::from_static(b"lost"))
+        .await
+        .unwrap();
+    let mut c = s.subscribe("room").await.unwrap();
+    s.publish("room", Bytes::from_static(b"again"))
+        .await
+        .unwrap();
+    assert_eq!(&recv_message(&mut c).await[..], b"again");
+    nothing_more(&mut c).await;
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory_backend {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::memory().await).await;
+                }
+            )*
+        }
+        mod redis_backend {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let s = super::redis().await;
+                    super::$name(s.clone()).await;
+                    s.close().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    kv_round_trip,
+    kv_ttl_expires,
+    kv_set_nx,
+    counters,
+    concurrent_counter_increments,
+    presence_members,
+    presence_expires,
+    log_append_and_read,
+    log_trims_to_max_len,
+    log_expires,
+    log_append_publishes_in_order,
+    concurrent_appends_are_gapless,
+    pubsub_fanout,
+);
+
+/// Two Redis-backed nodes share state and see each other's publishes.
+#[tokio::test]
+async fn redis_nodes_share_state_and_messages() {
+    let prefix = common::test_config().redis.key_prefix;
+    let a = redis_with_prefix(&prefix).await;
+    let b = redis_with_prefix(&prefix).await;
+    let mut sub = a.subscribe("stream:1").await.unwrap();
+    let o = AppendOptions {
+        publish: Some("stream:1".into()),
+        ..Default::default()
+    };
+    assert_eq!(b.log_append("chat", b"from b", &o).await.unwrap(), 1);
+    assert_eq!(a.log_append("chat", b"from a", &o).await.unwrap(), 2);
+    let first = decode_log_publish(&recv_message(&mut sub).await).unwrap();
+    let second = decode_log_publish(&recv_message(&mut sub).await).unwrap();
+    assert_eq!((first.seq, &first.payload[..]), (1, &b"from b"[..]));
+    assert_eq!((second.seq, &second.payload[..]), (2, &b"from a"[..]));
+    b.presence_touch("viewers", "u1", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(a.presence_count("viewers").await.unwrap(), 1);
+    // A different prefix is a different deployment.
+    let c = redis().await;
+    assert_eq!(c.log_last_seq("chat").await.unwrap(), 0);
+}

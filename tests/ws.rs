@@ -1,0 +1,186 @@
+//! The stream WebSocket endpoint: upgrade checks, admission, keepalive, frame handling and
+//! limits, against a node running in-process.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{next_json, send_text, TestNode};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+const T: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn welcome_then_ping_pong() {
+    let node = TestNode::start(common::test_config()).await;
+    let stream = Uuid::new_v4();
+    let mut ws = common::ws_connect(&node.ws_url(&stream)).await;
+    let welcome = next_json(&mut ws, T).await;
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["stream"], stream.to_string());
+    assert_eq!(welcome["protocol"], "streamedge.v1");
+    send_text(&mut ws, r#"{"type":"ping","ref":"p1"}"#).await;
+    let pong = next_json(&mut ws, T).await;
+    assert_eq!(pong, serde_json::json!({"type": "pong", "ref": "p1"}));
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_frames_get_error_frames_and_the_connection_stays_up() {
+    let node = TestNode::start(common::test_config()).await;
+    let mut ws = common::ws_connect(&node.ws_url(&Uuid::new_v4())).await;
+    next_json(&mut ws, T).await;
+    for (frame, code) in [
+        ("{not json", "invalid_json"),
+        ("", "invalid_json"),
+        ("[]", "invalid_frame"),
+        ("{}", "missing_field"),
+        (r#"{"type":42}"#, "invalid_field"),
+        (r#"{"type":"warp","ref":"r9"}"#, "unknown_type"),
+        (r#"{"type":"ping","ref":{"nested":true}}"#, "invalid_field"),
+    ] {
+        send_text(&mut ws, frame).await;
+        let e = next_json(&mut ws, T).await;
+        assert_eq!(e["type"], "error", "{frame}");
+        assert_eq!(e["code"], code, "{frame}");
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    ws.send(Message::Binary(vec![0xff, 0x00, 0xfe].into()))
+        .await
+        .unwrap();
+    let e = next_json(&mut ws, T).await;
+    assert_eq!(e["code"], "binary_not_supported");
+    // Still alive and answering.
+    send_text(&mut ws, r#"{"type":"ping"}"#).await;
+    assert_eq!(next_json(&mut ws, T).await["type"], "pong");
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn oversized_message_closes_with_1009() {
+    let mut cfg = common::test_config();
+    cfg.ws.max_message_size = 1024;
+    let node = TestNode::start(cfg).await;
+    let mut ws = common::ws_connect(&node.ws_url(&Uuid::new_v4())).await;
+    next_json(&mut ws, T).await;
+    let big = format!(r#"{{"type":"ping","ref":"{}"}}"#, "x".repeat(4096));
+    send_text(&mut ws, &big).await;
+    assert_eq!(common::close_code(&mut ws, T).await, 1009);
+    // Other connections are unaffected.
+    let mut other = common::ws_connect(&node.ws_url(&Uuid::new_v4())).await;
+    next_json(&mut other, T).await;
+    send_text(&mut other, r#"{"type":"ping"}"#).await;
+    assert_eq!(next_json(&mut other, T).await["type"], "pong");
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_connection_is_closed_with_4001() {
+    let mut cfg = common::test_config();
+    cfg.ws.ping_interval = Duration::from_millis(200);
+    cfg.ws.idle_timeout = Duration::from_millis(600);
+    let node = TestNode::start(cfg).await;
+    let mut ws =
+        common::RawWs::connect(node.api, &format!("/v1/streams/{}/ws", Uuid::new_v4())).await;
+    // This client never answers the node's pings: the node must give up on it.
+    assert_eq!(ws.read_until_close(T).await, Some(4001));
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn answering_pings_keeps_a_quiet_connection_open() {
+    let mut cfg = common::test_config();
+    cfg.ws.ping_interval = Duration::from_millis(100);
+    cfg.ws.idle_timeout = Duration::from_millis(400);
+    let node = TestNode::start(cfg).await;
+    let mut ws = common::ws_connect(&node.ws_url(&Uuid::new_v4())).await;
+    next_json(&mut ws, T).await;
+    // Read (and so auto-answer pings) for well past the idle timeout.
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1200);
+    while let Ok(Some(msg)) = tokio::time::timeout_at(until, ws.next()).await {
+        match msg.unwrap() {
+            Message::Ping(_) => pings += 1,
+            Message::Close(f) => panic!("closed while answering pings: {f:?}"),
+            _ => {}
+        }
+    }
+    assert!(pings >= 3, "expected keepalive pings, got {pings}");
+    send_text(&mut ws, r#"{"type":"ping"}"#).await;
+    assert_eq!(next_json(&mut ws, T).await["type"], "pong");
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn full_node_refuses_upgrades_with_503() {
+    let mut cfg = common::test_config();
+    cfg.ws.max_connections = 2;
+    let node = TestNode::start(cfg).await;
+    let stream = Uuid::new_v4();
+    let mut a = common::ws_connect(&node.ws_url(&stream)).await;
+    let mut b = common::ws_connect(&node.ws_url(&stream)).await;
+    next_json(&mut a, T).await;
+    next_json(&mut b, T).await;
+    match tokio_tungstenite::connect_async(node.ws_url(&stream)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503);
+            assert_eq!(resp.headers()["retry-after"], "1");
+            assert_eq!(resp.headers()["content-type"], "application/problem+json");
+            let body: serde_json::Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["code"], "node_full");
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    // A slot frees when a client leaves.
+    a.close(None).await.unwrap();
+    drop(a);
+    assert!(
+        common::eventually(T, || async {
+            tokio_tungstenite::connect_async(node.ws_url(&stream))
+                .await
+                .is_ok()
+        })
+        .await,
+        "slot never freed"
+    );
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_upgrade_requests_are_problem_json() {
+    let node = TestNode::start(common::test_config()).await;
+    let client = reqwest::Client::new();
+    // Not an upgrade.
+    let r = client
+        .get(node.api_url(&format!("/v1/streams/{}/ws", Uuid::new_v4())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 426);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "websocket_required");
+    // Malformed stream id, as an upgrade.
+    match tokio_tungstenite::connect_async(format!("ws://{}/v1/streams/not-a-uuid/ws", node.api))
+        .await
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 400);
+            let body: serde_json::Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["code"], "invalid_stream_id");
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
+    // An oversized path segment is still just a bad id.
+    let long = "a".repeat(5000);
+    let r = client
+        .get(node.api_url(&format!("/v1/streams/{long}/ws")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    node.shutdown().await.unwrap();
+}
