@@ -7,6 +7,7 @@
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod rtc;
 pub mod server;
 pub mod store;
 pub mod telemetry;

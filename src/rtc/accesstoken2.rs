@@ -1,0 +1,1 @@
+//! Agora AccessToken2 ("007") encoding, decoding and verification (pure, no I/O).

@@ -1,0 +1,4 @@
+//! RTC tokens: the Agora AccessToken2 ("007") codec and token issuance for stream
+//! channels.
+
+pub mod accesstoken2;
