@@ -184,3 +184,24 @@ async fn bad_upgrade_requests_are_problem_json() {
     assert_eq!(r.status(), 400);
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn invalid_utf8_text_frame_closes_with_1007() {
+    let node = TestNode::start(common::test_config()).await;
+    let mut ws =
+        common::RawWs::connect(node.api, &format!("/v1/streams/{}/ws", Uuid::new_v4())).await;
+    ws.send_frame(0x1, b"{\"type\":\"ping\",\"ref\":\"\xff\xfe\"}", true)
+        .await;
+    assert_eq!(ws.read_until_close(T).await, Some(1007));
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unmasked_client_frame_closes_with_1002() {
+    let node = TestNode::start(common::test_config()).await;
+    let mut ws =
+        common::RawWs::connect(node.api, &format!("/v1/streams/{}/ws", Uuid::new_v4())).await;
+    ws.send_frame(0x1, br#"{"type":"ping"}"#, false).await;
+    assert_eq!(ws.read_until_close(T).await, Some(1002));
+    node.shutdown().await.unwrap();
+}

@@ -1,1 +1,44 @@
-fn main() {}
+//! `streamedge-load`: the load generator and benchmark scenarios for streamedge.
+//!
+//! Scenarios (subcommands) print a live progress line on stderr, a human table on stdout
+//! and, with `--json FILE`, a machine-readable report.
+
+mod conn;
+mod idle;
+mod metrics;
+mod report;
+mod storm;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "streamedge-load", about = "Load generator for streamedge")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Hold idle WebSocket connections and report the node's RSS per connection.
+    Idle(idle::Args),
+    /// Open connections as fast as allowed and report the rate and join latency.
+    ConnectStorm(storm::Args),
+    /// (internal) a worker process of `idle`, driven over stdin/stdout.
+    #[command(hide = true)]
+    IdleWorker(idle::WorkerArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.scenario {
+            Scenario::Idle(a) => idle::run(a).await,
+            Scenario::ConnectStorm(a) => storm::run(a).await,
+            Scenario::IdleWorker(a) => idle::worker(a).await,
+        }
+    })
+}

@@ -130,7 +130,7 @@ impl Default for WsConfig {
             max_connections: 18_000,
             max_message_size: 16 * 1024,
             send_queue_bytes: 256 * 1024,
-            read_buffer_size: 4 * 1024,
+            read_buffer_size: 1024,
             write_buffer_size: 8 * 1024,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),

@@ -27,23 +27,29 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
+/// Accept backlog of the listeners: connection storms (every viewer of a stream
+/// reconnecting after a node restart) should not overflow it and wait for SYN retries.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind_with_backlog(addr: SocketAddr, key: &str) -> std::io::Result<TcpListener> {
+    let bind = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bind().map_err(|e: std::io::Error| std::io::Error::new(e.kind(), format!("{key} {addr}: {e}")))
+}
+
 impl Listeners {
     /// Binds the addresses the configuration names.
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
-        let api = TcpListener::bind(config.server.listen).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("server.listen {}: {e}", config.server.listen),
-            )
-        })?;
-        let admin = TcpListener::bind(config.server.admin_listen)
-            .await
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("server.admin_listen {}: {e}", config.server.admin_listen),
-                )
-            })?;
+        let api = bind_with_backlog(config.server.listen, "server.listen")?;
+        let admin = bind_with_backlog(config.server.admin_listen, "server.admin_listen")?;
         Ok(Self { api, admin })
     }
 }

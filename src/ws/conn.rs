@@ -93,15 +93,16 @@ where
     loop {
         let msg = match tokio::time::timeout(idle, stream.next()).await {
             Err(_) => {
-                return close_then_wait(queue, close_code::IDLE_TIMEOUT, "idle timeout").await
+                return close_then_wait(queue, close_code::IDLE_TIMEOUT, "idle_timeout").await
             }
             Ok(None) => return ConnEnd::Client,
             Ok(Some(Err(e))) => {
-                return if is_too_big(&e) {
-                    close_then_wait(queue, close_code::MESSAGE_TOO_BIG, "message too big").await
-                } else {
-                    tracing::debug!(error = %e, "websocket read failed");
-                    ConnEnd::Client
+                return match classify_read_error(&e) {
+                    Some((code, reason)) => close_then_wait(queue, code, reason).await,
+                    None => {
+                        tracing::debug!(error = %e, "websocket read failed");
+                        ConnEnd::Client
+                    }
                 };
             }
             Ok(Some(Ok(msg))) => msg,
@@ -134,14 +135,24 @@ async fn close_then_wait(queue: &OutboundQueue, code: u16, reason: &'static str)
     std::future::pending().await
 }
 
-/// Whether a read error is tungstenite refusing an oversized frame or message.
-fn is_too_big(e: &axum::Error) -> bool {
+/// The close code for a read error caused by what the client sent, if any (I/O errors
+/// and resets have none: the connection is already gone).
+fn classify_read_error(e: &axum::Error) -> Option<(u16, &'static str)> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
-            return true;
+        match err.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Capacity(_)) => {
+                return Some((close_code::MESSAGE_TOO_BIG, "message_too_big"))
+            }
+            Some(tungstenite::Error::Utf8(_)) => {
+                return Some((close_code::INVALID_PAYLOAD, "invalid_utf8"))
+            }
+            Some(tungstenite::Error::Protocol(_)) => {
+                return Some((close_code::PROTOCOL_ERROR, "protocol_error"))
+            }
+            Some(_) => return None,
+            None => source = err.source(),
         }
-        source = err.source();
     }
-    false
+    None
 }

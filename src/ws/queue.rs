@@ -23,6 +23,8 @@ pub mod close_code {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The client broke the protocol (e.g. a malformed WebSocket frame).
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame was not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// The node failed internally.
     pub const INTERNAL_ERROR: u16 = 1011;
     /// Nothing (not even a pong) arrived for `ws.idle_timeout`.
@@ -72,7 +74,7 @@ impl OutboundQueue {
         if st.bytes + frame.len() > self.max_bytes {
             st.close = Some(CloseReason {
                 code: close_code::SLOW_CONSUMER,
-                reason: "slow consumer",
+                reason: "slow_consumer",
             });
             // Pending frames are dropped: the client resumes from its last seen position.
             st.frames.clear();
@@ -160,11 +162,11 @@ mod tests {
         q.push("a".into()).unwrap();
         q.close(CloseReason {
             code: close_code::SERVICE_RESTART,
-            reason: "restart",
+            reason: "service_restart",
         });
         q.close(CloseReason {
             code: close_code::IDLE_TIMEOUT,
-            reason: "idle",
+            reason: "idle_timeout",
         });
         let mut out = Vec::new();
         let reason = q.next_batch(&mut out).await.unwrap();

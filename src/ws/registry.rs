@@ -117,11 +117,8 @@ impl Registry {
         for q in conns.values() {
             match q.push(frame.clone()) {
                 Ok(()) => delivered += 1,
-                Err(PushError::Full) => {
-                    metrics::counter!("streamedge_ws_closed_total", "reason" => "slow_consumer")
-                        .increment(1);
-                }
-                Err(PushError::Closed) => {}
+                // The connection's own task counts the close (streamedge_ws_closed_total).
+                Err(PushError::Full) | Err(PushError::Closed) => {}
             }
         }
         delivered
@@ -159,7 +156,7 @@ impl Registry {
 fn shutdown_reason() -> CloseReason {
     CloseReason {
         code: close_code::SERVICE_RESTART,
-        reason: "service restart",
+        reason: "service_restart",
     }
 }
 

@@ -403,3 +403,31 @@ fn parse_server_frame(b: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
     let payload = b.get(at..at + len)?.to_vec();
     Some((opcode, payload, at + len))
 }
+
+impl RawWs {
+    /// Sends one frame with FIN set; `masked` as a conforming client would.
+    pub async fn send_frame(&mut self, opcode: u8, payload: &[u8], masked: bool) {
+        use tokio::io::AsyncWriteExt;
+        let mut f = vec![0x80 | opcode];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => f.push(mask_bit | n as u8),
+            n if n <= 0xffff => {
+                f.push(mask_bit | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(mask_bit | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            let key = [0x12u8, 0x34, 0x56, 0x78];
+            f.extend_from_slice(&key);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            f.extend_from_slice(payload);
+        }
+        self.tcp.write_all(&f).await.unwrap();
+    }
+}

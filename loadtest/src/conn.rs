@@ -1,0 +1,84 @@
+//! Opening stream WebSockets from a chosen loopback source address, so that one generator
+//! can exceed the ephemeral-port range of a single source address.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Source address number `i` in 127.0.0.2 .. 127.0.0.251 (only for loopback targets).
+pub fn source_addr(target: &SocketAddr, i: usize) -> Option<SocketAddr> {
+    if target.ip().is_loopback() && target.is_ipv4() {
+        let last = 2 + (i % 250) as u8;
+        Some(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)),
+            0,
+        ))
+    } else {
+        None
+    }
+}
+
+/// Connects, upgrades and waits for the node's `welcome` frame. Returns the socket and
+/// the time from starting the TCP connect to receiving `welcome`.
+pub async fn open(
+    target: SocketAddr,
+    url: &str,
+    source: Option<SocketAddr>,
+    timeout: Duration,
+) -> Result<(Ws, Duration), String> {
+    let started = Instant::now();
+    let work = async {
+        let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+        if let Some(src) = source {
+            socket.bind(src).map_err(|e| format!("bind: {e}"))?;
+        }
+        let tcp = socket
+            .connect(target)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        tcp.set_nodelay(true).ok();
+        let mut req = url.into_client_request().map_err(|e| format!("url: {e}"))?;
+        req.headers_mut()
+            .insert("sec-websocket-protocol", "streamedge.v1".parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::client_async(req, tcp)
+            .await
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(r) => format!("http {}", r.status()),
+                other => format!("handshake: {other}"),
+            })?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => break,
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(format!("read: {e}")),
+                None => return Err("closed before welcome".into()),
+            }
+        }
+        Ok(ws)
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(ws)) => Ok((ws, started.elapsed())),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("timeout".into()),
+    }
+}
+
+/// Keeps a connection alive: reads (and so answers pings) until it closes.
+pub async fn hold(mut ws: Ws) {
+    while let Some(Ok(msg)) = ws.next().await {
+        if let Message::Close(_) = msg {
+            break;
+        }
+    }
+}
+
+/// Error kind for reports: the part before the first colon.
+pub fn error_kind(e: &str) -> String {
+    e.split(':').next().unwrap_or(e).to_string()
+}
