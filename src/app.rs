@@ -1,13 +1,17 @@
-//! The state every handler shares: configuration, the shared-state backend, the
-//! WebSocket registry and the node's draining flag.
+//! The state every handler shares: configuration, the shared-state backend, the services
+//! built on it, the WebSocket registry and the node's draining flag.
 
 use std::ops::Deref;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::jwks::JwksCache;
+use crate::auth::{Verifier, VerifierSettings};
 use crate::config::Config;
+use crate::http::client_ip::IpNet;
 use crate::store::SharedState;
+use crate::streams::StreamService;
 use crate::ws::Registry;
 
 /// Cheap to clone; one per node.
@@ -18,18 +22,56 @@ pub struct AppInner {
     pub config: Arc<Config>,
     pub store: Arc<dyn SharedState>,
     pub registry: Arc<Registry>,
+    pub auth: Verifier,
+    pub streams: StreamService,
+    /// `None` when no Agora credentials are configured.
+    pub rtc: Option<crate::rtc::RtcIssuer>,
+    pub trusted_proxies: Vec<IpNet>,
     pub node_id: String,
     /// Cancelled when the node starts shutting down.
     pub draining: CancellationToken,
 }
 
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// The token verifier the configuration describes.
+pub fn verifier(config: &Config) -> Verifier {
+    let a = &config.auth;
+    let jwks = non_empty(&a.jwks_url)
+        .map(|url| Arc::new(JwksCache::new(url, a.jwks_timeout, a.jwks_min_refresh)));
+    let secret = (!a.jwt_secret.is_empty()).then(|| a.jwt_secret.expose().as_bytes());
+    Verifier::new(
+        secret,
+        jwks,
+        VerifierSettings {
+            audience: non_empty(&a.audience),
+            issuer: non_empty(&a.issuer),
+            leeway: a.leeway,
+            role_claim: a.role_claim.clone(),
+            allow_anonymous: a.allow_anonymous_viewers,
+        },
+    )
+}
+
 impl AppState {
     pub fn new(config: Arc<Config>, store: Arc<dyn SharedState>, node_id: String) -> Self {
         let registry = Registry::new(config.ws.max_connections);
+        let trusted_proxies = config
+            .server
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| IpNet::parse(p))
+            .collect();
         Self(Arc::new(AppInner {
+            auth: verifier(&config),
+            streams: StreamService::new(store.clone()),
+            rtc: crate::rtc::RtcIssuer::from_config(&config),
             config,
             store,
             registry,
+            trusted_proxies,
             node_id,
             draining: CancellationToken::new(),
         }))

@@ -5,10 +5,12 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod rtc;
 pub mod server;
 pub mod store;
+pub mod streams;
 pub mod telemetry;
 pub mod ws;

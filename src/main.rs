@@ -28,32 +28,207 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node (the default).
-    Serve,
+    Serve {
+        /// Development mode: embedded backend defaults plus the public development JWT
+        /// secret and placeholder Agora credentials. Never use in production.
+        #[arg(long)]
+        dev: bool,
+    },
     /// Validate the configuration and print it, secrets redacted.
-    CheckConfig,
+    CheckConfig {
+        /// Validate as `serve --dev` would run.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Mint development access tokens and inspect RTC tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print the version.
     Version,
 }
 
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a Supabase-style access token (HS256) with the configured JWT secret, for
+    /// trying the node locally.
+    Mint {
+        /// The user id (`sub`).
+        #[arg(long)]
+        user: String,
+        /// `seller` or `buyer`.
+        #[arg(long, default_value = "buyer")]
+        role: String,
+        /// Lifetime, e.g. `1h`.
+        #[arg(long, default_value = "1h", value_parser = humantime_duration)]
+        ttl: std::time::Duration,
+        /// Mark the token as an anonymous sign-in.
+        #[arg(long)]
+        anonymous: bool,
+        /// Use the development secret (as `serve --dev` does).
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Decode an Agora AccessToken2 and verify it against the configured certificate.
+    Inspect {
+        /// The token ("007...").
+        token: String,
+        /// Verify against the development placeholder certificate.
+        #[arg(long)]
+        dev: bool,
+    },
+}
+
+fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime_serde::re::humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Serve);
+    let command = cli.command.unwrap_or(Command::Serve { dev: false });
     if let Command::Version = command {
         println!("streamedge {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let config = match config::load(&ConfigSource::from_process(cli.config)) {
+    let dev = match &command {
+        Command::Serve { dev } | Command::CheckConfig { dev } => *dev,
+        Command::Token(TokenCommand::Mint { dev, .. } | TokenCommand::Inspect { dev, .. }) => *dev,
+        Command::Version => false,
+    };
+    let mut config = match config::load(&ConfigSource::from_process(cli.config)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("streamedge: configuration error: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let dev_changes = if dev {
+        streamedge::auth::dev::apply_dev_mode(&mut config)
+    } else {
+        Vec::new()
+    };
     match command {
-        Command::CheckConfig => check_config(&config),
-        Command::Serve => serve(config),
+        Command::CheckConfig { .. } => check_config(&config),
+        Command::Serve { .. } => serve(config, dev, dev_changes),
+        Command::Token(t) => token_command(&config, t),
         Command::Version => unreachable!(),
     }
+}
+
+fn token_command(config: &Config, cmd: TokenCommand) -> ExitCode {
+    use streamedge::auth::dev::{mint, MintRequest};
+    use streamedge::auth::Role;
+    match cmd {
+        TokenCommand::Mint {
+            user,
+            role,
+            ttl,
+            anonymous,
+            ..
+        } => {
+            let role = match role.as_str() {
+                "seller" => Role::Seller,
+                "buyer" => Role::Buyer,
+                other => {
+                    eprintln!("streamedge: --role must be seller or buyer, not {other:?}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            if config.auth.jwt_secret.is_empty() {
+                eprintln!(
+                    "streamedge: no auth.jwt_secret configured; pass --dev to use the development secret"
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let token = mint(
+                config.auth.jwt_secret.expose().as_bytes(),
+                &MintRequest {
+                    user_id: &user,
+                    role,
+                    ttl,
+                    audience: &config.auth.audience,
+                    issuer: &config.auth.issuer,
+                    role_claim: &config.auth.role_claim,
+                    anonymous,
+                },
+                jsonwebtoken::get_current_timestamp(),
+            );
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        TokenCommand::Inspect { token, .. } => {
+            use streamedge::rtc::accesstoken2;
+            let parsed = match accesstoken2::parse(token.trim()) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("streamedge: not a valid AccessToken2: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let cert = config.agora.app_certificate.expose();
+            let signature = if cert.is_empty() {
+                "unchecked (no agora.app_certificate configured)".to_string()
+            } else {
+                match parsed.verify_signature(cert) {
+                    Ok(()) => "valid".to_string(),
+                    Err(e) => format!("INVALID ({e})"),
+                }
+            };
+            let now = jsonwebtoken::get_current_timestamp();
+            let report = inspect_report(&parsed.token, &signature, now);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            if signature.starts_with("INVALID") {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}
+
+fn inspect_report(
+    t: &streamedge::rtc::accesstoken2::AccessToken2,
+    signature: &str,
+    now: u64,
+) -> serde_json::Value {
+    use streamedge::rtc::accesstoken2::Service;
+    use streamedge::streams::model::rfc3339;
+    let at = |rel: u32| rfc3339((u64::from(t.issue_ts) + u64::from(rel)) * 1000);
+    let services: Vec<serde_json::Value> = t
+        .services
+        .iter()
+        .map(|s| match s {
+            Service::Rtc {
+                channel_name,
+                uid,
+                privileges,
+            } => serde_json::json!({
+                "service": "rtc",
+                "channel": channel_name,
+                "uid": uid,
+                "privileges": privileges.iter().map(|(p, e)| serde_json::json!({
+                    "privilege": match p { 1 => "join_channel", 2 => "publish_audio", 3 => "publish_video", 4 => "publish_data", _ => "unknown" },
+                    "id": p,
+                    "expire_seconds": e,
+                    "expires_at": if *e == 0 { "never".to_string() } else { at(*e) },
+                })).collect::<Vec<_>>(),
+            }),
+            other => serde_json::json!({ "service_type": other.service_type() }),
+        })
+        .collect();
+    serde_json::json!({
+        "version": "007",
+        "app_id": t.app_id,
+        "issued_at": rfc3339(u64::from(t.issue_ts) * 1000),
+        "expire_seconds": t.expire,
+        "expires_at": at(t.expire),
+        "expired": u64::from(t.issue_ts) + u64::from(t.expire) <= now,
+        "salt": t.salt,
+        "signature": signature,
+        "services": services,
+    })
 }
 
 fn check_config(config: &Config) -> ExitCode {
@@ -70,8 +245,24 @@ fn check_config(config: &Config) -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, dev: bool, dev_changes: Vec<&'static str>) -> ExitCode {
     streamedge::telemetry::init_logging(&config.log);
+    if dev {
+        tracing::warn!("==============================================================");
+        tracing::warn!("DEVELOPMENT MODE (--dev): this node is NOT secure.");
+        for c in &dev_changes {
+            tracing::warn!("  {c}");
+        }
+        tracing::warn!(
+            "Anyone can mint tokens: `streamedge token mint --dev --user alice --role seller`"
+        );
+        tracing::warn!("==============================================================");
+    }
+    if config.auth.jwt_secret.is_empty() && config.auth.jwks_url.is_empty() {
+        tracing::warn!(
+            "no auth.jwt_secret or auth.jwks_url configured: every authenticated request will be refused"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

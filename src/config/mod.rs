@@ -5,6 +5,7 @@
 //! that names the key, and `main` turns it into exit code 2.
 
 mod load;
+mod security;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,6 +13,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use load::{load, ConfigError, ConfigSource, ENV_PREFIX};
+pub use security::{
+    AgoraConfig, AuthConfig, MediaConfig, RateLimitConfig, RouteLimit, Secret, UidMode,
+};
 
 /// The whole node configuration. Defaults are the embedded single-node setup.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -21,6 +25,10 @@ pub struct Config {
     pub log: LogConfig,
     pub redis: RedisConfig,
     pub ws: WsConfig,
+    pub auth: AuthConfig,
+    pub agora: AgoraConfig,
+    pub media: MediaConfig,
+    pub rate_limit: RateLimitConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -35,6 +43,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// This node's name in logs, metrics and the shared state; empty means generated.
     pub node_id: String,
+    /// Peers (IPs or CIDRs) whose `X-Forwarded-For` is believed when finding a client's
+    /// IP for rate limits. Empty: the peer address is the client.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +55,7 @@ impl Default for ServerConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             shutdown_grace: Duration::from_secs(30),
             node_id: String::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -206,6 +218,110 @@ impl Config {
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid("log.level", "is not a valid tracing filter (e.g. `info`)");
         }
+        for (i, p) in self.server.trusted_proxies.iter().enumerate() {
+            if crate::http::client_ip::IpNet::parse(p).is_none() {
+                return invalid(
+                    &format!("server.trusted_proxies[{i}]"),
+                    "must be an IP address or CIDR (e.g. 10.0.0.0/8)",
+                );
+            }
+        }
+        self.validate_security()
+    }
+
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, msg: &str| {
+            Err(ConfigError::Invalid {
+                key: key.to_string(),
+                message: msg.to_string(),
+            })
+        };
+        let a = &self.auth;
+        if !a.jwt_secret.is_empty() && a.jwt_secret.expose().len() < 32 {
+            return invalid("auth.jwt_secret", "must be at least 32 characters");
+        }
+        let url_ok = a.jwks_url.is_empty()
+            || a.jwks_url.starts_with("https://")
+            || a.jwks_url.starts_with("http://");
+        if !url_ok {
+            return invalid("auth.jwks_url", "must be an http:// or https:// URL");
+        }
+        for (key, d) in [
+            ("auth.jwks_timeout", a.jwks_timeout),
+            ("auth.jwks_min_refresh", a.jwks_min_refresh),
+            ("agora.token_ttl", self.agora.token_ttl),
+            ("agora.privilege_ttl", self.agora.privilege_ttl),
+            ("media.token_ttl", self.media.token_ttl),
+        ] {
+            if d.is_zero() {
+                return invalid(key, "must be greater than zero");
+            }
+        }
+        if a.leeway > Duration::from_secs(300) {
+            return invalid("auth.leeway", "must be at most 5m");
+        }
+        let path_ok = !a.role_claim.is_empty()
+            && a.role_claim
+                .split('.')
+                .all(|p| !p.is_empty() && p.len() <= 64);
+        if !path_ok {
+            return invalid(
+                "auth.role_claim",
+                "must be a dotted claim path like app_metadata.role",
+            );
+        }
+        let hex32 = |s: &str| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let g = &self.agora;
+        if !g.app_id.is_empty() && !hex32(&g.app_id) {
+            return invalid("agora.app_id", "must be 32 hexadecimal characters");
+        }
+        if !g.app_certificate.is_empty() && !hex32(g.app_certificate.expose()) {
+            return invalid("agora.app_certificate", "must be 32 hexadecimal characters");
+        }
+        if g.app_id.is_empty() != g.app_certificate.is_empty() {
+            return invalid(
+                "agora.app_certificate",
+                "agora.app_id and agora.app_certificate must be set together",
+            );
+        }
+        for (key, d) in [
+            ("agora.token_ttl", g.token_ttl),
+            ("agora.privilege_ttl", g.privilege_ttl),
+        ] {
+            if d > Duration::from_secs(24 * 3600) {
+                return invalid(key, "must be at most 24h");
+            }
+        }
+        if self.media.enabled && self.media.node_key.expose().len() < 32 {
+            return invalid(
+                "media.node_key",
+                "must be at least 32 characters when media.enabled",
+            );
+        }
+        let r = &self.rate_limit;
+        for (name, l) in [
+            ("rtc_token", &r.rtc_token),
+            ("streams_write", &r.streams_write),
+            ("streams_read", &r.streams_read),
+        ] {
+            for (field, rate, burst) in [
+                ("user", l.user_per_sec, l.user_burst),
+                ("ip", l.ip_per_sec, l.ip_burst),
+            ] {
+                if !(0.0..=1_000_000.0).contains(&rate) || rate.is_nan() {
+                    return invalid(
+                        &format!("rate_limit.{name}.{field}_per_sec"),
+                        "must be between 0 and 1000000",
+                    );
+                }
+                if rate > 0.0 && burst == 0 {
+                    return invalid(
+                        &format!("rate_limit.{name}.{field}_burst"),
+                        "must be at least 1 when the rate is set",
+                    );
+                }
+            }
+        }
         Ok(())
     }
 
@@ -213,6 +329,9 @@ impl Config {
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
         c.redis.url = redact_url_password(&c.redis.url);
+        c.auth.jwt_secret = c.auth.jwt_secret.redacted();
+        c.agora.app_certificate = c.agora.app_certificate.redacted();
+        c.media.node_key = c.media.node_key.redacted();
         c
     }
 }

@@ -2,3 +2,8 @@
 //! channels.
 
 pub mod accesstoken2;
+pub mod routes;
+pub mod service;
+mod zlib_compat;
+
+pub use service::RtcIssuer;

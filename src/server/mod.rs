@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -64,13 +64,26 @@ pub enum RunError {
     GraceExceeded(std::time::Duration),
 }
 
+/// Largest request body the API accepts.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
 /// The public API router.
 pub fn api_router(app: AppState) -> Router {
     let r = Router::new()
         .route(
+            "/v1/streams",
+            get(crate::streams::routes::list).post(crate::streams::routes::create),
+        )
+        .route("/v1/streams/{stream_id}", get(crate::streams::routes::get))
+        .route(
+            "/v1/streams/{stream_id}/rtc-token",
+            post(crate::rtc::routes::issue),
+        )
+        .route(
             "/v1/streams/{stream_id}/ws",
             get(crate::ws::routes::stream_ws),
         )
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(crate::http::problem::not_found)
         .method_not_allowed_fallback(crate::http::problem::method_not_allowed)
         .with_state(app);

@@ -2,7 +2,7 @@
 //! backend (the conformance suite holds both to it), with expiry checked on access and by
 //! a periodic sweep so expired entries do not accumulate.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,9 @@ struct Inner {
     values: HashMap<String, (Value, Option<Instant>)>,
     presence: HashMap<String, HashMap<String, Instant>>,
     logs: HashMap<String, Log>,
+    /// Rate limiter TATs, in µs since `epoch`.
+    limits: HashMap<String, u64>,
+    indexes: HashMap<String, BTreeSet<String>>,
 }
 
 enum Value {
@@ -36,6 +39,12 @@ struct Log {
     expires: Option<Instant>,
 }
 
+/// The zero point of rate limiter clocks.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
 fn live(exp: Option<Instant>, now: Instant) -> bool {
     exp.is_none_or(|e| e > now)
 }
@@ -48,6 +57,8 @@ impl Inner {
             !members.is_empty()
         });
         self.logs.retain(|_, log| live(log.expires, now));
+        let now_us = now.saturating_duration_since(epoch()).as_micros() as u64;
+        self.limits.retain(|_, tat| *tat > now_us);
     }
 
     fn value(&mut self, key: &str, now: Instant) -> Option<&mut Value> {
@@ -209,6 +220,24 @@ impl SharedState for MemoryStore {
         Ok(next)
     }
 
+    async fn rate_limit(
+        &self,
+        key: &str,
+        per_sec: f64,
+        burst: u32,
+    ) -> StoreResult<super::RateDecision> {
+        let now_us = Instant::now()
+            .saturating_duration_since(epoch())
+            .as_micros() as u64;
+        let mut inner = self.lock();
+        let (decision, new_tat) =
+            super::gcra(now_us, inner.limits.get(key).copied(), per_sec, burst);
+        if let Some(t) = new_tat {
+            inner.limits.insert(key.to_string(), t);
+        }
+        Ok(decision)
+    }
+
     async fn presence_touch(&self, set: &str, member: &str, ttl: Duration) -> StoreResult<bool> {
         let now = Instant::now();
         let mut inner = self.lock();
@@ -249,6 +278,47 @@ impl SharedState for MemoryStore {
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    async fn index_add(&self, key: &str, member: &str) -> StoreResult<bool> {
+        Ok(self
+            .lock()
+            .indexes
+            .entry(key.to_string())
+            .or_default()
+            .insert(member.to_string()))
+    }
+
+    async fn index_remove(&self, key: &str, member: &str) -> StoreResult<bool> {
+        let mut inner = self.lock();
+        let Some(set) = inner.indexes.get_mut(key) else {
+            return Ok(false);
+        };
+        let removed = set.remove(member);
+        if set.is_empty() {
+            inner.indexes.remove(key);
+        }
+        Ok(removed)
+    }
+
+    async fn index_page_desc(
+        &self,
+        key: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let inner = self.lock();
+        let Some(set) = inner.indexes.get(key) else {
+            return Ok(Vec::new());
+        };
+        let iter: Box<dyn Iterator<Item = &String>> = match before {
+            Some(b) => Box::new(
+                set.range::<str, _>((std::ops::Bound::Unbounded, std::ops::Bound::Excluded(b)))
+                    .rev(),
+            ),
+            None => Box::new(set.iter().rev()),
+        };
+        Ok(iter.take(limit).cloned().collect())
     }
 
     async fn log_append(

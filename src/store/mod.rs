@@ -42,6 +42,14 @@ pub struct LogEntry {
     pub payload: Bytes,
 }
 
+/// The answer of [`SharedState::rate_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDecision {
+    pub allowed: bool,
+    /// When refused: how long until one more request would be allowed.
+    pub retry_after: Duration,
+}
+
 /// How [`SharedState::log_append`] treats the log.
 #[derive(Debug, Clone, Default)]
 pub struct AppendOptions {
@@ -98,6 +106,10 @@ pub trait SharedState: Send + Sync + 'static {
     /// given, is (re)applied to the counter on every call.
     async fn incr(&self, key: &str, by: i64, ttl: Option<Duration>) -> StoreResult<i64>;
 
+    /// Counts one request against the limiter `key` (generic cell rate algorithm):
+    /// `burst` requests at once, `per_sec` sustained. Shared by every node.
+    async fn rate_limit(&self, key: &str, per_sec: f64, burst: u32) -> StoreResult<RateDecision>;
+
     // --- presence ----------------------------------------------------------------------
     /// Marks `member` present in `set` until `ttl` from now; returns whether it was absent.
     async fn presence_touch(&self, set: &str, member: &str, ttl: Duration) -> StoreResult<bool>;
@@ -110,6 +122,20 @@ pub trait SharedState: Send + Sync + 'static {
         &self,
         set: &str,
         after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>>;
+
+    // --- sorted index ----------------------------------------------------------------------
+    /// Adds `member` to the byte-ordered index `key`; returns whether it was new.
+    async fn index_add(&self, key: &str, member: &str) -> StoreResult<bool>;
+    /// Removes `member`; returns whether it was there.
+    async fn index_remove(&self, key: &str, member: &str) -> StoreResult<bool>;
+    /// Members in descending byte order, starting below `before` (exclusive), at most
+    /// `limit`.
+    async fn index_page_desc(
+        &self,
+        key: &str,
+        before: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<String>>;
 
@@ -159,5 +185,68 @@ mod tests {
         assert_eq!(&e.payload[..], b"he\nllo");
         assert!(decode_log_publish(&Bytes::from_static(b"x\nabc")).is_none());
         assert!(decode_log_publish(&Bytes::from_static(b"12")).is_none());
+    }
+}
+
+/// The GCRA step, shared by the in-memory backend and the Lua script's logic: given the
+/// stored theoretical arrival time (µs), returns the decision and the new TAT to store.
+pub fn gcra(
+    now_us: u64,
+    tat_us: Option<u64>,
+    per_sec: f64,
+    burst: u32,
+) -> (RateDecision, Option<u64>) {
+    let interval = (1_000_000.0 / per_sec).max(1.0) as u64;
+    let tat = tat_us.unwrap_or(now_us).max(now_us);
+    let new_tat = tat + interval;
+    let allow_at = new_tat.saturating_sub(interval.saturating_mul(burst.max(1) as u64));
+    if allow_at > now_us {
+        (
+            RateDecision {
+                allowed: false,
+                retry_after: Duration::from_micros(allow_at - now_us),
+            },
+            None,
+        )
+    } else {
+        (
+            RateDecision {
+                allowed: true,
+                retry_after: Duration::ZERO,
+            },
+            Some(new_tat),
+        )
+    }
+}
+
+#[cfg(test)]
+mod gcra_tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_sustained_rate() {
+        // 10/s, burst 3, all at t=0: three pass, the fourth waits 100 ms.
+        let mut tat = None;
+        for _ in 0..3 {
+            let (d, t) = gcra(0, tat, 10.0, 3);
+            assert!(d.allowed);
+            tat = t;
+        }
+        let (d, t) = gcra(0, tat, 10.0, 3);
+        assert!(!d.allowed);
+        assert!(t.is_none());
+        assert_eq!(d.retry_after, Duration::from_millis(100));
+        // 100 ms later exactly one more passes.
+        let (d, t) = gcra(100_000, tat, 10.0, 3);
+        assert!(d.allowed);
+        let (d, _) = gcra(100_000, t, 10.0, 3);
+        assert!(!d.allowed);
+        // After a long pause the full burst is available again.
+        let mut tat = t;
+        for _ in 0..3 {
+            let (d, t) = gcra(10_000_000, tat, 10.0, 3);
+            assert!(d.allowed);
+            tat = t;
+        }
     }
 }

@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
+use crate::auth::WsAuthenticated;
+use crate::streams::routes::parse_stream_id;
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
-use uuid::Uuid;
 
 use super::conn::{self, ConnSettings};
 use super::protocol::{ServerFrame, SUBPROTOCOL};
@@ -13,21 +14,11 @@ use super::queue::OutboundQueue;
 use crate::app::AppState;
 use crate::http::{ApiError, ErrorKind};
 
-/// Parses a stream id from a path segment.
-pub fn parse_stream_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| {
-        ApiError::new(
-            ErrorKind::Invalid,
-            "invalid_stream_id",
-            "stream id must be a UUID",
-        )
-    })
-}
-
 pub async fn stream_ws(
     State(app): State<AppState>,
     Path(stream_id): Path<String>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    WsAuthenticated(who): WsAuthenticated,
 ) -> Result<Response, ApiError> {
     let stream = parse_stream_id(&stream_id)?;
     let upgrade = upgrade.map_err(|e| {
@@ -46,6 +37,8 @@ pub async fn stream_ws(
         )
         .with_retry_after(1));
     }
+    // The stream must exist (any node may have created it).
+    app.streams.get(&stream).await?;
     let Some(admission) = app.registry.try_admit() else {
         metrics::counter!("streamedge_ws_rejected_total", "reason" => "full").increment(1);
         return Err(ApiError::new(
@@ -88,7 +81,7 @@ pub async fn stream_ws(
             let end = tracker
                 .track_future(conn::drive(socket, queue, settings))
                 .await;
-            tracing::debug!(%stream, conn = registration.id, ?end, "websocket closed");
+            tracing::debug!(%stream, conn = registration.id, user = %who.user_id, ?end, "websocket closed");
             drop(registration);
         }))
 }

@@ -26,6 +26,7 @@ struct Scripts {
     presence_touch: Script,
     presence_remove: Script,
     presence_read: Script,
+    rate_limit: Script,
 }
 
 impl Scripts {
@@ -35,6 +36,7 @@ impl Scripts {
             presence_touch: Script::new(include_str!("presence_touch.lua")),
             presence_remove: Script::new(include_str!("presence_remove.lua")),
             presence_read: Script::new(include_str!("presence_read.lua")),
+            rate_limit: Script::new(include_str!("rate_limit.lua")),
         }
     }
 }
@@ -254,6 +256,25 @@ impl SharedState for RedisStore {
         }
     }
 
+    async fn rate_limit(
+        &self,
+        key: &str,
+        per_sec: f64,
+        burst: u32,
+    ) -> StoreResult<super::RateDecision> {
+        let mut c = self.conn();
+        let interval = (1_000_000.0 / per_sec).max(1.0) as u64;
+        let mut inv = self.scripts.rate_limit.prepare_invoke();
+        inv.key(self.key(&format!("rl:{key}")))
+            .arg(interval)
+            .arg(burst.max(1));
+        let (allowed, retry_us): (i64, u64) = self.run(inv.invoke_async(&mut c)).await?;
+        Ok(super::RateDecision {
+            allowed: allowed == 1,
+            retry_after: Duration::from_micros(retry_us),
+        })
+    }
+
     async fn presence_touch(&self, set: &str, member: &str, ttl: Duration) -> StoreResult<bool> {
         let mut c = self.conn();
         let mut inv = self.scripts.presence_touch.prepare_invoke();
@@ -293,6 +314,49 @@ impl SharedState for RedisStore {
             None => 0,
         };
         Ok(members.into_iter().skip(start).take(limit).collect())
+    }
+
+    async fn index_add(&self, key: &str, member: &str) -> StoreResult<bool> {
+        let mut c = self.conn();
+        let k = self.key(key);
+        let n: i64 = self.run(async move { c.zadd(k, member, 0).await }).await?;
+        Ok(n > 0)
+    }
+
+    async fn index_remove(&self, key: &str, member: &str) -> StoreResult<bool> {
+        let mut c = self.conn();
+        let k = self.key(key);
+        let n: i64 = self.run(async move { c.zrem(k, member).await }).await?;
+        Ok(n > 0)
+    }
+
+    async fn index_page_desc(
+        &self,
+        key: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn();
+        let k = self.key(key);
+        let max = match before {
+            Some(b) => format!("({b}"),
+            None => "+".to_string(),
+        };
+        self.run(async move {
+            redis::cmd("ZREVRANGEBYLEX")
+                .arg(k)
+                .arg(max)
+                .arg("-")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut c)
+                .await
+        })
+        .await
     }
 
     async fn log_append(

@@ -1,0 +1,241 @@
+//! Verifying Supabase access tokens: HS256 with the project's JWT secret, ES256/RS256 with
+//! keys from the project's JWKS. Every way a token can be wrong has its own error code.
+//!
+//! The header is inspected before any cryptography so that the algorithm decides the key
+//! *family*: HS256 is only ever checked against the shared secret and ES256/RS256 only
+//! against a JWKS key whose own algorithm matches — an HS256 token that names a JWKS key
+//! (the classic public-key-as-HMAC-secret attack) is refused as `token_alg_mismatch`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind as JwtKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use super::jwks::{JwksCache, JwksError};
+use super::principal::{principal_from_claims, ClaimsError, Principal};
+
+/// Longest token accepted, in bytes.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Why a token was refused. [`AuthError::code`] is the stable problem+json code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no access token was sent")]
+    Missing,
+    #[error("the access token is not a well-formed JWT")]
+    Malformed,
+    #[error("the access token's signature is truncated or has the wrong length")]
+    Truncated,
+    #[error("the access token's algorithm is not accepted")]
+    AlgNotAllowed,
+    #[error("the access token's algorithm does not match its key")]
+    AlgMismatch,
+    #[error("the access token names an unknown signing key")]
+    UnknownKid,
+    #[error("the access token's signature is invalid")]
+    BadSignature,
+    #[error("the access token has expired")]
+    Expired,
+    #[error("the access token is not valid yet")]
+    NotYetValid,
+    #[error("the access token is for another audience")]
+    WrongAudience,
+    #[error("the access token was issued by another issuer")]
+    WrongIssuer,
+    #[error("the access token lacks a required claim")]
+    MissingClaim,
+    #[error("the access token's role claim is not `seller` or `buyer`")]
+    InvalidRole,
+    #[error("anonymous viewers are not allowed")]
+    AnonymousNotAllowed,
+    /// The JWKS could not be loaded (and nothing is cached): not the client's fault.
+    #[error("signing keys are unavailable")]
+    KeysUnavailable,
+}
+
+impl AuthError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "token_missing",
+            AuthError::Malformed => "token_malformed",
+            AuthError::Truncated => "token_truncated",
+            AuthError::AlgNotAllowed => "token_alg_not_allowed",
+            AuthError::AlgMismatch => "token_alg_mismatch",
+            AuthError::UnknownKid => "token_unknown_kid",
+            AuthError::BadSignature => "token_bad_signature",
+            AuthError::Expired => "token_expired",
+            AuthError::NotYetValid => "token_not_yet_valid",
+            AuthError::WrongAudience => "token_wrong_audience",
+            AuthError::WrongIssuer => "token_wrong_issuer",
+            AuthError::MissingClaim => "token_missing_claim",
+            AuthError::InvalidRole => "token_invalid_role",
+            AuthError::AnonymousNotAllowed => "token_anonymous_not_allowed",
+            AuthError::KeysUnavailable => "auth_keys_unavailable",
+        }
+    }
+}
+
+impl From<AuthError> for crate::http::ApiError {
+    fn from(e: AuthError) -> Self {
+        use crate::http::{ApiError, ErrorKind};
+        metrics::counter!("streamedge_auth_failures_total", "code" => e.code()).increment(1);
+        match e {
+            AuthError::KeysUnavailable => {
+                ApiError::new(ErrorKind::Unavailable, e.code(), e.to_string()).with_retry_after(5)
+            }
+            _ => ApiError::new(ErrorKind::Unauthorized, e.code(), e.to_string()),
+        }
+    }
+}
+
+/// What the verifier checks besides the signature.
+#[derive(Debug, Clone)]
+pub struct VerifierSettings {
+    /// Required `aud` (Supabase: `authenticated`); `None` skips the check.
+    pub audience: Option<String>,
+    /// Required `iss`; `None` skips the check.
+    pub issuer: Option<String>,
+    pub leeway: Duration,
+    pub role_claim: String,
+    pub allow_anonymous: bool,
+}
+
+/// Verifies access tokens and maps them to principals.
+pub struct Verifier {
+    secret: Option<DecodingKey>,
+    jwks: Option<Arc<JwksCache>>,
+    settings: VerifierSettings,
+}
+
+#[derive(serde::Deserialize)]
+struct RawHeader {
+    alg: Option<serde_json::Value>,
+    kid: Option<String>,
+}
+
+fn b64(segment: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment)
+}
+
+impl Verifier {
+    pub fn new(
+        secret: Option<&[u8]>,
+        jwks: Option<Arc<JwksCache>>,
+        settings: VerifierSettings,
+    ) -> Self {
+        Self {
+            secret: secret.map(DecodingKey::from_secret),
+            jwks,
+            settings,
+        }
+    }
+
+    pub fn jwks(&self) -> Option<&Arc<JwksCache>> {
+        self.jwks.as_ref()
+    }
+
+    /// Verifies `token` and returns who it belongs to.
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::Malformed);
+        }
+        let parts: Vec<&str> = token.split('.').collect();
+        if parts.len() != 3 || parts[0].is_empty() || parts[1].is_empty() {
+            return Err(AuthError::Malformed);
+        }
+        let header: RawHeader = b64(parts[0])
+            .ok()
+            .and_then(|h| serde_json::from_slice(&h).ok())
+            .ok_or(AuthError::Malformed)?;
+        if b64(parts[1]).is_err() {
+            return Err(AuthError::Malformed);
+        }
+        let alg = match header.alg.as_ref().and_then(|a| a.as_str()) {
+            Some("HS256") => Algorithm::HS256,
+            Some("ES256") => Algorithm::ES256,
+            Some("RS256") => Algorithm::RS256,
+            _ => return Err(AuthError::AlgNotAllowed),
+        };
+        let signature = b64(parts[2]).map_err(|_| AuthError::Truncated)?;
+
+        let key = match alg {
+            Algorithm::HS256 => {
+                if let (Some(kid), Some(jwks)) = (&header.kid, &self.jwks) {
+                    if jwks.cached(kid).is_some() {
+                        return Err(AuthError::AlgMismatch);
+                    }
+                }
+                if signature.len() != 32 {
+                    return Err(AuthError::Truncated);
+                }
+                self.secret.clone().ok_or(AuthError::AlgNotAllowed)?
+            }
+            _ => {
+                let jwks = self.jwks.as_ref().ok_or(AuthError::AlgNotAllowed)?;
+                let kid = header.kid.as_deref().ok_or(AuthError::UnknownKid)?;
+                if kid.len() > 256 {
+                    return Err(AuthError::UnknownKid);
+                }
+                let k = jwks
+                    .key(kid)
+                    .await
+                    .map_err(|JwksError::Unavailable(_)| AuthError::KeysUnavailable)?
+                    .ok_or(AuthError::UnknownKid)?;
+                if k.alg != alg {
+                    return Err(AuthError::AlgMismatch);
+                }
+                let expected_len = match alg {
+                    Algorithm::ES256 => Some(64),
+                    _ => None,
+                };
+                if expected_len.is_some_and(|n| signature.len() != n) || signature.len() < 64 {
+                    return Err(AuthError::Truncated);
+                }
+                k.key
+            }
+        };
+
+        let mut v = Validation::new(alg);
+        v.leeway = self.settings.leeway.as_secs();
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        v.required_spec_claims = HashSet::from(["exp".to_string()]);
+        match &self.settings.audience {
+            Some(aud) => v.set_audience(&[aud]),
+            None => v.validate_aud = false,
+        }
+        if let Some(iss) = &self.settings.issuer {
+            v.set_issuer(&[iss]);
+        }
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, &key, &v).map_err(|e| {
+                match e.kind() {
+                    JwtKind::ExpiredSignature => AuthError::Expired,
+                    JwtKind::ImmatureSignature => AuthError::NotYetValid,
+                    JwtKind::InvalidAudience => AuthError::WrongAudience,
+                    JwtKind::InvalidIssuer => AuthError::WrongIssuer,
+                    JwtKind::InvalidSignature => AuthError::BadSignature,
+                    JwtKind::InvalidAlgorithm => AuthError::AlgMismatch,
+                    JwtKind::MissingRequiredClaim(_) => AuthError::MissingClaim,
+                    _ => AuthError::Malformed,
+                }
+            })?;
+        principal_from_claims(
+            &data.claims,
+            &self.settings.role_claim,
+            self.settings.allow_anonymous,
+        )
+        .map_err(|e| match e {
+            ClaimsError::MissingSubject => AuthError::MissingClaim,
+            ClaimsError::AnonymousNotAllowed => AuthError::AnonymousNotAllowed,
+            ClaimsError::InvalidRole(_) => AuthError::InvalidRole,
+        })
+    }
+}

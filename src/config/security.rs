@@ -1,0 +1,191 @@
+//! Configuration of authentication, RTC tokens, media tokens and rate limits.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A secret value: printed as `<redacted>` by `Debug` and by `Config::redacted`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub(crate) fn redacted(&self) -> Self {
+        if self.0.is_empty() {
+            Self::default()
+        } else {
+            Self("<redacted>".into())
+        }
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("<redacted>")
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The Supabase project's JWT secret (HS256). Empty: HS256 tokens are refused.
+    pub jwt_secret: Secret,
+    /// JWKS with the project's asymmetric signing keys (ES256/RS256). Empty: none.
+    pub jwks_url: String,
+    #[serde(with = "humantime_serde")]
+    pub jwks_timeout: Duration,
+    /// Least time between two JWKS fetches (doubles after failures, up to 5 min).
+    #[serde(with = "humantime_serde")]
+    pub jwks_min_refresh: Duration,
+    /// Required `aud`; empty skips the check.
+    pub audience: String,
+    /// Required `iss`; empty skips the check.
+    pub issuer: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Dotted path of the claim holding `seller` or `buyer`.
+    pub role_claim: String,
+    /// Accept Supabase anonymous sign-ins (and anon-key tokens) as viewers.
+    pub allow_anonymous_viewers: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: Secret::default(),
+            jwks_url: String::new(),
+            jwks_timeout: Duration::from_secs(5),
+            jwks_min_refresh: Duration::from_secs(30),
+            audience: "authenticated".into(),
+            issuer: String::new(),
+            leeway: Duration::from_secs(30),
+            role_claim: "app_metadata.role".into(),
+            allow_anonymous_viewers: false,
+        }
+    }
+}
+
+/// How the RTC uid of a user is formed.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UidMode {
+    /// A 32-bit number derived stably from the user id.
+    Numeric,
+    /// The user id itself as an Agora user account.
+    Account,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgoraConfig {
+    /// Agora App ID (32 hex characters). Empty: RTC tokens are not issued.
+    pub app_id: String,
+    /// Agora App Certificate (32 hex characters).
+    pub app_certificate: Secret,
+    /// Token lifetime.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// Lifetime of the join/publish privileges inside the token.
+    #[serde(with = "humantime_serde")]
+    pub privilege_ttl: Duration,
+    pub uid_mode: UidMode,
+}
+
+impl Default for AgoraConfig {
+    fn default() -> Self {
+        Self {
+            app_id: String::new(),
+            app_certificate: Secret::default(),
+            token_ttl: Duration::from_secs(3600),
+            privilege_ttl: Duration::from_secs(3600),
+            uid_mode: UidMode::Numeric,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Serve the node's own WebRTC media path (WHIP/WHEP) and issue media tokens.
+    pub enabled: bool,
+    /// Key signing the node's media tokens (HS256, at least 32 characters when enabled).
+    pub node_key: Secret,
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node_key: Secret::default(),
+            token_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// One route's limits: a sustained rate and a burst, per user and per client IP.
+/// A rate of 0 disables that limit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteLimit {
+    pub user_per_sec: f64,
+    pub user_burst: u32,
+    pub ip_per_sec: f64,
+    pub ip_burst: u32,
+}
+
+impl RouteLimit {
+    const fn new(user_per_sec: f64, user_burst: u32, ip_per_sec: f64, ip_burst: u32) -> Self {
+        Self {
+            user_per_sec,
+            user_burst,
+            ip_per_sec,
+            ip_burst,
+        }
+    }
+}
+
+impl Default for RouteLimit {
+    fn default() -> Self {
+        Self::new(10.0, 20, 100.0, 200)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Master switch.
+    pub enabled: bool,
+    /// `POST /v1/streams/{id}/rtc-token`.
+    pub rtc_token: RouteLimit,
+    /// `POST /v1/streams`.
+    pub streams_write: RouteLimit,
+    /// `GET /v1/streams`, `GET /v1/streams/{id}`.
+    pub streams_read: RouteLimit,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            rtc_token: RouteLimit::new(2.0, 10, 50.0, 200),
+            streams_write: RouteLimit::new(1.0, 5, 10.0, 50),
+            streams_read: RouteLimit::new(20.0, 40, 200.0, 400),
+        }
+    }
+}

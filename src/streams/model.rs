@@ -1,0 +1,197 @@
+//! Streams and their owners: the record, its states, and the pure rules for titles and
+//! list cursors.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Longest title, in characters.
+pub const MAX_TITLE_CHARS: usize = 120;
+
+/// Where a stream is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamState {
+    Idle,
+    Live,
+    Paused,
+    Ended,
+}
+
+impl StreamState {
+    pub const ALL: [StreamState; 4] = [
+        StreamState::Idle,
+        StreamState::Live,
+        StreamState::Paused,
+        StreamState::Ended,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamState::Idle => "idle",
+            StreamState::Live => "live",
+            StreamState::Paused => "paused",
+            StreamState::Ended => "ended",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// A stream as stored in the shared state and returned by the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stream {
+    pub id: Uuid,
+    pub owner_id: String,
+    pub title: String,
+    pub state: StreamState,
+    /// Unix milliseconds.
+    pub created_at_ms: u64,
+    /// Unix milliseconds of the last change.
+    pub updated_at_ms: u64,
+}
+
+/// Why a title is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TitleError {
+    #[error("title must not be empty")]
+    Empty,
+    #[error("title must be at most {MAX_TITLE_CHARS} characters")]
+    TooLong,
+    #[error("title must not contain control characters")]
+    ControlCharacter,
+}
+
+/// Trims and checks a title.
+pub fn validate_title(raw: &str) -> Result<String, TitleError> {
+    let t = raw.trim();
+    if t.is_empty() {
+        return Err(TitleError::Empty);
+    }
+    if t.chars().count() > MAX_TITLE_CHARS {
+        return Err(TitleError::TooLong);
+    }
+    if t.chars()
+        .any(|c| c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c))
+    {
+        return Err(TitleError::ControlCharacter);
+    }
+    Ok(t.to_string())
+}
+
+/// The sort key of a stream in the listing indexes: newest first when read in reverse
+/// byte order. Zero-padded creation time, then the id to break ties.
+pub fn index_member(s: &Stream) -> String {
+    format!("{:016}:{}", s.created_at_ms, s.id)
+}
+
+/// Reads a stream id back from an index member.
+pub fn id_from_member(member: &str) -> Option<Uuid> {
+    member
+        .split_once(':')
+        .and_then(|(_, id)| Uuid::parse_str(id).ok())
+}
+
+/// Opaque list cursors are index members, base64url-encoded.
+pub fn encode_cursor(member: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(member)
+}
+
+pub fn decode_cursor(cursor: &str) -> Option<String> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
+    let s = String::from_utf8(raw).ok()?;
+    id_from_member(&s)?;
+    Some(s)
+}
+
+/// Unix milliseconds as RFC 3339 UTC (`2026-11-22T02:14:05.123Z`).
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn titles() {
+        assert_eq!(validate_title("  Sneaker drop  ").unwrap(), "Sneaker drop");
+        assert_eq!(validate_title("   "), Err(TitleError::Empty));
+        assert_eq!(
+            validate_title("a\u{0007}b"),
+            Err(TitleError::ControlCharacter)
+        );
+        assert_eq!(
+            validate_title("line\nbreak"),
+            Err(TitleError::ControlCharacter)
+        );
+        assert_eq!(
+            validate_title("rtl\u{202e}x"),
+            Err(TitleError::ControlCharacter)
+        );
+        assert!(validate_title(&"é".repeat(120)).is_ok());
+        assert_eq!(validate_title(&"é".repeat(121)), Err(TitleError::TooLong));
+        assert!(validate_title("👟 Drop #3 — 50% off").is_ok());
+    }
+
+    #[test]
+    fn index_members_sort_by_time_and_round_trip() {
+        let mk = |ms, id: &str| Stream {
+            id: Uuid::parse_str(id).unwrap(),
+            owner_id: "o".into(),
+            title: "t".into(),
+            state: StreamState::Idle,
+            created_at_ms: ms,
+            updated_at_ms: ms,
+        };
+        let a = index_member(&mk(999, "00000000-0000-4000-8000-000000000001"));
+        let b = index_member(&mk(1000, "00000000-0000-4000-8000-000000000000"));
+        assert!(a < b);
+        assert_eq!(decode_cursor(&encode_cursor(&a)).unwrap(), a);
+        assert_eq!(
+            id_from_member(&a).unwrap().to_string(),
+            "00000000-0000-4000-8000-000000000001"
+        );
+        assert!(decode_cursor("!!").is_none());
+        assert!(decode_cursor(&encode_cursor("no-colon")).is_none());
+    }
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_313_645_123), "2026-11-22T02:14:05.123Z");
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in StreamState::ALL {
+            assert_eq!(StreamState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(StreamState::parse("LIVE"), None);
+    }
+}

@@ -1,0 +1,161 @@
+//! `POST /v1/streams`, `GET /v1/streams/{stream_id}`, `GET /v1/streams`.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::model::{rfc3339, Stream, StreamState};
+use crate::app::AppState;
+use crate::auth::Authenticated;
+use crate::http::rate_limit::{self, Route};
+use crate::http::{ApiError, ApiJson, ApiQuery, ErrorKind};
+
+/// Parses a `{stream_id}` path segment.
+pub fn parse_stream_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::new(
+            ErrorKind::Invalid,
+            "invalid_stream_id",
+            "stream id must be a UUID",
+        )
+    })
+}
+
+/// A stream as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct StreamView {
+    pub id: Uuid,
+    pub owner_id: String,
+    pub title: String,
+    pub state: StreamState,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&Stream> for StreamView {
+    fn from(s: &Stream) -> Self {
+        Self {
+            id: s.id,
+            owner_id: s.owner_id.clone(),
+            title: s.title.clone(),
+            state: s.state,
+            created_at: rfc3339(s.created_at_ms),
+            updated_at: rfc3339(s.updated_at_ms),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStream {
+    pub title: String,
+    /// Client-chosen id: repeating the request with it returns the same stream.
+    pub id: Option<Uuid>,
+}
+
+pub async fn create(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Authenticated(who): Authenticated,
+    ApiJson(body): ApiJson<CreateStream>,
+) -> Result<Response, ApiError> {
+    if !who.is_seller() {
+        return Err(ApiError::new(
+            ErrorKind::Forbidden,
+            "seller_required",
+            "only sellers can create streams",
+        ));
+    }
+    rate_limit::check(
+        &app,
+        Route::StreamsWrite,
+        Some(&who.user_id),
+        peer,
+        &headers,
+    )
+    .await?;
+    let (stream, created) = app
+        .streams
+        .create(&who.user_id, &body.title, body.id)
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let location = format!("/v1/streams/{}", stream.id);
+    Ok((
+        status,
+        [(axum::http::header::LOCATION, location)],
+        Json(StreamView::from(&stream)),
+    )
+        .into_response())
+}
+
+pub async fn get(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(stream_id): Path<String>,
+    Authenticated(who): Authenticated,
+) -> Result<Json<StreamView>, ApiError> {
+    let id = parse_stream_id(&stream_id)?;
+    rate_limit::check(&app, Route::StreamsRead, Some(&who.user_id), peer, &headers).await?;
+    let stream = app.streams.get(&id).await?;
+    Ok(Json(StreamView::from(&stream)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub state: Option<String>,
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ListPage {
+    pub streams: Vec<StreamView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+pub async fn list(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Authenticated(who): Authenticated,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<ListPage>, ApiError> {
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(StreamState::parse(s).ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::Invalid,
+                "invalid_query",
+                "state must be one of idle, live, paused, ended",
+            )
+        })?),
+    };
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=super::service::MAX_PAGE).contains(&limit) {
+        return Err(ApiError::new(
+            ErrorKind::Invalid,
+            "invalid_query",
+            format!("limit must be between 1 and {}", super::service::MAX_PAGE),
+        ));
+    }
+    rate_limit::check(&app, Route::StreamsRead, Some(&who.user_id), peer, &headers).await?;
+    let (streams, next_cursor) = app.streams.list(state, limit, q.cursor.as_deref()).await?;
+    Ok(Json(ListPage {
+        streams: streams.iter().map(StreamView::from).collect(),
+        next_cursor,
+    }))
+}
