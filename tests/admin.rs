@@ -152,7 +152,7 @@ async fn unknown_routes_and_methods_are_problem_json() {
 #[tokio::test]
 async fn in_process_shutdown_closes_websockets_with_1012() {
     let node = TestNode::start(common::test_config()).await;
-    let stream = uuid::Uuid::new_v4();
+    let stream = node.new_stream().await;
     let mut clients = Vec::new();
     for _ in 0..10 {
         let mut ws = common::ws_connect(&node.ws_url(&stream)).await;

@@ -15,11 +15,16 @@ async fn sigterm_closes_100_websockets_with_1012_and_exits_0() {
         ("STREAMEDGE_SERVER__SHUTDOWN_GRACE", "10s".to_string()),
         ("STREAMEDGE_WS__MAX_CONNECTIONS", "1000".to_string()),
     ]);
-    let streams: Vec<uuid::Uuid> = (0..5).map(|_| uuid::Uuid::new_v4()).collect();
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        streams
+            .push(common::create_stream(&node.api_url("/v1/streams"), &common::seller("s")).await);
+    }
+    let viewer = common::buyer("viewer");
     let mut clients = Vec::new();
     for i in 0..100 {
         let url = format!(
-            "ws://{}/v1/streams/{}/ws",
+            "ws://{}/v1/streams/{}/ws?access_token={viewer}",
             node.api,
             streams[i % streams.len()]
         );
@@ -72,7 +77,12 @@ async fn sigterm_closes_100_websockets_with_1012_and_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_also_drains() {
     let mut node = NodeProcess::spawn(&[]);
-    let url = format!("ws://{}/v1/streams/{}/ws", node.api, uuid::Uuid::new_v4());
+    let stream = common::create_stream(&node.api_url("/v1/streams"), &common::seller("s")).await;
+    let url = format!(
+        "ws://{}/v1/streams/{stream}/ws?access_token={}",
+        node.api,
+        common::buyer("v")
+    );
     let mut ws = common::ws_connect(&url).await;
     common::next_json(&mut ws, Duration::from_secs(5)).await;
     node.signal("INT");

@@ -12,10 +12,18 @@ use uuid::Uuid;
 
 const T: Duration = Duration::from_secs(5);
 
+async fn raw_path(node: &TestNode) -> String {
+    format!(
+        "/v1/streams/{}/ws?access_token={}",
+        node.new_stream().await,
+        common::buyer("raw")
+    )
+}
+
 #[tokio::test]
 async fn welcome_then_ping_pong() {
     let node = TestNode::start(common::test_config()).await;
-    let stream = Uuid::new_v4();
+    let stream = node.new_stream().await;
     let mut ws = common::ws_connect(&node.ws_url(&stream)).await;
     let welcome = next_json(&mut ws, T).await;
     assert_eq!(welcome["type"], "welcome");
@@ -30,7 +38,7 @@ async fn welcome_then_ping_pong() {
 #[tokio::test]
 async fn malformed_frames_get_error_frames_and_the_connection_stays_up() {
     let node = TestNode::start(common::test_config()).await;
-    let mut ws = common::ws_connect(&node.ws_url(&Uuid::new_v4())).await;
+    let mut ws = common::ws_connect(&node.ws_url(&node.new_stream().await)).await;
     next_json(&mut ws, T).await;
     for (frame, code) in [
         ("{not json", "invalid_json"),
@@ -63,13 +71,13 @@ async fn oversized_message_closes_with_1009() {
     let mut cfg = common::test_config();
     cfg.ws.max_message_size = 1024;
     let node = TestNode::start(cfg).await;
-    let mut ws = common::ws_connect(&node.ws_url(&Uuid::new_v4())).await;
+    let mut ws = common::ws_connect(&node.ws_url(&node.new_stream().await)).await;
     next_json(&mut ws, T).await;
     let big = format!(r#"{{"type":"ping","ref":"{}"}}"#, "x".repeat(4096));
     send_text(&mut ws, &big).await;
     assert_eq!(common::close_code(&mut ws, T).await, 1009);
     // Other connections are unaffected.
-    let mut other = common::ws_connect(&node.ws_url(&Uuid::new_v4())).await;
+    let mut other = common::ws_connect(&node.ws_url(&node.new_stream().await)).await;
     next_json(&mut other, T).await;
     send_text(&mut other, r#"{"type":"ping"}"#).await;
     assert_eq!(next_json(&mut other, T).await["type"], "pong");
@@ -82,8 +90,7 @@ async fn idle_connection_is_closed_with_4001() {
     cfg.ws.ping_interval = Duration::from_millis(200);
     cfg.ws.idle_timeout = Duration::from_millis(600);
     let node = TestNode::start(cfg).await;
-    let mut ws =
-        common::RawWs::connect(node.api, &format!("/v1/streams/{}/ws", Uuid::new_v4())).await;
+    let mut ws = common::RawWs::connect(node.api, &raw_path(&node).await).await;
     // This client never answers the node's pings: the node must give up on it.
     assert_eq!(ws.read_until_close(T).await, Some(4001));
     node.shutdown().await.unwrap();
@@ -95,7 +102,7 @@ async fn answering_pings_keeps_a_quiet_connection_open() {
     cfg.ws.ping_interval = Duration::from_millis(100);
     cfg.ws.idle_timeout = Duration::from_millis(400);
     let node = TestNode::start(cfg).await;
-    let mut ws = common::ws_connect(&node.ws_url(&Uuid::new_v4())).await;
+    let mut ws = common::ws_connect(&node.ws_url(&node.new_stream().await)).await;
     next_json(&mut ws, T).await;
     // Read (and so auto-answer pings) for well past the idle timeout.
     let mut pings = 0;
@@ -118,7 +125,7 @@ async fn full_node_refuses_upgrades_with_503() {
     let mut cfg = common::test_config();
     cfg.ws.max_connections = 2;
     let node = TestNode::start(cfg).await;
-    let stream = Uuid::new_v4();
+    let stream = node.new_stream().await;
     let mut a = common::ws_connect(&node.ws_url(&stream)).await;
     let mut b = common::ws_connect(&node.ws_url(&stream)).await;
     next_json(&mut a, T).await;
@@ -149,13 +156,27 @@ async fn full_node_refuses_upgrades_with_503() {
     node.shutdown().await.unwrap();
 }
 
+async fn upgrade_refused(url: &str) -> (u16, serde_json::Value) {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"null"))
+                .unwrap_or(serde_json::Value::Null);
+            (resp.status().as_u16(), body)
+        }
+        other => panic!("expected an HTTP refusal, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn bad_upgrade_requests_are_problem_json() {
     let node = TestNode::start(common::test_config()).await;
     let client = reqwest::Client::new();
+    let stream = node.new_stream().await;
+    let tok = common::buyer("b");
     // Not an upgrade.
     let r = client
-        .get(node.api_url(&format!("/v1/streams/{}/ws", Uuid::new_v4())))
+        .get(node.api_url(&format!("/v1/streams/{stream}/ws")))
+        .bearer_auth(&tok)
         .send()
         .await
         .unwrap();
@@ -163,21 +184,43 @@ async fn bad_upgrade_requests_are_problem_json() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["code"], "websocket_required");
     // Malformed stream id, as an upgrade.
-    match tokio_tungstenite::connect_async(format!("ws://{}/v1/streams/not-a-uuid/ws", node.api))
-        .await
-    {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            assert_eq!(resp.status(), 400);
-            let body: serde_json::Value =
-                serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
-            assert_eq!(body["code"], "invalid_stream_id");
-        }
-        other => panic!("expected 400, got {other:?}"),
-    }
+    let (status, body) = upgrade_refused(&format!(
+        "ws://{}/v1/streams/not-a-uuid/ws?access_token={tok}",
+        node.api
+    ))
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_stream_id"))
+    );
+    // Unknown stream.
+    let (status, body) = upgrade_refused(&format!(
+        "ws://{}/v1/streams/{}/ws?access_token={tok}",
+        node.api,
+        Uuid::new_v4()
+    ))
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("stream_not_found"))
+    );
+    // No token, a garbage token, an expired token.
+    let base = format!("ws://{}/v1/streams/{stream}/ws", node.api);
+    let (status, body) = upgrade_refused(&base).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("token_missing"))
+    );
+    let (status, body) = upgrade_refused(&format!("{base}?access_token=garbage")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("token_malformed"))
+    );
     // An oversized path segment is still just a bad id.
     let long = "a".repeat(5000);
     let r = client
         .get(node.api_url(&format!("/v1/streams/{long}/ws")))
+        .bearer_auth(&tok)
         .send()
         .await
         .unwrap();
@@ -186,10 +229,29 @@ async fn bad_upgrade_requests_are_problem_json() {
 }
 
 #[tokio::test]
+async fn token_in_subprotocol_is_accepted_and_not_echoed() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let node = TestNode::start(common::test_config()).await;
+    let stream = node.new_stream().await;
+    let mut req = format!("ws://{}/v1/streams/{stream}/ws", node.api)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("streamedge.v1, access_token.{}", common::buyer("sp"))
+            .parse()
+            .unwrap(),
+    );
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "streamedge.v1");
+    assert_eq!(next_json(&mut ws, T).await["type"], "welcome");
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn invalid_utf8_text_frame_closes_with_1007() {
     let node = TestNode::start(common::test_config()).await;
-    let mut ws =
-        common::RawWs::connect(node.api, &format!("/v1/streams/{}/ws", Uuid::new_v4())).await;
+    let mut ws = common::RawWs::connect(node.api, &raw_path(&node).await).await;
     ws.send_frame(0x1, b"{\"type\":\"ping\",\"ref\":\"\xff\xfe\"}", true)
         .await;
     assert_eq!(ws.read_until_close(T).await, Some(1007));
@@ -199,8 +261,7 @@ async fn invalid_utf8_text_frame_closes_with_1007() {
 #[tokio::test]
 async fn unmasked_client_frame_closes_with_1002() {
     let node = TestNode::start(common::test_config()).await;
-    let mut ws =
-        common::RawWs::connect(node.api, &format!("/v1/streams/{}/ws", Uuid::new_v4())).await;
+    let mut ws = common::RawWs::connect(node.api, &raw_path(&node).await).await;
     ws.send_frame(0x1, br#"{"type":"ping"}"#, false).await;
     assert_eq!(ws.read_until_close(T).await, Some(1002));
     node.shutdown().await.unwrap();

@@ -31,6 +31,9 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
         return Ok(None);
     };
     let value = value.to_str().map_err(|_| AuthError::Malformed)?.trim();
+    if value.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Missing);
+    }
     let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthError::Malformed);
@@ -118,6 +121,10 @@ mod tests {
         );
         assert_eq!(
             bearer(&headers(&[("authorization", "Bearer")])),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            bearer(&headers(&[("authorization", "abc.def.ghi")])),
             Err(AuthError::Malformed)
         );
         assert_eq!(

@@ -36,9 +36,51 @@ pub fn redis_server_bin() -> PathBuf {
         .unwrap_or_else(|| panic!("REDIS_SERVER_BIN is not set: {RUN_THROUGH_SCRIPT}"))
 }
 
-/// A config for tests: loopback, short grace, quiet logs, a fresh key prefix.
+/// The HS256 secret test nodes verify access tokens with.
+pub const TEST_JWT_SECRET: &str = "streamedge-test-secret-0123456789abcdef";
+
+/// A Supabase-style access token for `user` signed with [`TEST_JWT_SECRET`].
+pub fn token(user: &str, role: streamedge::auth::Role) -> String {
+    token_with(user, role, Duration::from_secs(3600), false)
+}
+
+pub fn token_with(
+    user: &str,
+    role: streamedge::auth::Role,
+    ttl: Duration,
+    anonymous: bool,
+) -> String {
+    streamedge::auth::dev::mint(
+        TEST_JWT_SECRET.as_bytes(),
+        &streamedge::auth::dev::MintRequest {
+            user_id: user,
+            role,
+            ttl,
+            audience: "authenticated",
+            issuer: "",
+            role_claim: "app_metadata.role",
+            anonymous,
+        },
+        jsonwebtoken::get_current_timestamp(),
+    )
+}
+
+pub fn seller(user: &str) -> String {
+    token(user, streamedge::auth::Role::Seller)
+}
+
+pub fn buyer(user: &str) -> String {
+    token(user, streamedge::auth::Role::Buyer)
+}
+
+/// A config for tests: loopback, short grace, quiet logs, a fresh key prefix, the test
+/// JWT secret and development Agora credentials.
 pub fn test_config() -> Config {
     let mut c = Config::default();
+    c.auth.jwt_secret = streamedge::config::Secret::new(TEST_JWT_SECRET);
+    c.agora.app_id = streamedge::auth::dev::DEV_AGORA_APP_ID.into();
+    c.agora.app_certificate =
+        streamedge::config::Secret::new(streamedge::auth::dev::DEV_AGORA_APP_CERTIFICATE);
     c.server.shutdown_grace = Duration::from_secs(10);
     c.server.node_id = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     c.redis.key_prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
@@ -102,8 +144,23 @@ impl TestNode {
         format!("http://{}{}", self.admin, path)
     }
 
+    /// The stream WebSocket URL, with a buyer's token in the query.
     pub fn ws_url(&self, stream: &uuid::Uuid) -> String {
-        format!("ws://{}/v1/streams/{}/ws", self.api, stream)
+        format!(
+            "ws://{}/v1/streams/{}/ws?access_token={}",
+            self.api,
+            stream,
+            buyer("viewer")
+        )
+    }
+
+    /// Creates a stream as `seller-1` and returns its id.
+    pub async fn new_stream(&self) -> uuid::Uuid {
+        create_stream(&self.api_url("/v1/streams"), &seller("seller-1")).await
+    }
+
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::new()
     }
 
     /// Triggers shutdown and returns what `run` returned.
@@ -123,6 +180,10 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.api, path)
+    }
+
     pub fn spawn(env: &[(&str, String)]) -> Self {
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -132,6 +193,7 @@ impl NodeProcess {
             .env("STREAMEDGE_SERVER__LISTEN", api.to_string())
             .env("STREAMEDGE_SERVER__ADMIN_LISTEN", admin.to_string())
             .env("STREAMEDGE_LOG__LEVEL", "warn")
+            .env("STREAMEDGE_AUTH__JWT_SECRET", TEST_JWT_SECRET)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in env {
@@ -247,6 +309,25 @@ impl Drop for RedisServer {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Creates a stream through the API (`url` is the `/v1/streams` endpoint).
+pub async fn create_stream(url: &str, seller_token: &str) -> uuid::Uuid {
+    let r = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(seller_token)
+        .json(&serde_json::json!({"title": "test stream"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        201,
+        "create stream: {}",
+        r.text().await.unwrap()
+    );
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["id"].as_str().unwrap().parse().unwrap()
 }
 
 /// Opens a stream WebSocket offering the `streamedge.v1` subprotocol.
