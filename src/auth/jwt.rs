@@ -167,8 +167,13 @@ impl Verifier {
 
         let key = match alg {
             Algorithm::HS256 => {
+                // An HS256 token naming a key of the JWKS is the public-key-as-HMAC-secret
+                // attack. (A kid the JWKS does not know may be a symmetric key's id.)
                 if let (Some(kid), Some(jwks)) = (&header.kid, &self.jwks) {
-                    if jwks.cached(kid).is_some() {
+                    if kid.len() > 256 {
+                        return Err(AuthError::UnknownKid);
+                    }
+                    if let Ok(Some(_)) = jwks.key(kid).await {
                         return Err(AuthError::AlgMismatch);
                     }
                 }

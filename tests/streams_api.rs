@@ -1,0 +1,242 @@
+//! `POST /v1/streams`, `GET /v1/streams/{id}`, `GET /v1/streams`: ownership,
+//! idempotent creation, browsing with cursors, and bad input.
+
+mod common;
+
+use common::TestNode;
+use serde_json::{json, Value};
+
+async fn post(
+    node: &TestNode,
+    token: Option<&str>,
+    body: reqwest::Body,
+    ctype: &str,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(node.api_url("/v1/streams"))
+        .header("content-type", ctype)
+        .body(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn post_json(node: &TestNode, token: &str, body: Value) -> (u16, Value) {
+    post(
+        node,
+        Some(token),
+        body.to_string().into(),
+        "application/json",
+    )
+    .await
+}
+
+async fn get(node: &TestNode, token: &str, path: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .get(node.api_url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn seller_creates_and_anyone_signed_in_reads() {
+    let node = TestNode::start(common::test_config()).await;
+    let (status, s) = post_json(
+        &node,
+        &common::seller("alice"),
+        json!({"title": "  Drop #1  "}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(s["title"], "Drop #1");
+    assert_eq!(s["owner_id"], "alice");
+    assert_eq!(s["state"], "idle");
+    assert!(s["created_at"].as_str().unwrap().ends_with('Z'));
+    let id = s["id"].as_str().unwrap();
+    let (status, got) = get(&node, &common::buyer("bob"), &format!("/v1/streams/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(got, s);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn creation_with_a_client_id_is_idempotent() {
+    let node = TestNode::start(common::test_config()).await;
+    let id = uuid::Uuid::new_v4();
+    let body = json!({"title": "Flash sale", "id": id});
+    let (s1, first) = post_json(&node, &common::seller("alice"), body.clone()).await;
+    let (s2, again) = post_json(&node, &common::seller("alice"), body.clone()).await;
+    assert_eq!((s1, s2), (201, 200));
+    assert_eq!(first, again);
+    assert_eq!(first["id"], id.to_string());
+    // Another seller cannot take the id.
+    let (s3, e) = post_json(&node, &common::seller("mallory"), body).await;
+    assert_eq!((s3, e["code"].as_str()), (409, Some("stream_id_taken")));
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_stable_codes() {
+    let node = TestNode::start(common::test_config()).await;
+    let seller = common::seller("alice");
+    let cases: Vec<(Option<&str>, reqwest::Body, &str, u16, &str)> = vec![
+        (
+            None,
+            json!({"title":"x"}).to_string().into(),
+            "application/json",
+            401,
+            "token_missing",
+        ),
+        (
+            Some(&seller),
+            "{not json".into(),
+            "application/json",
+            400,
+            "invalid_json",
+        ),
+        (
+            Some(&seller),
+            json!({"title":"x"}).to_string().into(),
+            "text/plain",
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            Some(&seller),
+            json!({"title": 7}).to_string().into(),
+            "application/json",
+            400,
+            "invalid_body",
+        ),
+        (
+            Some(&seller),
+            json!({}).to_string().into(),
+            "application/json",
+            400,
+            "invalid_body",
+        ),
+        (
+            Some(&seller),
+            json!({"title":"x","extra":1}).to_string().into(),
+            "application/json",
+            400,
+            "invalid_body",
+        ),
+        (
+            Some(&seller),
+            json!({"title":"x","id":"not-a-uuid"}).to_string().into(),
+            "application/json",
+            400,
+            "invalid_body",
+        ),
+        (
+            Some(&seller),
+            json!({"title":"   "}).to_string().into(),
+            "application/json",
+            400,
+            "invalid_title",
+        ),
+        (
+            Some(&seller),
+            json!({"title":"a\u{0000}b"}).to_string().into(),
+            "application/json",
+            400,
+            "invalid_title",
+        ),
+        (
+            Some(&seller),
+            json!({"title":"x".repeat(121)}).to_string().into(),
+            "application/json",
+            400,
+            "invalid_title",
+        ),
+        (
+            Some(&seller),
+            json!({"title":"x".repeat(20_000)}).to_string().into(),
+            "application/json",
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (token, body, ctype, status, code) in cases {
+        let (s, b) = post(&node, token, body, ctype).await;
+        assert_eq!((s, b["code"].as_str().unwrap_or("")), (status, code), "{b}");
+        assert_eq!(b["status"], status);
+    }
+    // A buyer cannot create.
+    let (s, b) = post_json(&node, &common::buyer("bob"), json!({"title":"x"})).await;
+    assert_eq!((s, b["code"].as_str()), (403, Some("seller_required")));
+    // Reads.
+    let buyer = common::buyer("bob");
+    for (path, status, code) in [
+        ("/v1/streams/not-a-uuid", 400, "invalid_stream_id"),
+        (
+            &*format!("/v1/streams/{}", uuid::Uuid::new_v4()),
+            404,
+            "stream_not_found",
+        ),
+        ("/v1/streams?state=streaming", 400, "invalid_query"),
+        ("/v1/streams?limit=0", 400, "invalid_query"),
+        ("/v1/streams?limit=1000", 400, "invalid_query"),
+        ("/v1/streams?limit=abc", 400, "invalid_query"),
+        ("/v1/streams?cursor=%%%", 400, "invalid_cursor"),
+        ("/v1/streams?cursor=bm9wZQ", 400, "invalid_cursor"),
+        ("/v1/streams?bogus=1", 400, "invalid_query"),
+    ] {
+        let (s, b) = get(&node, &buyer, path).await;
+        assert_eq!(
+            (s, b["code"].as_str().unwrap_or("")),
+            (status, code),
+            "{path}: {b}"
+        );
+    }
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn browsing_pages_newest_first_without_gaps_or_repeats() {
+    let mut cfg = common::test_config();
+    cfg.rate_limit.enabled = false;
+    let node = TestNode::start(cfg).await;
+    let seller = common::seller("alice");
+    let mut created = Vec::new();
+    for i in 0..25 {
+        let (s, b) = post_json(&node, &seller, json!({"title": format!("s{i}")})).await;
+        assert_eq!(s, 201);
+        created.push(b["id"].as_str().unwrap().to_string());
+        // Distinct creation milliseconds keep the expected order unambiguous.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let buyer = common::buyer("bob");
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/streams?state=idle&limit=10&cursor={c}"),
+            None => "/v1/streams?state=idle&limit=10".to_string(),
+        };
+        let (s, page) = get(&node, &buyer, &path).await;
+        assert_eq!(s, 200, "{page}");
+        pages += 1;
+        for st in page["streams"].as_array().unwrap() {
+            assert_eq!(st["state"], "idle");
+            seen.push(st["id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    created.reverse();
+    assert_eq!(seen, created);
+    let (_, live) = get(&node, &buyer, "/v1/streams?state=live").await;
+    assert!(live["streams"].as_array().unwrap().is_empty());
+    node.shutdown().await.unwrap();
+}
