@@ -65,10 +65,27 @@ pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
         .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !RESERVED_ENV.contains(&k.as_str()))
         .collect();
     overrides.sort();
+    // Key → (variable, raw value) of overrides read as a non-string TOML literal.
+    let mut coerced = std::collections::HashMap::new();
     for (name, value) in overrides {
-        apply_env(&mut table, name, value)?;
+        if let Some(key) = apply_env(&mut table, name, value, false)? {
+            coerced.insert(key, (name.clone(), value.clone()));
+        }
     }
-    let config = from_table(table)?;
+    // An override that looked like a number (`STREAMEDGE_AGORA__APP_ID=1234…`) but names
+    // a string key is retried as the string it was written as.
+    let config = loop {
+        match from_table(table.clone()) {
+            Ok(c) => break c,
+            Err(ConfigError::Invalid { key, message }) => match coerced.remove(&key) {
+                Some((name, raw)) => {
+                    apply_env(&mut table, &name, &raw, true)?;
+                }
+                None => return Err(ConfigError::Invalid { key, message }),
+            },
+            Err(e) => return Err(e),
+        }
+    };
     config.validate()?;
     Ok(config)
 }
@@ -85,7 +102,14 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
         })
 }
 
-fn apply_env(table: &mut toml::Table, name: &str, value: &str) -> Result<(), ConfigError> {
+/// Sets the key an override names. Returns the dotted key when the value was read as a
+/// non-string literal (so it can be retried as a string).
+fn apply_env(
+    table: &mut toml::Table,
+    name: &str,
+    value: &str,
+    as_string: bool,
+) -> Result<Option<String>, ConfigError> {
     let path: Vec<String> = name[ENV_PREFIX.len()..]
         .split("__")
         .map(|s| s.to_ascii_lowercase())
@@ -114,8 +138,14 @@ fn apply_env(table: &mut toml::Table, name: &str, value: &str) -> Result<(), Con
             }
         };
     }
-    cur.insert(path[path.len() - 1].clone(), parse_env_value(value));
-    Ok(())
+    let v = if as_string {
+        toml::Value::String(value.to_string())
+    } else {
+        parse_env_value(value)
+    };
+    let coerced = !v.is_str();
+    cur.insert(path[path.len() - 1].clone(), v);
+    Ok(coerced.then_some(dotted))
 }
 
 /// An environment value is read as a TOML literal when it is one (`42`, `true`,
@@ -203,6 +233,26 @@ mod tests {
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
         assert_eq!(c.server.listen.port(), 8081);
         assert_eq!(c.log.format, crate::config::LogFormat::Json);
+    }
+
+    #[test]
+    fn numeric_looking_values_of_string_keys_stay_strings() {
+        let c = load(&env(&[
+            (
+                "STREAMEDGE_AGORA__APP_ID",
+                "12345678901234567890123456789012",
+            ),
+            (
+                "STREAMEDGE_AGORA__APP_CERTIFICATE",
+                "1234567890123456789012345678901e",
+            ),
+            ("STREAMEDGE_SERVER__NODE_ID", "42"),
+            ("STREAMEDGE_WS__MAX_CONNECTIONS", "42"),
+        ]))
+        .unwrap();
+        assert_eq!(c.agora.app_id, "12345678901234567890123456789012");
+        assert_eq!(c.server.node_id, "42");
+        assert_eq!(c.ws.max_connections, 42);
     }
 
     #[test]
