@@ -4,10 +4,12 @@
 //! and, with `--json FILE`, a machine-readable report.
 
 mod conn;
+mod http1;
 mod idle;
 mod metrics;
 mod report;
 mod storm;
+mod tokens;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +26,8 @@ enum Scenario {
     Idle(idle::Args),
     /// Open connections as fast as allowed and report the rate and join latency.
     ConnectStorm(storm::Args),
+    /// Load the RTC token endpoint with valid access tokens.
+    Tokens(tokens::Args),
     /// (internal) a worker process of `idle`, driven over stdin/stdout.
     #[command(hide = true)]
     IdleWorker(idle::WorkerArgs),
@@ -38,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         match cli.scenario {
             Scenario::Idle(a) => idle::run(a).await,
             Scenario::ConnectStorm(a) => storm::run(a).await,
+            Scenario::Tokens(a) => tokens::run(a).await,
             Scenario::IdleWorker(a) => idle::worker(a).await,
         }
     })

@@ -216,6 +216,50 @@ mod tests {
         assert_eq!(load(&src).unwrap(), Config::default());
     }
 
+    /// Every key of the configuration appears, with a comment above it, in the shipped
+    /// `config/default.toml`.
+    #[test]
+    fn shipped_default_toml_documents_every_key() {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml"),
+        )
+        .unwrap();
+        let shipped: toml::Table = text.parse().unwrap();
+        let defaults: toml::Table = toml::Table::try_from(Config::default()).unwrap();
+        fn walk(prefix: &str, want: &toml::Table, have: &toml::Table, text: &str) {
+            for (k, v) in want {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                let got = have
+                    .get(k)
+                    .unwrap_or_else(|| panic!("default.toml lacks `{key}`"));
+                match (v, got) {
+                    (toml::Value::Table(w), toml::Value::Table(h)) => walk(&key, w, h, text),
+                    _ => {
+                        let lines: Vec<&str> = text.lines().collect();
+                        let at = lines
+                            .iter()
+                            .position(|l| l.starts_with(&format!("{k} =")))
+                            .unwrap_or_else(|| panic!("`{key}` not at the start of a line"));
+                        assert!(
+                            at > 0
+                                && lines[..at]
+                                    .iter()
+                                    .rev()
+                                    .take_while(|l| !l.is_empty())
+                                    .any(|l| l.starts_with('#')),
+                            "`{key}` has no comment above it"
+                        );
+                    }
+                }
+            }
+        }
+        walk("", &defaults, &shipped, &text);
+    }
+
     #[test]
     fn env_overrides_typed_values() {
         let c = load(&env(&[

@@ -245,10 +245,19 @@ fn lz77(data: &[u8]) -> Vec<Symbol> {
 /// zlib's hash chains: `head[h]` is the latest position whose next three bytes hash to
 /// `h`, `prev[p]` the previous position with the same hash as `p`. Position 0 doubles as
 /// "none", exactly as in zlib, so it can never serve as a match source.
+///
+/// The 32 Ki-entry `head` table is reused per thread and only the slots a call touched
+/// are cleared afterwards: allocating and zeroing it for every ~200-byte token cost more
+/// than the compression itself.
 struct HashChains {
-    head: Vec<usize>,
+    head: Vec<u32>,
+    touched: Vec<u16>,
     prev: Vec<usize>,
     ins_h: usize,
+}
+
+thread_local! {
+    static HEAD_TABLE: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl HashChains {
@@ -257,8 +266,13 @@ impl HashChains {
         if n >= MIN_MATCH {
             ins_h = ((usize::from(window[0]) << HASH_SHIFT) ^ usize::from(window[1])) & HASH_MASK;
         }
+        let mut head = HEAD_TABLE.with(|t| std::mem::take(&mut *t.borrow_mut()));
+        if head.len() != HASH_SIZE {
+            head = vec![0; HASH_SIZE];
+        }
         HashChains {
-            head: vec![0; HASH_SIZE],
+            head,
+            touched: Vec::with_capacity(n),
             prev: vec![0; n.max(1)],
             ins_h,
         }
@@ -269,10 +283,23 @@ impl HashChains {
     fn insert(&mut self, window: &[u8], pos: usize) -> usize {
         self.ins_h =
             ((self.ins_h << HASH_SHIFT) ^ usize::from(window[pos + MIN_MATCH - 1])) & HASH_MASK;
-        let chain_head = self.head[self.ins_h];
+        let chain_head = self.head[self.ins_h] as usize;
         self.prev[pos] = chain_head;
-        self.head[self.ins_h] = pos;
+        if chain_head == 0 {
+            self.touched.push(self.ins_h as u16);
+        }
+        self.head[self.ins_h] = pos as u32;
         chain_head
+    }
+}
+
+impl Drop for HashChains {
+    fn drop(&mut self) {
+        for &h in &self.touched {
+            self.head[usize::from(h)] = 0;
+        }
+        let head = std::mem::take(&mut self.head);
+        HEAD_TABLE.with(|t| *t.borrow_mut() = head);
     }
 }
 

@@ -1,0 +1,83 @@
+//! Token hot paths: building an AccessToken2 (HMAC + compression + base64), verifying
+//! one, and verifying a Supabase HS256 access token.
+//!
+//! `cargo bench --bench tokens`
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use streamedge::auth::dev::{mint, MintRequest, DEV_AGORA_APP_CERTIFICATE, DEV_AGORA_APP_ID};
+use streamedge::auth::{Role, Verifier, VerifierSettings};
+use streamedge::rtc::accesstoken2::{verify, RtcRole, RtcTokenRequest, RtcUser};
+
+fn request(role: RtcRole) -> RtcTokenRequest<'static> {
+    RtcTokenRequest {
+        app_id: DEV_AGORA_APP_ID,
+        channel_name: "6f1c8e0e-62a8-4b6f-9f0e-2a4a1f7f1c11",
+        user: RtcUser::Uid(3_094_162_587),
+        role,
+        token_expire: 3600,
+        privilege_expire: 3600,
+        issue_ts: 1_800_000_000,
+        salt: 44_368_374,
+    }
+}
+
+fn tokens(c: &mut Criterion) {
+    let publisher = request(RtcRole::Publisher);
+    let subscriber = request(RtcRole::Subscriber);
+    c.bench_function("accesstoken2_build_publisher", |b| {
+        b.iter(|| {
+            black_box(&publisher)
+                .build(DEV_AGORA_APP_CERTIFICATE)
+                .unwrap()
+        })
+    });
+    c.bench_function("accesstoken2_build_subscriber", |b| {
+        b.iter(|| {
+            black_box(&subscriber)
+                .build(DEV_AGORA_APP_CERTIFICATE)
+                .unwrap()
+        })
+    });
+    let token = publisher.build(DEV_AGORA_APP_CERTIFICATE).unwrap();
+    c.bench_function("accesstoken2_verify", |b| {
+        b.iter(|| verify(black_box(&token), DEV_AGORA_APP_CERTIFICATE).unwrap())
+    });
+
+    let secret = b"streamedge-bench-secret-0123456789abcdef";
+    let jwt = mint(
+        secret,
+        &MintRequest {
+            user_id: "6c1f3c1e-2b7a-4a8e-9d51-3f1a2b3c4d5e",
+            role: Role::Buyer,
+            ttl: Duration::from_secs(3600),
+            audience: "authenticated",
+            issuer: "",
+            role_claim: "app_metadata.role",
+            anonymous: false,
+        },
+        jsonwebtoken::get_current_timestamp(),
+    );
+    let verifier = Verifier::new(
+        Some(secret),
+        None,
+        VerifierSettings {
+            audience: Some("authenticated".into()),
+            issuer: None,
+            leeway: Duration::from_secs(30),
+            role_claim: "app_metadata.role".into(),
+            allow_anonymous: false,
+        },
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    c.bench_function("supabase_jwt_verify_hs256", |b| {
+        b.iter(|| rt.block_on(verifier.verify(black_box(&jwt))).unwrap())
+    });
+}
+
+criterion_group!(benches, tokens);
+criterion_main!(benches);
