@@ -379,6 +379,161 @@ async fn pubsub_fanout(s: Store) {
     nothing_more(&mut c).await;
 }
 
+// --- rate limits, indexes, compare-and-swap, maxima, distinct counts ---------------------
+
+async fn rate_limit_burst_then_refusal(s: Store) {
+    // Burst 3 at a rate too slow to refill during the test.
+    for i in 0..3 {
+        let d = s.rate_limit("rl", 0.5, 3).await.unwrap();
+        assert!(d.allowed, "request {i} of the burst refused");
+    }
+    let d = s.rate_limit("rl", 0.5, 3).await.unwrap();
+    assert!(!d.allowed);
+    assert!(
+        d.retry_after > Duration::from_millis(1500) && d.retry_after <= Duration::from_secs(2),
+        "retry after {:?}",
+        d.retry_after
+    );
+    // Other keys are independent.
+    assert!(s.rate_limit("rl-other", 0.5, 1).await.unwrap().allowed);
+    // A fast limiter refills.
+    assert!(s.rate_limit("fast", 20.0, 1).await.unwrap().allowed);
+    assert!(!s.rate_limit("fast", 20.0, 1).await.unwrap().allowed);
+    assert!(
+        common::eventually(WAIT, || async {
+            s.rate_limit("fast", 20.0, 1).await.unwrap().allowed
+        })
+        .await
+    );
+}
+
+async fn concurrent_rate_limit_admits_exactly_the_burst(s: Store) {
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.rate_limit("shared-rl", 0.01, 7).await.unwrap().allowed
+        }));
+    }
+    let mut allowed = 0;
+    for t in tasks {
+        allowed += usize::from(t.await.unwrap());
+    }
+    assert_eq!(allowed, 7);
+}
+
+async fn sorted_index_pages_descending(s: Store) {
+    for m in ["b", "a", "d", "c", "e"] {
+        assert!(s.index_add("ix", m).await.unwrap());
+    }
+    assert!(!s.index_add("ix", "c").await.unwrap());
+    assert_eq!(
+        s.index_page_desc("ix", None, 2).await.unwrap(),
+        vec!["e", "d"]
+    );
+    assert_eq!(
+        s.index_page_desc("ix", Some("d"), 2).await.unwrap(),
+        vec!["c", "b"]
+    );
+    assert_eq!(
+        s.index_page_desc("ix", Some("b"), 10).await.unwrap(),
+        vec!["a"]
+    );
+    assert!(s
+        .index_page_desc("ix", Some("a"), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s.index_remove("ix", "c").await.unwrap());
+    assert!(!s.index_remove("ix", "c").await.unwrap());
+    assert_eq!(
+        s.index_page_desc("ix", Some("d"), 2).await.unwrap(),
+        vec!["b", "a"]
+    );
+    assert!(s
+        .index_page_desc("nothing", None, 5)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn compare_and_swap_publishes_once(s: Store) {
+    let mut sub = s.subscribe("cas-events").await.unwrap();
+    assert!(
+        !s.compare_and_swap("k", b"x", b"y", None, None)
+            .await
+            .unwrap(),
+        "missing key"
+    );
+    s.set("k", b"v1", None).await.unwrap();
+    assert!(!s
+        .compare_and_swap("k", b"other", b"v2", None, Some(("cas-events", b"lost")))
+        .await
+        .unwrap());
+    assert!(s
+        .compare_and_swap("k", b"v1", b"v2", None, Some(("cas-events", b"won")))
+        .await
+        .unwrap());
+    assert_eq!(s.get("k").await.unwrap().as_deref(), Some(&b"v2"[..]));
+    assert_eq!(&recv_message(&mut sub).await[..], b"won");
+    nothing_more(&mut sub).await;
+    // Racing swaps from the same value: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.compare_and_swap(
+                "k",
+                b"v2",
+                format!("w{i}").as_bytes(),
+                None,
+                Some(("cas-events", b"race")),
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        wins += usize::from(t.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(&recv_message(&mut sub).await[..], b"race");
+    nothing_more(&mut sub).await;
+    // A TTL on the new value.
+    s.set("t", b"a", None).await.unwrap();
+    assert!(s
+        .compare_and_swap("t", b"a", b"b", Some(Duration::from_millis(200)), None)
+        .await
+        .unwrap());
+    assert!(common::eventually(WAIT, || async { s.get("t").await.unwrap().is_none() }).await);
+}
+
+async fn maxima_and_distinct_counts(s: Store) {
+    assert_eq!(s.set_max("peak", 3, None).await.unwrap(), 3);
+    assert_eq!(s.set_max("peak", 1, None).await.unwrap(), 3);
+    assert_eq!(s.set_max("peak", 7, None).await.unwrap(), 7);
+    assert_eq!(s.get("peak").await.unwrap().as_deref(), Some(&b"7"[..]));
+    assert_eq!(s.distinct_count("u").await.unwrap(), 0);
+    for i in 0..100 {
+        s.distinct_add("u", &format!("user-{}", i % 40), None)
+            .await
+            .unwrap();
+    }
+    // Exact in memory; HyperLogLog is exact enough at this size (error < 1%).
+    let n = s.distinct_count("u").await.unwrap();
+    assert!((39..=41).contains(&n), "distinct count {n}");
+    s.distinct_add("short", "x", Some(Duration::from_millis(200)))
+        .await
+        .unwrap();
+    assert!(
+        common::eventually(WAIT, || async {
+            s.distinct_count("short").await.unwrap() == 0
+        })
+        .await
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory_backend {
@@ -416,6 +571,11 @@ conformance!(
     log_append_publishes_in_order,
     concurrent_appends_are_gapless,
     pubsub_fanout,
+    rate_limit_burst_then_refusal,
+    concurrent_rate_limit_admits_exactly_the_burst,
+    sorted_index_pages_descending,
+    compare_and_swap_publishes_once,
+    maxima_and_distinct_counts,
 );
 
 /// Two Redis-backed nodes share state and see each other's publishes.

@@ -25,6 +25,7 @@ struct Inner {
     /// Rate limiter TATs, in µs since `epoch`.
     limits: HashMap<String, u64>,
     indexes: HashMap<String, BTreeSet<String>>,
+    distinct: HashMap<String, (std::collections::HashSet<String>, Option<Instant>)>,
 }
 
 enum Value {
@@ -59,6 +60,7 @@ impl Inner {
         self.logs.retain(|_, log| live(log.expires, now));
         let now_us = now.saturating_duration_since(epoch()).as_micros() as u64;
         self.limits.retain(|_, tat| *tat > now_us);
+        self.distinct.retain(|_, (_, exp)| live(*exp, now));
     }
 
     fn value(&mut self, key: &str, now: Instant) -> Option<&mut Value> {
@@ -236,6 +238,91 @@ impl SharedState for MemoryStore {
             inner.limits.insert(key.to_string(), t);
         }
         Ok(decision)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: &[u8],
+        ttl: Option<Duration>,
+        publish: Option<(&str, &[u8])>,
+    ) -> StoreResult<bool> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let matches = match inner.value(key, now) {
+            Some(Value::Bytes(b)) => b[..] == *expected,
+            Some(Value::Counter(n)) => n.to_string().as_bytes() == expected,
+            None => false,
+        };
+        if !matches {
+            return Ok(false);
+        }
+        inner.values.insert(
+            key.to_string(),
+            (
+                Value::Bytes(Bytes::copy_from_slice(new)),
+                ttl.map(|t| now + t),
+            ),
+        );
+        if let Some((ch, payload)) = publish {
+            self.fanout.deliver(
+                ch,
+                super::PubSubEvent::Message(Bytes::copy_from_slice(payload)),
+            );
+        }
+        Ok(true)
+    }
+
+    async fn set_max(&self, key: &str, value: i64, ttl: Option<Duration>) -> StoreResult<i64> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let current = match inner.value(key, now) {
+            None => None,
+            Some(Value::Counter(n)) => Some(*n),
+            Some(Value::Bytes(b)) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()),
+        };
+        let next = current.map_or(value, |c| c.max(value));
+        let exp = match ttl {
+            Some(t) => Some(now + t),
+            None => inner.values.get(key).and_then(|(_, e)| *e),
+        };
+        inner
+            .values
+            .insert(key.to_string(), (Value::Counter(next), exp));
+        Ok(next)
+    }
+
+    async fn distinct_add(
+        &self,
+        key: &str,
+        member: &str,
+        ttl: Option<Duration>,
+    ) -> StoreResult<()> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let entry = inner
+            .distinct
+            .entry(key.to_string())
+            .or_insert_with(|| (Default::default(), None));
+        if !live(entry.1, now) {
+            *entry = (Default::default(), None);
+        }
+        entry.0.insert(member.to_string());
+        if let Some(t) = ttl {
+            entry.1 = Some(now + t);
+        }
+        Ok(())
+    }
+
+    async fn distinct_count(&self, key: &str) -> StoreResult<u64> {
+        let now = Instant::now();
+        let inner = self.lock();
+        Ok(inner
+            .distinct
+            .get(key)
+            .filter(|(_, exp)| live(*exp, now))
+            .map_or(0, |(s, _)| s.len() as u64))
     }
 
     async fn presence_touch(&self, set: &str, member: &str, ttl: Duration) -> StoreResult<bool> {

@@ -110,6 +110,25 @@ pub trait SharedState: Send + Sync + 'static {
     /// `burst` requests at once, `per_sec` sustained. Shared by every node.
     async fn rate_limit(&self, key: &str, per_sec: f64, burst: u32) -> StoreResult<RateDecision>;
 
+    /// Replaces `key`'s value with `new` only if it is still `expected`, publishing
+    /// `publish` (channel, payload) in the same atomic step when it does. Returns whether
+    /// it swapped.
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: &[u8],
+        ttl: Option<Duration>,
+        publish: Option<(&str, &[u8])>,
+    ) -> StoreResult<bool>;
+    /// Raises the integer at `key` to `value` if larger; returns the resulting maximum.
+    async fn set_max(&self, key: &str, value: i64, ttl: Option<Duration>) -> StoreResult<i64>;
+    /// Adds `member` to the approximate distinct counter `key` (HyperLogLog in Redis).
+    async fn distinct_add(&self, key: &str, member: &str, ttl: Option<Duration>)
+        -> StoreResult<()>;
+    /// The approximate number of distinct members added to `key`.
+    async fn distinct_count(&self, key: &str) -> StoreResult<u64>;
+
     // --- presence ----------------------------------------------------------------------
     /// Marks `member` present in `set` until `ttl` from now; returns whether it was absent.
     async fn presence_touch(&self, set: &str, member: &str, ttl: Duration) -> StoreResult<bool>;

@@ -27,6 +27,8 @@ struct Scripts {
     presence_remove: Script,
     presence_read: Script,
     rate_limit: Script,
+    cas: Script,
+    set_max: Script,
 }
 
 impl Scripts {
@@ -37,6 +39,8 @@ impl Scripts {
             presence_remove: Script::new(include_str!("presence_remove.lua")),
             presence_read: Script::new(include_str!("presence_read.lua")),
             rate_limit: Script::new(include_str!("rate_limit.lua")),
+            cas: Script::new(include_str!("cas.lua")),
+            set_max: Script::new(include_str!("set_max.lua")),
         }
     }
 }
@@ -273,6 +277,61 @@ impl SharedState for RedisStore {
             allowed: allowed == 1,
             retry_after: Duration::from_micros(retry_us),
         })
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: &[u8],
+        ttl: Option<Duration>,
+        publish: Option<(&str, &[u8])>,
+    ) -> StoreResult<bool> {
+        let mut c = self.conn();
+        let (channel, payload) = match publish {
+            Some((ch, p)) => (self.key(ch), p),
+            None => (String::new(), &b""[..]),
+        };
+        let mut inv = self.scripts.cas.prepare_invoke();
+        inv.key(self.key(key))
+            .arg(expected)
+            .arg(new)
+            .arg(channel)
+            .arg(payload)
+            .arg(ttl.map_or(0, ms));
+        let swapped: i64 = self.run(inv.invoke_async(&mut c)).await?;
+        Ok(swapped == 1)
+    }
+
+    async fn set_max(&self, key: &str, value: i64, ttl: Option<Duration>) -> StoreResult<i64> {
+        let mut c = self.conn();
+        let mut inv = self.scripts.set_max.prepare_invoke();
+        inv.key(self.key(key)).arg(value).arg(ttl.map_or(0, ms));
+        self.run(inv.invoke_async(&mut c)).await
+    }
+
+    async fn distinct_add(
+        &self,
+        key: &str,
+        member: &str,
+        ttl: Option<Duration>,
+    ) -> StoreResult<()> {
+        let mut c = self.conn();
+        let k = self.key(key);
+        let mut p = redis::pipe();
+        p.cmd("PFADD").arg(&k).arg(member).ignore();
+        if let Some(t) = ttl {
+            p.cmd("PEXPIRE").arg(&k).arg(ms(t)).ignore();
+        }
+        self.run(async move { p.query_async::<()>(&mut c).await })
+            .await
+    }
+
+    async fn distinct_count(&self, key: &str) -> StoreResult<u64> {
+        let mut c = self.conn();
+        let k = self.key(key);
+        self.run(async move { redis::cmd("PFCOUNT").arg(k).query_async(&mut c).await })
+            .await
     }
 
     async fn presence_touch(&self, set: &str, member: &str, ttl: Duration) -> StoreResult<bool> {
