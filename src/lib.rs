@@ -10,6 +10,7 @@ pub mod config;
 pub mod http;
 pub mod rtc;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod streams;
 pub mod telemetry;

@@ -183,6 +183,8 @@ mod tests {
             state: StreamState::Live,
             created_at_ms: 0,
             updated_at_ms: 0,
+            session: None,
+            version: 0,
         }
     }
 

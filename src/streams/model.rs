@@ -50,6 +50,12 @@ pub struct Stream {
     pub created_at_ms: u64,
     /// Unix milliseconds of the last change.
     pub updated_at_ms: u64,
+    /// The current (or last) session; `None` before the first start.
+    #[serde(default)]
+    pub session: Option<crate::sessions::model::Session>,
+    /// Transitions so far: 1, 2, 3, … (events carry it, so gaps and repeats show).
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// Why a title is refused.
@@ -167,6 +173,8 @@ mod tests {
             state: StreamState::Idle,
             created_at_ms: ms,
             updated_at_ms: ms,
+            session: None,
+            version: 0,
         };
         let a = index_member(&mk(999, "00000000-0000-4000-8000-000000000001"));
         let b = index_member(&mk(1000, "00000000-0000-4000-8000-000000000000"));

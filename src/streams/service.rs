@@ -98,6 +98,8 @@ impl StreamService {
             state: StreamState::Idle,
             created_at_ms: now,
             updated_at_ms: now,
+            session: None,
+            version: 0,
         };
         let json = serde_json::to_vec(&stream).expect("stream serialises");
         if !self.store.set_nx(&record_key(&id), &json, None).await? {
