@@ -23,7 +23,10 @@ pub struct AppInner {
     pub store: Arc<dyn SharedState>,
     pub registry: Arc<Registry>,
     pub auth: Verifier,
-    pub streams: StreamService,
+    pub streams: Arc<StreamService>,
+    pub sessions: Arc<crate::sessions::SessionService>,
+    pub viewers: Arc<crate::viewers::ViewerService>,
+    pub hubs: crate::ws::hub::Hubs,
     /// `None` when no Agora credentials are configured.
     pub rtc: Option<crate::rtc::RtcIssuer>,
     pub trusted_proxies: Vec<IpNet>,
@@ -64,9 +67,20 @@ impl AppState {
             .iter()
             .filter_map(|p| IpNet::parse(p))
             .collect();
+        let streams = Arc::new(StreamService::new(store.clone()));
         Self(Arc::new(AppInner {
             auth: verifier(&config),
-            streams: StreamService::new(store.clone()),
+            sessions: Arc::new(crate::sessions::SessionService::new(
+                store.clone(),
+                streams.clone(),
+                config.session.clone(),
+            )),
+            viewers: Arc::new(crate::viewers::ViewerService::new(
+                store.clone(),
+                config.viewers.clone(),
+            )),
+            hubs: crate::ws::hub::Hubs::default(),
+            streams,
             rtc: crate::rtc::RtcIssuer::from_config(&config),
             config,
             store,

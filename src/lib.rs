@@ -14,4 +14,5 @@ pub mod sessions;
 pub mod store;
 pub mod streams;
 pub mod telemetry;
+pub mod viewers;
 pub mod ws;

@@ -58,8 +58,12 @@ async fn seller_creates_and_anyone_signed_in_reads() {
     assert_eq!(s["state"], "idle");
     assert!(s["created_at"].as_str().unwrap().ends_with('Z'));
     let id = s["id"].as_str().unwrap();
-    let (status, got) = get(&node, &common::buyer("bob"), &format!("/v1/streams/{id}")).await;
+    let (status, mut got) = get(&node, &common::buyer("bob"), &format!("/v1/streams/{id}")).await;
     assert_eq!(status, 200);
+    assert_eq!(
+        got.as_object_mut().unwrap().remove("viewers").unwrap(),
+        json!({"current": 0, "peak": 0, "unique": 0})
+    );
     assert_eq!(got, s);
     node.shutdown().await.unwrap();
 }

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 pub use load::{load, ConfigError, ConfigSource, ENV_PREFIX};
 pub use security::{
-    AgoraConfig, AuthConfig, MediaConfig, RateLimitConfig, RouteLimit, Secret, UidMode,
+    AgoraConfig, AuthConfig, MediaConfig, RateLimitConfig, RouteLimit, Secret, SessionConfig,
+    UidMode, ViewersConfig,
 };
 
 /// The whole node configuration. Defaults are the embedded single-node setup.
@@ -29,6 +30,8 @@ pub struct Config {
     pub agora: AgoraConfig,
     pub media: MediaConfig,
     pub rate_limit: RateLimitConfig,
+    pub session: SessionConfig,
+    pub viewers: ViewersConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -291,6 +294,27 @@ impl Config {
             if d > Duration::from_secs(24 * 3600) {
                 return invalid(key, "must be at most 24h");
             }
+        }
+        for (key, d) in [
+            ("session.heartbeat_timeout", self.session.heartbeat_timeout),
+            ("session.pause_timeout", self.session.pause_timeout),
+            ("session.sweep_interval", self.session.sweep_interval),
+            ("session.summary_ttl", self.session.summary_ttl),
+            ("viewers.ttl", self.viewers.ttl),
+            ("viewers.push_interval", self.viewers.push_interval),
+        ] {
+            if d.is_zero() {
+                return invalid(key, "must be greater than zero");
+            }
+        }
+        if self.session.sweep_interval > self.session.heartbeat_timeout {
+            return invalid(
+                "session.sweep_interval",
+                "must not be longer than session.heartbeat_timeout",
+            );
+        }
+        if self.viewers.ttl < Duration::from_millis(300) {
+            return invalid("viewers.ttl", "must be at least 300ms");
         }
         if self.media.enabled && self.media.node_key.expose().len() < 32 {
             return invalid(

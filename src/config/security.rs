@@ -189,3 +189,51 @@ impl Default for RateLimitConfig {
         }
     }
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// A live session without a seller heartbeat for this long is auto-paused.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// A session paused for this long is auto-ended.
+    #[serde(with = "humantime_serde")]
+    pub pause_timeout: Duration,
+    /// How often every node checks the timeouts.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// How long session summaries are kept in the shared state.
+    #[serde(with = "humantime_serde")]
+    pub summary_ttl: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout: Duration::from_secs(15),
+            pause_timeout: Duration::from_secs(600),
+            sweep_interval: Duration::from_secs(1),
+            summary_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ViewersConfig {
+    /// A viewer whose node stops refreshing it (the node died) disappears after this long.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How often counts are checked and, when they changed, pushed to subscribers.
+    #[serde(with = "humantime_serde")]
+    pub push_interval: Duration,
+}
+
+impl Default for ViewersConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(30),
+            push_interval: Duration::from_secs(1),
+        }
+    }
+}

@@ -52,6 +52,8 @@ pub struct ApiError {
     pub detail: String,
     /// Seconds, for 429 and 503.
     pub retry_after: Option<u64>,
+    /// Extension members added to the problem body (e.g. the current `state`).
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl ApiError {
@@ -61,7 +63,16 @@ impl ApiError {
             code,
             detail: detail.into(),
             retry_after: None,
+            extra: None,
         }
+    }
+
+    /// Adds an extension member to the problem body.
+    pub fn with_extra(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.extra
+            .get_or_insert_with(Default::default)
+            .insert(key.to_string(), value);
+        self
     }
 
     pub fn with_retry_after(mut self, secs: u64) -> Self {
@@ -116,6 +127,8 @@ struct Problem<'a> {
     status: u16,
     code: &'a str,
     detail: &'a str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    extra: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -129,6 +142,7 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             code: self.code,
             detail: &self.detail,
+            extra: self.extra.as_ref(),
         };
         let json = serde_json::to_vec(&body).unwrap_or_default();
         let mut resp = (status, json).into_response();

@@ -130,6 +130,18 @@ pub async fn run(
                 .await
         }
     });
+    let background = CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(crate::sessions::service::run_sweeper(
+        app.sessions.clone(),
+        config.session.sweep_interval,
+        background.clone(),
+    ));
+    tasks.spawn(crate::viewers::run_refresher(
+        app.viewers.clone(),
+        background.clone(),
+    ));
+    tasks.close();
     tracing::info!(
         node = %node_id,
         api = %api_addr,
@@ -154,6 +166,8 @@ pub async fn run(
     let drained = tokio::time::timeout(grace, async {
         let _ = api.await;
         app.registry.tracker().wait().await;
+        background.cancel();
+        tasks.wait().await;
         store.close().await;
     })
     .await;

@@ -3,3 +3,7 @@
 //! timeouts, and the HTTP routes.
 
 pub mod model;
+pub mod routes;
+pub mod service;
+
+pub use service::{SessionError, SessionService};

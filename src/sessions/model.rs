@@ -214,7 +214,11 @@ pub fn apply(
         }
         (Ended, Command::End) => Ok(Outcome::Unchanged),
         (Live, Command::Pause) => {
-            go_paused(s.session.as_mut().ok_or_else(not_allowed)?, now_ms, Cause::Seller);
+            go_paused(
+                s.session.as_mut().ok_or_else(not_allowed)?,
+                now_ms,
+                Cause::Seller,
+            );
             Ok(changed(s, Paused, "pause", Cause::Seller, now_ms))
         }
         (Paused, Command::Resume) => {
@@ -222,7 +226,11 @@ pub fn apply(
             Ok(changed(s, Live, "resume", Cause::Seller, now_ms))
         }
         (Live | Paused, Command::End) => {
-            go_ended(s.session.as_mut().ok_or_else(not_allowed)?, now_ms, Cause::Seller);
+            go_ended(
+                s.session.as_mut().ok_or_else(not_allowed)?,
+                now_ms,
+                Cause::Seller,
+            );
             Ok(changed(s, Ended, "end", Cause::Seller, now_ms))
         }
         (Live, Command::Heartbeat) => {
@@ -237,7 +245,13 @@ pub fn apply(
             let sess = s.session.as_mut().ok_or_else(not_allowed)?;
             if sess.pause_reason == Some(Cause::SellerDisconnected) {
                 go_live(sess, now_ms);
-                Ok(changed(s, Live, "auto_resume", Cause::SellerReconnected, now_ms))
+                Ok(changed(
+                    s,
+                    Live,
+                    "auto_resume",
+                    Cause::SellerReconnected,
+                    now_ms,
+                ))
             } else {
                 sess.last_heartbeat_ms = sess.last_heartbeat_ms.max(now_ms);
                 Ok(Outcome::Changed {
@@ -264,9 +278,17 @@ pub fn tick(
     let mut s = stream.clone();
     let sess = s.session.as_mut()?;
     let outcome = match stream.state {
-        StreamState::Live if now_ms.saturating_sub(sess.last_heartbeat_ms) > heartbeat_timeout_ms => {
+        StreamState::Live
+            if now_ms.saturating_sub(sess.last_heartbeat_ms) > heartbeat_timeout_ms =>
+        {
             go_paused(sess, now_ms, Cause::SellerDisconnected);
-            changed(s, StreamState::Paused, "auto_pause", Cause::SellerDisconnected, now_ms)
+            changed(
+                s,
+                StreamState::Paused,
+                "auto_pause",
+                Cause::SellerDisconnected,
+                now_ms,
+            )
         }
         StreamState::Paused
             if sess
@@ -274,7 +296,13 @@ pub fn tick(
                 .is_some_and(|p| now_ms.saturating_sub(p) > pause_timeout_ms) =>
         {
             go_ended(sess, now_ms, Cause::PauseTimeout);
-            changed(s, StreamState::Ended, "auto_end", Cause::PauseTimeout, now_ms)
+            changed(
+                s,
+                StreamState::Ended,
+                "auto_end",
+                Cause::PauseTimeout,
+                now_ms,
+            )
         }
         _ => return None,
     };

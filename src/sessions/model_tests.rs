@@ -75,14 +75,26 @@ fn every_state_and_command() {
                 assert_eq!(e.state, state.as_str());
                 assert_eq!(e.command, cmd.as_str());
             }
-            (Ok(Outcome::Changed { stream, transition: Some(t) }), Ok(Some(to))) => {
+            (
+                Ok(Outcome::Changed {
+                    stream,
+                    transition: Some(t),
+                }),
+                Ok(Some(to)),
+            ) => {
                 assert_eq!(stream.state, to, "{state:?} {cmd:?}");
                 assert_eq!((t.from, t.to), (state, to));
                 assert_eq!(t.version, s.version + 1);
                 assert_eq!(stream.version, s.version + 1);
             }
             (Ok(Outcome::Unchanged), Ok(None)) => {}
-            (Ok(Outcome::Changed { stream, transition: None }), Ok(None)) => {
+            (
+                Ok(Outcome::Changed {
+                    stream,
+                    transition: None,
+                }),
+                Ok(None),
+            ) => {
                 assert_eq!(stream.state, state);
                 assert_eq!(stream.version, s.version, "bookkeeping is not a transition");
             }
@@ -101,7 +113,10 @@ fn start_after_end_opens_a_new_session_and_repeated_start_keeps_it() {
     };
     assert_ne!(live.session.as_ref().unwrap().id, old);
     assert_eq!(t.session_id, sid(7));
-    assert_eq!(apply(&live, Command::Start, T0 + 9001, sid(8)).unwrap(), Outcome::Unchanged);
+    assert_eq!(
+        apply(&live, Command::Start, T0 + 9001, sid(8)).unwrap(),
+        Outcome::Unchanged
+    );
 }
 
 #[test]
@@ -129,7 +144,10 @@ fn heartbeats_keep_a_session_live_and_their_absence_pauses_then_ends_it() {
         s = run(&s, Command::Heartbeat, T0 + i * 10_000).0;
     }
     let last = T0 + 100_000;
-    assert!(tick(&s, last + hb, hb, pause).is_none(), "exactly the timeout is not yet late");
+    assert!(
+        tick(&s, last + hb, hb, pause).is_none(),
+        "exactly the timeout is not yet late"
+    );
     let (paused, t) = tick(&s, last + hb + 1, hb, pause).unwrap();
     assert_eq!(paused.state, StreamState::Paused);
     assert_eq!(t.kind, "auto_pause");
@@ -139,7 +157,10 @@ fn heartbeats_keep_a_session_live_and_their_absence_pauses_then_ends_it() {
     let (ended, t) = tick(&paused, last + hb + 2 + pause, hb, pause).unwrap();
     assert_eq!(ended.state, StreamState::Ended);
     assert_eq!(t.kind, "auto_end");
-    assert_eq!(ended.session.as_ref().unwrap().end_reason, Some(Cause::PauseTimeout));
+    assert_eq!(
+        ended.session.as_ref().unwrap().end_reason,
+        Some(Cause::PauseTimeout)
+    );
     assert!(tick(&ended, u64::MAX, hb, pause).is_none());
 }
 
@@ -150,7 +171,10 @@ fn a_heartbeat_resumes_an_auto_pause_but_not_a_seller_pause() {
     let (resumed, t) = run(&auto, Command::Heartbeat, T0 + 21_000);
     assert_eq!(resumed.state, StreamState::Live);
     let t = t.unwrap();
-    assert_eq!((t.kind.as_str(), t.cause), ("auto_resume", Cause::SellerReconnected));
+    assert_eq!(
+        (t.kind.as_str(), t.cause),
+        ("auto_resume", Cause::SellerReconnected)
+    );
     // Resumed sessions are not instantly paused again.
     assert!(tick(&resumed, T0 + 22_000, 15_000, 600_000).is_none());
 

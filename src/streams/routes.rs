@@ -35,10 +35,35 @@ pub struct StreamView {
     pub state: StreamState,
     pub created_at: String,
     pub updated_at: String,
+    /// Transitions so far.
+    pub version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionView>,
+    /// Present on `GET /v1/streams/{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub viewers: Option<crate::viewers::ViewerCounts>,
+}
+
+/// The current (or last) session of a stream.
+#[derive(Debug, Serialize)]
+pub struct SessionView {
+    pub id: Uuid,
+    pub started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<crate::sessions::model::Cause>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<crate::sessions::model::Cause>,
+    pub live_ms: u64,
+    pub paused_ms: u64,
 }
 
 impl From<&Stream> for StreamView {
     fn from(s: &Stream) -> Self {
+        let now = crate::sessions::service::now_ms();
         Self {
             id: s.id,
             owner_id: s.owner_id.clone(),
@@ -46,6 +71,21 @@ impl From<&Stream> for StreamView {
             state: s.state,
             created_at: rfc3339(s.created_at_ms),
             updated_at: rfc3339(s.updated_at_ms),
+            version: s.version,
+            session: s.session.as_ref().map(|x| {
+                let (live_ms, paused_ms) = x.times(now);
+                SessionView {
+                    id: x.id,
+                    started_at: rfc3339(x.started_at_ms),
+                    paused_at: x.paused_at_ms.map(rfc3339),
+                    pause_reason: x.pause_reason,
+                    ended_at: x.ended_at_ms.map(rfc3339),
+                    end_reason: x.end_reason,
+                    live_ms,
+                    paused_ms,
+                }
+            }),
+            viewers: None,
         }
     }
 }
@@ -108,7 +148,9 @@ pub async fn get(
     let id = parse_stream_id(&stream_id)?;
     rate_limit::check(&app, Route::StreamsRead, Some(&who.user_id), peer, &headers).await?;
     let stream = app.streams.get(&id).await?;
-    Ok(Json(StreamView::from(&stream)))
+    let mut view = StreamView::from(&stream);
+    view.viewers = Some(app.viewers.counts(&stream).await?);
+    Ok(Json(view))
 }
 
 #[derive(Debug, Deserialize)]

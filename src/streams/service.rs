@@ -62,6 +62,12 @@ pub fn record_key(id: &Uuid) -> String {
     format!("stream:{id}")
 }
 
+/// The pub/sub channel carrying a stream's events (already encoded as WebSocket frames)
+/// to every node with subscribers.
+pub fn events_channel(id: &Uuid) -> String {
+    format!("stream:{id}:events")
+}
+
 fn state_index(state: StreamState) -> String {
     format!("streams:state:{}", state.as_str())
 }
@@ -116,6 +122,48 @@ impl StreamService {
             .await?;
         tracing::info!(stream = %id, owner, "stream created");
         Ok((stream, true))
+    }
+
+    /// The stored record's bytes (for compare-and-swap) and the stream.
+    pub async fn get_raw(&self, id: &Uuid) -> Result<(bytes::Bytes, Stream), StreamError> {
+        let raw = self
+            .store
+            .get(&record_key(id))
+            .await?
+            .ok_or(StreamError::NotFound)?;
+        let s = serde_json::from_slice(&raw).map_err(|e| StreamError::Corrupt(e.to_string()))?;
+        Ok((raw, s))
+    }
+
+    /// Moves a stream between the state indexes after a transition.
+    pub async fn reindex(
+        &self,
+        stream: &Stream,
+        from: StreamState,
+        to: StreamState,
+    ) -> Result<(), StreamError> {
+        let member = model::index_member(stream);
+        self.store.index_add(&state_index(to), &member).await?;
+        self.store.index_remove(&state_index(from), &member).await?;
+        Ok(())
+    }
+
+    /// Ids of streams in `state`, newest first, all pages.
+    pub async fn ids_in_state(&self, state: StreamState) -> Result<Vec<Uuid>, StreamError> {
+        let mut out = Vec::new();
+        let mut before: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .index_page_desc(&state_index(state), before.as_deref(), 500)
+                .await?;
+            let done = page.len() < 500;
+            out.extend(page.iter().filter_map(|m| model::id_from_member(m)));
+            before = page.last().cloned();
+            if done {
+                return Ok(out);
+            }
+        }
     }
 
     pub async fn get(&self, id: &Uuid) -> Result<Stream, StreamError> {

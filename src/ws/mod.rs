@@ -3,6 +3,7 @@
 //! keepalive and the frame protocol.
 
 pub mod conn;
+pub mod hub;
 pub mod protocol;
 pub mod queue;
 pub mod registry;

@@ -122,6 +122,13 @@ pub enum ServerFrame<'a> {
         node: &'a str,
         conn_id: u64,
         protocol: &'a str,
+        /// The stream's lifecycle state.
+        state: &'a str,
+        session_id: Option<Uuid>,
+        /// The stream's transition counter (`state` events continue from it).
+        version: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        viewers: Option<crate::viewers::ViewerCounts>,
     },
     Pong {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]

@@ -38,7 +38,7 @@ pub async fn stream_ws(
         .with_retry_after(1));
     }
     // The stream must exist (any node may have created it).
-    app.streams.get(&stream).await?;
+    let record = app.streams.get(&stream).await?;
     let Some(admission) = app.registry.try_admit() else {
         metrics::counter!("streamedge_ws_rejected_total", "reason" => "full").increment(1);
         return Err(ApiError::new(
@@ -66,22 +66,73 @@ pub async fn stream_ws(
     Ok(upgrade
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| async move {
+            let app = app2;
             let queue = Arc::new(OutboundQueue::new(queue_bytes));
-            let registration = app2.registry.register(admission, stream, queue.clone());
+            let registration = app.registry.register(admission, stream, queue.clone());
+            let _hub = app.hubs.join(&app, stream);
             metrics::counter!("streamedge_ws_connections_total").increment(1);
+            let is_seller = record.owner_id == who.user_id;
+            if !is_seller {
+                if let Err(e) = app.viewers.join(&record, &who.user_id).await {
+                    tracing::warn!(%stream, error = %e, "viewer not recorded");
+                }
+            }
+            let viewers = app.viewers.counts(&record).await.ok();
             let welcome = ServerFrame::Welcome {
                 stream,
-                node: &app2.node_id,
+                node: &app.node_id,
                 conn_id: registration.id,
                 protocol: SUBPROTOCOL,
+                state: record.state.as_str(),
+                session_id: record.session.as_ref().map(|s| s.id),
+                version: record.version,
+                viewers,
             }
             .encode();
             let _ = queue.push(welcome);
-            let tracker = app2.registry.tracker().clone();
+            let tracker = app.registry.tracker().clone();
             let end = tracker
-                .track_future(conn::drive(socket, queue, settings))
+                .track_future(async {
+                    if is_seller {
+                        // The seller's open connection is their heartbeat.
+                        tokio::select! {
+                            end = conn::drive(socket, queue, settings) => end,
+                            never = seller_heartbeats(&app, stream, &who.user_id) => match never {},
+                        }
+                    } else {
+                        conn::drive(socket, queue, settings).await
+                    }
+                })
                 .await;
+            if !is_seller {
+                if let Err(e) = app.viewers.leave(&stream, &who.user_id).await {
+                    tracing::debug!(%stream, error = %e, "viewer leave not recorded; it expires");
+                }
+            }
             tracing::debug!(%stream, conn = registration.id, user = %who.user_id, ?end, "websocket closed");
             drop(registration);
         }))
+}
+
+/// Sends a heartbeat for the seller's session every third of the heartbeat timeout, for
+/// as long as the seller's connection is open.
+async fn seller_heartbeats(
+    app: &AppState,
+    stream: uuid::Uuid,
+    user: &str,
+) -> std::convert::Infallible {
+    let every = app.config.session.heartbeat_timeout / 3;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match app
+            .sessions
+            .command(&stream, user, crate::sessions::model::Command::Heartbeat)
+            .await
+        {
+            Ok(_) | Err(crate::sessions::SessionError::NotAllowed(_)) => {}
+            Err(e) => tracing::debug!(%stream, error = %e, "seller heartbeat failed"),
+        }
+    }
 }

@@ -348,8 +348,31 @@ pub async fn ws_connect(url: &str) -> Ws {
     ws
 }
 
-/// The next text frame as JSON (skipping pings), failing after `limit`.
+/// The next text frame as JSON, skipping pings and the periodic `viewers` frames
+/// (use [`next_of_type`] to wait for those), failing after `limit`.
 pub async fn next_json(ws: &mut Ws, limit: Duration) -> serde_json::Value {
+    loop {
+        let v = next_any_json(ws, limit).await;
+        if v["type"] != "viewers" {
+            return v;
+        }
+    }
+}
+
+/// The next frame of type `kind`, skipping others, failing after `limit`.
+pub async fn next_of_type(ws: &mut Ws, kind: &str, limit: Duration) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let v = next_any_json(ws, left).await;
+        if v["type"] == kind {
+            return v;
+        }
+    }
+}
+
+/// The next text frame as JSON (skipping pings), failing after `limit`.
+pub async fn next_any_json(ws: &mut Ws, limit: Duration) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let msg = tokio::time::timeout_at(deadline, ws.next())

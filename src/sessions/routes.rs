@@ -1,0 +1,58 @@
+//! `POST /v1/streams/{stream_id}/session/{start|pause|resume|end|heartbeat}` (the seller)
+//! and `GET /v1/streams/{stream_id}/sessions/{session_id}`.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Serialize;
+
+use super::model::{Command, Transition};
+use super::service::SessionSummary;
+use crate::app::AppState;
+use crate::auth::Authenticated;
+use crate::http::{ApiError, ErrorKind};
+use crate::streams::routes::{parse_stream_id, StreamView};
+
+#[derive(Serialize)]
+pub struct CommandResult {
+    pub stream: StreamView,
+    /// The transition this call made; absent when it changed nothing (an idempotent
+    /// repeat, or a heartbeat).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transition: Option<Transition>,
+}
+
+pub async fn command(
+    State(app): State<AppState>,
+    Path((stream_id, action)): Path<(String, String)>,
+    Authenticated(who): Authenticated,
+) -> Result<Json<CommandResult>, ApiError> {
+    let id = parse_stream_id(&stream_id)?;
+    let cmd = Command::parse(&action).ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::NotFound,
+            "not_found",
+            "session actions are start, pause, resume, end and heartbeat",
+        )
+    })?;
+    let (stream, transition) = app.sessions.command(&id, &who.user_id, cmd).await?;
+    Ok(Json(CommandResult {
+        stream: StreamView::from(&stream),
+        transition,
+    }))
+}
+
+pub async fn summary(
+    State(app): State<AppState>,
+    Path((stream_id, session_id)): Path<(String, String)>,
+    Authenticated(_who): Authenticated,
+) -> Result<Json<SessionSummary>, ApiError> {
+    let id = parse_stream_id(&stream_id)?;
+    let sid = uuid::Uuid::parse_str(&session_id).map_err(|_| {
+        ApiError::new(
+            ErrorKind::Invalid,
+            "invalid_session_id",
+            "session id must be a UUID",
+        )
+    })?;
+    Ok(Json(app.sessions.summary(&id, &sid).await?))
+}

@@ -1,0 +1,334 @@
+//! Applying lifecycle commands atomically in the shared state.
+//!
+//! Every change is read → pure [`model::apply`]/[`model::tick`] → compare-and-swap of the
+//! stream record, with the `state` event published in the same atomic step. Two nodes
+//! racing on one stream: exactly one swap wins, the loser re-reads and sees the result,
+//! and each transition's event is published exactly once. The sweeper runs on every node
+//! and relies on the same swap, so concurrent sweepers never double-transition.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::model::{self, Command, NotAllowed, Outcome, Transition};
+use crate::config::SessionConfig;
+use crate::store::{SharedState, StoreError};
+use crate::streams::model::rfc3339;
+use crate::streams::service::{events_channel, record_key};
+use crate::streams::{Stream, StreamError, StreamService, StreamState};
+
+/// Attempts before a contended stream gives up (each loser re-reads a newer record).
+const MAX_ATTEMPTS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("only the stream's seller can do this")]
+    NotOwner,
+    #[error("{0}")]
+    NotAllowed(NotAllowed),
+    #[error("too much contention on this stream; retry")]
+    Contended,
+    #[error("no such session")]
+    SessionNotFound,
+}
+
+impl From<StoreError> for SessionError {
+    fn from(e: StoreError) -> Self {
+        SessionError::Stream(StreamError::Store(e))
+    }
+}
+
+impl From<SessionError> for crate::http::ApiError {
+    fn from(e: SessionError) -> Self {
+        use crate::http::{ApiError, ErrorKind};
+        match e {
+            SessionError::Stream(s) => s.into(),
+            SessionError::NotOwner => {
+                ApiError::new(ErrorKind::Forbidden, "not_owner", e.to_string())
+            }
+            SessionError::NotAllowed(n) => {
+                ApiError::new(ErrorKind::Conflict, "invalid_transition", n.to_string())
+                    .with_extra("state", json!(n.state))
+            }
+            SessionError::Contended => {
+                ApiError::new(ErrorKind::Unavailable, "contended", e.to_string())
+                    .with_retry_after(1)
+            }
+            SessionError::SessionNotFound => {
+                ApiError::new(ErrorKind::NotFound, "session_not_found", e.to_string())
+            }
+        }
+    }
+}
+
+/// The `state` frame every subscriber of the stream receives for a transition.
+pub fn state_frame(t: &Transition) -> String {
+    json!({
+        "type": "state",
+        "stream": t.stream,
+        "session_id": t.session_id,
+        "state": t.to,
+        "from": t.from,
+        "kind": t.kind,
+        "cause": t.cause,
+        "at": rfc3339(t.at_ms),
+        "version": t.version,
+    })
+    .to_string()
+}
+
+/// What is kept about a finished session.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct SessionSummary {
+    pub stream_id: Uuid,
+    pub session_id: Uuid,
+    pub state: StreamState,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub end_reason: Option<model::Cause>,
+    pub duration_ms: u64,
+    pub live_ms: u64,
+    pub paused_ms: u64,
+    pub peak_viewers: u64,
+    pub unique_viewers: u64,
+    /// Filled in once chat exists.
+    pub chat_messages: Option<u64>,
+}
+
+pub fn summary_key(stream: &Uuid, session: &Uuid) -> String {
+    format!("stream:{stream}:session:{session}")
+}
+
+pub fn peak_key(stream: &Uuid, session: &Uuid) -> String {
+    format!("stream:{stream}:session:{session}:peak")
+}
+
+pub fn unique_key(stream: &Uuid, session: &Uuid) -> String {
+    format!("stream:{stream}:session:{session}:unique")
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub struct SessionService {
+    store: Arc<dyn SharedState>,
+    streams: Arc<StreamService>,
+    cfg: SessionConfig,
+}
+
+impl SessionService {
+    pub fn new(
+        store: Arc<dyn SharedState>,
+        streams: Arc<StreamService>,
+        cfg: SessionConfig,
+    ) -> Self {
+        Self {
+            store,
+            streams,
+            cfg,
+        }
+    }
+
+    /// Applies a seller's command. Returns the stream after it and the transition, if
+    /// one happened (`None`: idempotent repeat or heartbeat bookkeeping).
+    pub async fn command(
+        &self,
+        stream_id: &Uuid,
+        user: &str,
+        cmd: Command,
+    ) -> Result<(Stream, Option<Transition>), SessionError> {
+        let new_session = Uuid::new_v4();
+        for _ in 0..MAX_ATTEMPTS {
+            let (raw, stream) = self.streams.get_raw(stream_id).await?;
+            if stream.owner_id != user {
+                return Err(SessionError::NotOwner);
+            }
+            let outcome = model::apply(&stream, cmd, now_ms(), new_session)
+                .map_err(SessionError::NotAllowed)?;
+            let (next, transition) = match outcome {
+                Outcome::Unchanged => return Ok((stream, None)),
+                Outcome::Changed { stream, transition } => (*stream, transition),
+            };
+            if self.swap(&raw, &stream, &next, transition.as_ref()).await? {
+                return Ok((next, transition));
+            }
+        }
+        Err(SessionError::Contended)
+    }
+
+    /// Writes `next` over `raw` if nobody changed the record meanwhile, publishing the
+    /// transition's event in the same step; then does the follow-up bookkeeping.
+    async fn swap(
+        &self,
+        raw: &[u8],
+        before: &Stream,
+        next: &Stream,
+        transition: Option<&Transition>,
+    ) -> Result<bool, SessionError> {
+        let bytes = serde_json::to_vec(next).expect("stream serialises");
+        let frame = transition.map(state_frame);
+        let channel = events_channel(&next.id);
+        let publish = frame.as_deref().map(|f| (channel.as_str(), f.as_bytes()));
+        let swapped = self
+            .store
+            .compare_and_swap(&record_key(&next.id), raw, &bytes, None, publish)
+            .await?;
+        if !swapped {
+            return Ok(false);
+        }
+        if let Some(t) = transition {
+            metrics::counter!(
+                "streamedge_session_transitions_total",
+                "kind" => t.kind.clone(),
+                "cause" => t.cause.as_str(),
+            )
+            .increment(1);
+            tracing::info!(
+                stream = %t.stream,
+                session = %t.session_id,
+                from = t.from.as_str(),
+                to = t.to.as_str(),
+                kind = %t.kind,
+                cause = t.cause.as_str(),
+                version = t.version,
+                "session transition"
+            );
+            if let Err(e) = self.streams.reindex(next, before.state, next.state).await {
+                tracing::warn!(error = %e, stream = %next.id, "state index not updated; lists will skip it");
+            }
+            if t.to == StreamState::Ended {
+                if let Err(e) = self.store_summary(next).await {
+                    tracing::warn!(error = %e, stream = %next.id, "session summary not stored; it is computed on demand");
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The summary of one of the stream's sessions: stored when it ended, or computed
+    /// from the current record.
+    pub async fn summary(
+        &self,
+        stream_id: &Uuid,
+        session_id: &Uuid,
+    ) -> Result<SessionSummary, SessionError> {
+        if let Some(raw) = self.store.get(&summary_key(stream_id, session_id)).await? {
+            if let Ok(s) = serde_json::from_slice(&raw) {
+                return Ok(s);
+            }
+        }
+        let stream = self.streams.get(stream_id).await?;
+        match &stream.session {
+            Some(s) if s.id == *session_id => Ok(self.compute_summary(&stream).await?),
+            _ => Err(SessionError::SessionNotFound),
+        }
+    }
+
+    async fn compute_summary(&self, stream: &Stream) -> Result<SessionSummary, StoreError> {
+        let sess = stream.session.as_ref().expect("a session");
+        let now = now_ms();
+        let (live_ms, paused_ms) = sess.times(now);
+        let end = sess.ended_at_ms.unwrap_or(now);
+        let peak = self
+            .store
+            .get(&peak_key(&stream.id, &sess.id))
+            .await?
+            .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()))
+            .unwrap_or(0);
+        let unique = self
+            .store
+            .distinct_count(&unique_key(&stream.id, &sess.id))
+            .await?;
+        Ok(SessionSummary {
+            stream_id: stream.id,
+            session_id: sess.id,
+            state: stream.state,
+            started_at: rfc3339(sess.started_at_ms),
+            ended_at: sess.ended_at_ms.map(rfc3339),
+            end_reason: sess.end_reason,
+            duration_ms: end.saturating_sub(sess.started_at_ms),
+            live_ms,
+            paused_ms,
+            peak_viewers: peak,
+            unique_viewers: unique,
+            chat_messages: None,
+        })
+    }
+
+    async fn store_summary(&self, stream: &Stream) -> Result<(), StoreError> {
+        let summary = self.compute_summary(stream).await?;
+        let sess = stream.session.as_ref().expect("a session");
+        let json = serde_json::to_vec(&summary).expect("summary serialises");
+        self.store
+            .set(
+                &summary_key(&stream.id, &sess.id),
+                &json,
+                Some(self.cfg.summary_ttl),
+            )
+            .await
+    }
+
+    /// Checks every live and paused stream's timeouts once. Returns the transitions made
+    /// by this node.
+    pub async fn sweep_once(&self) -> Result<usize, SessionError> {
+        let hb = self.cfg.heartbeat_timeout.as_millis() as u64;
+        let pause = self.cfg.pause_timeout.as_millis() as u64;
+        let mut made = 0;
+        for state in [StreamState::Live, StreamState::Paused] {
+            let ids = self.streams.ids_in_state(state).await?;
+            let gauge = if state == StreamState::Live {
+                "streamedge_live_sessions"
+            } else {
+                "streamedge_paused_sessions"
+            };
+            metrics::gauge!(gauge).set(ids.len() as f64);
+            for id in ids {
+                let (raw, stream) = match self.streams.get_raw(&id).await {
+                    Ok(x) => x,
+                    Err(StreamError::NotFound) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                if let Some((next, t)) = model::tick(&stream, now_ms(), hb, pause) {
+                    // Losing the swap means another node (or the seller) got there first.
+                    if self.swap(&raw, &stream, &next, Some(&t)).await? {
+                        made += 1;
+                    }
+                }
+            }
+        }
+        Ok(made)
+    }
+}
+
+/// Runs the sweeper until `stop` is cancelled.
+pub async fn run_sweeper(
+    service: Arc<SessionService>,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        metrics::counter!("streamedge_session_sweeps_total").increment(1);
+        match service.sweep_once().await {
+            Ok(_) => {}
+            Err(e) => {
+                metrics::counter!("streamedge_session_sweep_errors_total").increment(1);
+                tracing::debug!(error = %e, "session sweep failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Viewer tracking: who is watching a stream (a signed-in caller other than the seller
+//! with the stream's WebSocket open), how many right now across every node (two tabs of
+//! one user count once), and per session the peak and the unique viewers.
+//!
+//! Each node keeps its local viewers in a presence set in the shared state and refreshes
+//! them every `viewers.ttl / 3`; a node that dies stops refreshing and its viewers expire
+//! within `viewers.ttl` without anyone cleaning up. When a user's last connection on a
+//! node closes, the node removes the member and announces it on the stream's channel so
+//! that other nodes still holding that user put it back at once.
+
+pub mod routes;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::config::ViewersConfig;
+use crate::sessions::service::{peak_key, unique_key};
+use crate::store::{SharedState, StoreError};
+use crate::streams::service::events_channel;
+use crate::streams::Stream;
+
+/// Counts shown on `GET /v1/streams/{id}` and pushed as `viewers` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ViewerCounts {
+    pub current: u64,
+    /// Highest concurrent count of the current (or last) session.
+    pub peak: u64,
+    /// Distinct viewers of the current (or last) session (HyperLogLog with Redis).
+    pub unique: u64,
+}
+
+pub fn presence_key(stream: &Uuid) -> String {
+    format!("stream:{stream}:viewers")
+}
+
+/// The internal frame announcing that a node lost a user's last connection.
+pub const VIEWER_LEFT_PREFIX: &str = r#"{"type":"_viewer_left","user":"#;
+
+pub struct ViewerService {
+    store: Arc<dyn SharedState>,
+    cfg: ViewersConfig,
+    /// (stream, user) → local connections.
+    local: Mutex<HashMap<(Uuid, String), usize>>,
+}
+
+impl ViewerService {
+    pub fn new(store: Arc<dyn SharedState>, cfg: ViewersConfig) -> Self {
+        Self {
+            store,
+            cfg,
+            local: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn summary_ttl(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(30 * 24 * 3600))
+    }
+
+    /// A viewer's connection opened on this node.
+    pub async fn join(&self, stream: &Stream, user: &str) -> Result<(), StoreError> {
+        let first = {
+            let mut local = self.local.lock().expect("viewers lock");
+            let n = local.entry((stream.id, user.to_string())).or_insert(0);
+            *n += 1;
+            metrics::gauge!("streamedge_viewers").increment(1.0);
+            *n == 1
+        };
+        if first {
+            self.store
+                .presence_touch(&presence_key(&stream.id), user, self.cfg.ttl)
+                .await?;
+        }
+        if let Some(sess) = stream
+            .session
+            .as_ref()
+            .filter(|_| stream.state != crate::streams::StreamState::Ended)
+        {
+            self.store
+                .distinct_add(&unique_key(&stream.id, &sess.id), user, self.summary_ttl())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A viewer's connection closed on this node.
+    pub async fn leave(&self, stream: &Uuid, user: &str) -> Result<(), StoreError> {
+        let last = {
+            let mut local = self.local.lock().expect("viewers lock");
+            let key = (*stream, user.to_string());
+            metrics::gauge!("streamedge_viewers").decrement(1.0);
+            match local.get_mut(&key) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    local.remove(&key);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            self.store
+                .presence_remove(&presence_key(stream), user)
+                .await?;
+            let frame = format!("{VIEWER_LEFT_PREFIX}{}}}", serde_json::Value::from(user));
+            self.store
+                .publish(&events_channel(stream), bytes::Bytes::from(frame))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Another node lost `user`: if this node still holds them, mark them present again.
+    pub async fn on_viewer_left(&self, stream: &Uuid, frame: &[u8]) -> Result<(), StoreError> {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(frame) else {
+            return Ok(());
+        };
+        let Some(user) = v.get("user").and_then(|u| u.as_str()) else {
+            return Ok(());
+        };
+        let held = self
+            .local
+            .lock()
+            .expect("viewers lock")
+            .contains_key(&(*stream, user.to_string()));
+        if held {
+            self.store
+                .presence_touch(&presence_key(stream), user, self.cfg.ttl)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Re-marks every local viewer present (every `ttl / 3`).
+    pub async fn refresh_all(&self) -> Result<usize, StoreError> {
+        let keys: Vec<(Uuid, String)> = self
+            .local
+            .lock()
+            .expect("viewers lock")
+            .keys()
+            .cloned()
+            .collect();
+        for (stream, user) in &keys {
+            self.store
+                .presence_touch(&presence_key(stream), user, self.cfg.ttl)
+                .await?;
+        }
+        Ok(keys.len())
+    }
+
+    /// Counts `user` towards the unique viewers of the stream's current session.
+    pub async fn join_session(&self, stream: &Stream, user: &str) -> Result<(), StoreError> {
+        if let Some(sess) = &stream.session {
+            self.store
+                .distinct_add(&unique_key(&stream.id, &sess.id), user, self.summary_ttl())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Local viewers of a stream (for adding them to a session that just started).
+    pub fn local_users(&self, stream: &Uuid) -> Vec<String> {
+        self.local
+            .lock()
+            .expect("viewers lock")
+            .keys()
+            .filter(|(s, _)| s == stream)
+            .map(|(_, u)| u.clone())
+            .collect()
+    }
+
+    /// Current, peak and unique viewers; raises the session's peak to the current count.
+    pub async fn counts(&self, stream: &Stream) -> Result<ViewerCounts, StoreError> {
+        let current = self.store.presence_count(&presence_key(&stream.id)).await?;
+        let (peak, unique) = match &stream.session {
+            Some(sess) => {
+                let live = stream.state != crate::streams::StreamState::Ended;
+                let peak = if live {
+                    self.store
+                        .set_max(
+                            &peak_key(&stream.id, &sess.id),
+                            current as i64,
+                            self.summary_ttl(),
+                        )
+                        .await? as u64
+                } else {
+                    self.store
+                        .get(&peak_key(&stream.id, &sess.id))
+                        .await?
+                        .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()))
+                        .unwrap_or(0)
+                };
+                let unique = self
+                    .store
+                    .distinct_count(&unique_key(&stream.id, &sess.id))
+                    .await?;
+                (peak, unique)
+            }
+            None => (0, 0),
+        };
+        Ok(ViewerCounts {
+            current,
+            peak,
+            unique,
+        })
+    }
+
+    /// A page of the stream's current viewers (user ids in byte order after `after`).
+    pub async fn list(
+        &self,
+        stream: &Uuid,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.store
+            .presence_list(&presence_key(stream), after, limit)
+            .await
+    }
+}
+
+/// Refreshes local viewers every `ttl / 3` until `stop`.
+pub async fn run_refresher(viewers: Arc<ViewerService>, stop: tokio_util::sync::CancellationToken) {
+    let every = viewers.cfg.ttl / 3;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = viewers.refresh_all().await {
+            tracing::debug!(error = %e, "viewer refresh failed");
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! One hub per stream with local connections: it subscribes the node to the stream's
+//! event channel and hands every event frame (already encoded, once) to the local
+//! connections, and pushes `viewers` frames when the counts change (checked every
+//! `viewers.push_interval`). The first local connection starts it, the last one stops it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::ws::Utf8Bytes;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::store::PubSubEvent;
+use crate::streams::service::events_channel;
+use crate::viewers::{ViewerCounts, VIEWER_LEFT_PREFIX};
+
+#[derive(Default)]
+pub struct Hubs {
+    running: Arc<Mutex<HashMap<Uuid, (usize, CancellationToken)>>>,
+}
+
+/// Keeps a stream's hub running while held.
+pub struct HubGuard {
+    stream: Uuid,
+    running: Arc<Mutex<HashMap<Uuid, (usize, CancellationToken)>>>,
+}
+
+impl Drop for HubGuard {
+    fn drop(&mut self) {
+        let mut map = self.running.lock().expect("hubs lock");
+        if let Some((n, token)) = map.get_mut(&self.stream) {
+            *n -= 1;
+            if *n == 0 {
+                token.cancel();
+                map.remove(&self.stream);
+            }
+        }
+    }
+}
+
+impl Hubs {
+    /// Joins (starting if needed) the hub of `stream`.
+    pub fn join(&self, app: &AppState, stream: Uuid) -> HubGuard {
+        let mut map = self.running.lock().expect("hubs lock");
+        let entry = map.entry(stream).or_insert_with(|| {
+            let token = CancellationToken::new();
+            tokio::spawn(run(app.clone(), stream, token.clone()));
+            (0, token)
+        });
+        entry.0 += 1;
+        HubGuard {
+            stream,
+            running: self.running.clone(),
+        }
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.lock().expect("hubs lock").len()
+    }
+}
+
+/// The `viewers` frame.
+pub fn viewers_frame(stream: &Uuid, c: &ViewerCounts) -> Utf8Bytes {
+    json!({"type": "viewers", "stream": stream, "current": c.current, "peak": c.peak, "unique": c.unique})
+        .to_string()
+        .into()
+}
+
+async fn run(app: AppState, stream: Uuid, stop: CancellationToken) {
+    let channel = events_channel(&stream);
+    let mut sub = loop {
+        match app.store.subscribe(&channel).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "cannot subscribe to stream events; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    };
+    let mut tick = tokio::time::interval(app.config.viewers.push_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_counts: Option<ViewerCounts> = None;
+    let mut last_session: Option<Uuid> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            ev = sub.recv() => match ev {
+                None => return,
+                Some(PubSubEvent::Message(bytes)) => {
+                    if bytes.starts_with(VIEWER_LEFT_PREFIX.as_bytes()) {
+                        if let Err(e) = app.viewers.on_viewer_left(&stream, &bytes).await {
+                            tracing::debug!(error = %e, "viewer re-touch failed");
+                        }
+                        continue;
+                    }
+                    match Utf8Bytes::try_from(bytes) {
+                        Ok(frame) => {
+                            app.registry.broadcast(&stream, &frame);
+                        }
+                        Err(_) => tracing::warn!(%stream, "non-UTF-8 event dropped"),
+                    }
+                }
+                Some(PubSubEvent::Resync) => {
+                    // Events may have been missed: send the current state.
+                    if let Ok(s) = app.streams.get(&stream).await {
+                        let frame = json!({"type": "state", "stream": stream, "state": s.state,
+                            "session_id": s.session.as_ref().map(|x| x.id), "kind": "sync",
+                            "version": s.version});
+                        app.registry.broadcast(&stream, &frame.to_string().into());
+                    }
+                }
+            },
+            _ = tick.tick() => {
+                let Ok(s) = app.streams.get(&stream).await else { continue };
+                let session = s.session.as_ref().map(|x| x.id);
+                if session.is_some() && session != last_session && s.state != crate::streams::StreamState::Ended {
+                    // A new session: the viewers already here count towards it.
+                    for user in app.viewers.local_users(&stream) {
+                        let _ = app.viewers.join_session(&s, &user).await;
+                    }
+                    last_session = session;
+                }
+                match app.viewers.counts(&s).await {
+                    Ok(c) if Some(c) != last_counts => {
+                        app.registry.broadcast(&stream, &viewers_frame(&stream, &c));
+                        last_counts = Some(c);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(%stream, error = %e, "viewer counts failed"),
+                }
+            }
+        }
+    }
+}
