@@ -68,17 +68,19 @@ impl AppState {
             .filter_map(|p| IpNet::parse(p))
             .collect();
         let streams = Arc::new(StreamService::new(store.clone()));
+        let viewers = Arc::new(crate::viewers::ViewerService::new(
+            store.clone(),
+            config.viewers.clone(),
+        ));
         Self(Arc::new(AppInner {
             auth: verifier(&config),
             sessions: Arc::new(crate::sessions::SessionService::new(
                 store.clone(),
                 streams.clone(),
+                viewers.clone(),
                 config.session.clone(),
             )),
-            viewers: Arc::new(crate::viewers::ViewerService::new(
-                store.clone(),
-                config.viewers.clone(),
-            )),
+            viewers,
             hubs: crate::ws::hub::Hubs::default(),
             streams,
             rtc: crate::rtc::RtcIssuer::from_config(&config),

@@ -516,14 +516,14 @@ async fn maxima_and_distinct_counts(s: Store) {
     assert_eq!(s.get("peak").await.unwrap().as_deref(), Some(&b"7"[..]));
     assert_eq!(s.distinct_count("u").await.unwrap(), 0);
     for i in 0..100 {
-        s.distinct_add("u", &format!("user-{}", i % 40), None)
+        s.distinct_add("u", &[&format!("user-{}", i % 40)], None)
             .await
             .unwrap();
     }
     // Exact in memory; HyperLogLog is exact enough at this size (error < 1%).
     let n = s.distinct_count("u").await.unwrap();
     assert!((39..=41).contains(&n), "distinct count {n}");
-    s.distinct_add("short", "x", Some(Duration::from_millis(200)))
+    s.distinct_add("short", &["x", "y"], Some(Duration::from_millis(200)))
         .await
         .unwrap();
     assert!(

@@ -80,6 +80,18 @@ pub fn api_router(app: AppState) -> Router {
             post(crate::rtc::routes::issue),
         )
         .route(
+            "/v1/streams/{stream_id}/session/{action}",
+            post(crate::sessions::routes::command),
+        )
+        .route(
+            "/v1/streams/{stream_id}/sessions/{session_id}",
+            get(crate::sessions::routes::summary),
+        )
+        .route(
+            "/v1/streams/{stream_id}/viewers",
+            get(crate::viewers::routes::list),
+        )
+        .route(
             "/v1/streams/{stream_id}/ws",
             get(crate::ws::routes::stream_ws),
         )

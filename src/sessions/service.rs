@@ -122,6 +122,7 @@ pub fn now_ms() -> u64 {
 pub struct SessionService {
     store: Arc<dyn SharedState>,
     streams: Arc<StreamService>,
+    viewers: Arc<crate::viewers::ViewerService>,
     cfg: SessionConfig,
 }
 
@@ -129,11 +130,13 @@ impl SessionService {
     pub fn new(
         store: Arc<dyn SharedState>,
         streams: Arc<StreamService>,
+        viewers: Arc<crate::viewers::ViewerService>,
         cfg: SessionConfig,
     ) -> Self {
         Self {
             store,
             streams,
+            viewers,
             cfg,
         }
     }
@@ -202,6 +205,11 @@ impl SessionService {
                 version = t.version,
                 "session transition"
             );
+            if t.kind == "start" {
+                if let Err(e) = self.viewers.session_started(next).await {
+                    tracing::warn!(error = %e, stream = %next.id, "viewers not added to the new session");
+                }
+            }
             if let Err(e) = self.streams.reindex(next, before.state, next.state).await {
                 tracing::warn!(error = %e, stream = %next.id, "state index not updated; lists will skip it");
             }

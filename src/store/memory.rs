@@ -296,7 +296,7 @@ impl SharedState for MemoryStore {
     async fn distinct_add(
         &self,
         key: &str,
-        member: &str,
+        members: &[&str],
         ttl: Option<Duration>,
     ) -> StoreResult<()> {
         let now = Instant::now();
@@ -308,7 +308,7 @@ impl SharedState for MemoryStore {
         if !live(entry.1, now) {
             *entry = (Default::default(), None);
         }
-        entry.0.insert(member.to_string());
+        entry.0.extend(members.iter().map(|m| m.to_string()));
         if let Some(t) = ttl {
             entry.1 = Some(now + t);
         }

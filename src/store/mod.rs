@@ -123,9 +123,13 @@ pub trait SharedState: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// Raises the integer at `key` to `value` if larger; returns the resulting maximum.
     async fn set_max(&self, key: &str, value: i64, ttl: Option<Duration>) -> StoreResult<i64>;
-    /// Adds `member` to the approximate distinct counter `key` (HyperLogLog in Redis).
-    async fn distinct_add(&self, key: &str, member: &str, ttl: Option<Duration>)
-        -> StoreResult<()>;
+    /// Adds `members` to the approximate distinct counter `key` (HyperLogLog in Redis).
+    async fn distinct_add(
+        &self,
+        key: &str,
+        members: &[&str],
+        ttl: Option<Duration>,
+    ) -> StoreResult<()>;
     /// The approximate number of distinct members added to `key`.
     async fn distinct_count(&self, key: &str) -> StoreResult<u64>;
 

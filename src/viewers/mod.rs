@@ -72,6 +72,8 @@ impl ViewerService {
             self.store
                 .presence_touch(&presence_key(&stream.id), user, self.cfg.ttl)
                 .await?;
+            // Peaks between two count pushes are not lost.
+            self.counts(stream).await?;
         }
         if let Some(sess) = stream
             .session
@@ -79,7 +81,11 @@ impl ViewerService {
             .filter(|_| stream.state != crate::streams::StreamState::Ended)
         {
             self.store
-                .distinct_add(&unique_key(&stream.id, &sess.id), user, self.summary_ttl())
+                .distinct_add(
+                    &unique_key(&stream.id, &sess.id),
+                    &[user],
+                    self.summary_ttl(),
+                )
                 .await?;
         }
         Ok(())
@@ -153,11 +159,40 @@ impl ViewerService {
         Ok(keys.len())
     }
 
+    /// A session just started: everyone watching counts towards its unique viewers and
+    /// its peak starts at the current count.
+    pub async fn session_started(&self, stream: &Stream) -> Result<(), StoreError> {
+        let Some(sess) = &stream.session else {
+            return Ok(());
+        };
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .presence_list(&presence_key(&stream.id), after.as_deref(), 1000)
+                .await?;
+            let refs: Vec<&str> = page.iter().map(String::as_str).collect();
+            self.store
+                .distinct_add(&unique_key(&stream.id, &sess.id), &refs, self.summary_ttl())
+                .await?;
+            if page.len() < 1000 {
+                break;
+            }
+            after = page.last().cloned();
+        }
+        self.counts(stream).await?;
+        Ok(())
+    }
+
     /// Counts `user` towards the unique viewers of the stream's current session.
     pub async fn join_session(&self, stream: &Stream, user: &str) -> Result<(), StoreError> {
         if let Some(sess) = &stream.session {
             self.store
-                .distinct_add(&unique_key(&stream.id, &sess.id), user, self.summary_ttl())
+                .distinct_add(
+                    &unique_key(&stream.id, &sess.id),
+                    &[user],
+                    self.summary_ttl(),
+                )
                 .await?;
         }
         Ok(())

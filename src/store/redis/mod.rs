@@ -313,13 +313,16 @@ impl SharedState for RedisStore {
     async fn distinct_add(
         &self,
         key: &str,
-        member: &str,
+        members: &[&str],
         ttl: Option<Duration>,
     ) -> StoreResult<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
         let mut c = self.conn();
         let k = self.key(key);
         let mut p = redis::pipe();
-        p.cmd("PFADD").arg(&k).arg(member).ignore();
+        p.cmd("PFADD").arg(&k).arg(members).ignore();
         if let Some(t) = ttl {
             p.cmd("PEXPIRE").arg(&k).arg(ms(t)).ignore();
         }
