@@ -7,7 +7,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{NodeProcess, TestNode};
-use futures_util::SinkExt;
 use serde_json::Value;
 
 async fn current(api: &str, stream: &str) -> u64 {
