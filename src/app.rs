@@ -27,6 +27,7 @@ pub struct AppInner {
     pub sessions: Arc<crate::sessions::SessionService>,
     pub viewers: Arc<crate::viewers::ViewerService>,
     pub hubs: crate::ws::hub::Hubs,
+    pub chat: Arc<crate::chat::ChatService>,
     /// `None` when no Agora credentials are configured.
     pub rtc: Option<crate::rtc::RtcIssuer>,
     pub trusted_proxies: Vec<IpNet>,
@@ -82,6 +83,11 @@ impl AppState {
             )),
             viewers,
             hubs: crate::ws::hub::Hubs::default(),
+            chat: Arc::new(crate::chat::ChatService::new(
+                store.clone(),
+                streams.clone(),
+                config.chat.clone(),
+            )),
             streams,
             rtc: crate::rtc::RtcIssuer::from_config(&config),
             config,

@@ -379,6 +379,50 @@ async fn pubsub_fanout(s: Store) {
     nothing_more(&mut c).await;
 }
 
+async fn log_append_once_is_idempotent(s: Store) {
+    let mut sub = s.subscribe("once-ch").await.unwrap();
+    let opts = |k: &str| AppendOptions {
+        publish: Some("once-ch".into()),
+        once: Some((k.to_string(), Duration::from_secs(60))),
+        ..Default::default()
+    };
+    assert_eq!(s.log_append("o", b"first", &opts("m1")).await.unwrap(), 1);
+    assert_eq!(s.log_append("o", b"again", &opts("m1")).await.unwrap(), 1);
+    assert_eq!(s.log_append("o", b"second", &opts("m2")).await.unwrap(), 2);
+    let entries = s.log_after("o", 0, 10).await.unwrap();
+    assert_eq!(seqs(&entries), vec![1, 2]);
+    assert_eq!(&entries[0].payload[..], b"first");
+    // Published once each.
+    assert_eq!(
+        decode_log_publish(&recv_message(&mut sub).await)
+            .unwrap()
+            .seq,
+        1
+    );
+    assert_eq!(
+        decode_log_publish(&recv_message(&mut sub).await)
+            .unwrap()
+            .seq,
+        2
+    );
+    nothing_more(&mut sub).await;
+    // Concurrent retries of one message: one append.
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let s = s.clone();
+        let o = opts("m3");
+        tasks.push(tokio::spawn(async move {
+            s.log_append("o", b"race", &o).await.unwrap()
+        }));
+    }
+    let mut got = BTreeSet::new();
+    for t in tasks {
+        got.insert(t.await.unwrap());
+    }
+    assert_eq!(got, BTreeSet::from([3]));
+    assert_eq!(s.log_last_seq("o").await.unwrap(), 3);
+}
+
 // --- rate limits, indexes, compare-and-swap, maxima, distinct counts ---------------------
 
 async fn rate_limit_burst_then_refusal(s: Store) {
@@ -572,6 +616,7 @@ conformance!(
     concurrent_appends_are_gapless,
     pubsub_fanout,
     rate_limit_burst_then_refusal,
+    log_append_once_is_idempotent,
     concurrent_rate_limit_admits_exactly_the_burst,
     sorted_index_pages_descending,
     compare_and_swap_publishes_once,

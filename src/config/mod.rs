@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 pub use load::{load, ConfigError, ConfigSource, ENV_PREFIX};
 pub use security::{
-    AgoraConfig, AuthConfig, MediaConfig, RateLimitConfig, RouteLimit, Secret, SessionConfig,
-    UidMode, ViewersConfig,
+    AgoraConfig, AuthConfig, ChatConfig, MediaConfig, RateLimitConfig, RouteLimit, Secret,
+    SessionConfig, UidMode, ViewersConfig,
 };
 
 /// The whole node configuration. Defaults are the embedded single-node setup.
@@ -32,6 +32,7 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub session: SessionConfig,
     pub viewers: ViewersConfig,
+    pub chat: ChatConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -311,6 +312,35 @@ impl Config {
             return invalid(
                 "session.sweep_interval",
                 "must not be longer than session.heartbeat_timeout",
+            );
+        }
+        let c = &self.chat;
+        if !(1..=100_000).contains(&c.history_size) {
+            return invalid("chat.history_size", "must be between 1 and 100000");
+        }
+        if !(1..=10_000).contains(&c.max_chars) {
+            return invalid("chat.max_chars", "must be between 1 and 10000");
+        }
+        if c.max_chars * 4 + 256 > self.ws.max_message_size {
+            return invalid(
+                "chat.max_chars",
+                "a message of chat.max_chars characters must fit in ws.max_message_size",
+            );
+        }
+        for (key, d) in [
+            ("chat.history_ttl", c.history_ttl),
+            ("chat.idempotency_window", c.idempotency_window),
+        ] {
+            if d.is_zero() {
+                return invalid(key, "must be greater than zero");
+            }
+        }
+        if !(0.0..=10_000.0).contains(&c.user_per_sec)
+            || (c.user_per_sec > 0.0 && c.user_burst == 0)
+        {
+            return invalid(
+                "chat.user_per_sec",
+                "must be 0–10000 with chat.user_burst at least 1",
             );
         }
         if self.viewers.ttl < Duration::from_millis(300) {

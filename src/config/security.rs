@@ -237,3 +237,34 @@ impl Default for ViewersConfig {
         }
     }
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChatConfig {
+    /// Messages per stream kept in the shared state for history and resume.
+    pub history_size: usize,
+    /// How long a stream's chat history is kept after its last message.
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+    /// Longest message body, in characters.
+    pub max_chars: usize,
+    /// A `client_msg_id` repeated within this window returns the original ack.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// Messages per second each user may send to one stream (sustained), and at once.
+    pub user_per_sec: f64,
+    pub user_burst: u32,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            history_size: 1000,
+            history_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_chars: 500,
+            idempotency_window: Duration::from_secs(600),
+            user_per_sec: 2.0,
+            user_burst: 10,
+        }
+    }
+}

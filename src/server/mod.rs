@@ -92,6 +92,10 @@ pub fn api_router(app: AppState) -> Router {
             get(crate::viewers::routes::list),
         )
         .route(
+            "/v1/streams/{stream_id}/messages",
+            get(crate::chat::routes::history),
+        )
+        .route(
             "/v1/streams/{stream_id}/ws",
             get(crate::ws::routes::stream_ws),
         )

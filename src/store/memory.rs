@@ -418,6 +418,13 @@ impl SharedState for MemoryStore {
         let payload = Bytes::copy_from_slice(payload);
         let seq = {
             let mut inner = self.lock();
+            if let Some((key, _)) = &opts.once {
+                match inner.value(key, now) {
+                    Some(Value::Counter(n)) => return Ok(*n as u64),
+                    Some(_) => return Err(StoreError::Backend(format!("{key} is not a sequence"))),
+                    None => {}
+                }
+            }
             inner.log(log, now);
             let l = inner.logs.entry(log.to_string()).or_default();
             l.last_seq += 1;
@@ -440,7 +447,13 @@ impl SharedState for MemoryStore {
                     super::PubSubEvent::Message(encode_log_publish(l.last_seq, &payload)),
                 );
             }
-            l.last_seq
+            let seq = l.last_seq;
+            if let Some((key, ttl)) = &opts.once {
+                inner
+                    .values
+                    .insert(key.clone(), (Value::Counter(seq as i64), Some(now + *ttl)));
+            }
+            seq
         };
         Ok(seq)
     }

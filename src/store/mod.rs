@@ -60,6 +60,10 @@ pub struct AppendOptions {
     /// Publish the new entry on this channel, in the same atomic step, framed by
     /// [`encode_log_publish`].
     pub publish: Option<String>,
+    /// Idempotency: when this key exists (set by an earlier append), nothing is appended
+    /// and the earlier sequence number is returned; otherwise the key is set to the new
+    /// sequence number for the given time. Checked and set in the same atomic step.
+    pub once: Option<(String, Duration)>,
 }
 
 /// The frame published for a log append: the decimal sequence number, `\n`, the payload.

@@ -30,16 +30,28 @@ pub enum ConnEnd {
     WriteFailed,
 }
 
+/// What a connection does with the application frames it receives (`ping` is answered
+/// by the connection itself). Replies go to the connection's queue.
+pub trait FrameHandler: Send {
+    fn on_frame(&mut self, frame: ClientFrame) -> impl std::future::Future<Output = ()> + Send;
+}
+
 /// Drives a connection until it ends. Frames the node wants to send are pushed to
 /// `queue` by anyone (fan-out, replies); this function writes them.
-pub async fn drive<S>(socket: S, queue: Arc<OutboundQueue>, settings: ConnSettings) -> ConnEnd
+pub async fn drive<S, H>(
+    socket: S,
+    queue: Arc<OutboundQueue>,
+    settings: ConnSettings,
+    mut handler: H,
+) -> ConnEnd
 where
     S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Send,
+    H: FrameHandler,
 {
     let (mut sink, mut stream) = socket.split();
     let end = tokio::select! {
         end = send_loop(&mut sink, &queue, settings.ping_interval) => end,
-        end = recv_loop(&mut stream, &queue, settings.idle_timeout) => end,
+        end = recv_loop(&mut stream, &queue, settings.idle_timeout, &mut handler) => end,
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     if let ConnEnd::Closed(reason) = &end {
@@ -86,9 +98,15 @@ where
     }
 }
 
-async fn recv_loop<T>(stream: &mut T, queue: &OutboundQueue, idle: Duration) -> ConnEnd
+async fn recv_loop<T, H>(
+    stream: &mut T,
+    queue: &OutboundQueue,
+    idle: Duration,
+    handler: &mut H,
+) -> ConnEnd
 where
     T: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    H: FrameHandler,
 {
     loop {
         let msg = match tokio::time::timeout(idle, stream.next()).await {
@@ -110,14 +128,18 @@ where
         match msg {
             Message::Text(text) => {
                 metrics::counter!("streamedge_ws_frames_in_total", "kind" => "text").increment(1);
-                let reply = match protocol::parse_client(&text) {
-                    Ok(ClientFrame::Ping { reference }) => ServerFrame::Pong {
-                        reference: reference.as_deref(),
+                match protocol::parse_client(&text) {
+                    Ok(ClientFrame::Ping { reference }) => {
+                        let pong = ServerFrame::Pong {
+                            reference: reference.as_deref(),
+                        };
+                        let _ = queue.push(pong.encode());
                     }
-                    .encode(),
-                    Err(e) => e.to_frame().encode(),
-                };
-                let _ = queue.push(reply);
+                    Ok(frame) => handler.on_frame(frame).await,
+                    Err(e) => {
+                        let _ = queue.push(e.to_frame().encode());
+                    }
+                }
             }
             Message::Binary(_) => {
                 metrics::counter!("streamedge_ws_frames_in_total", "kind" => "binary").increment(1);

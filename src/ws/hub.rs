@@ -61,6 +61,55 @@ impl Hubs {
     }
 }
 
+/// Delivers a published message, first backfilling from the log any sequence numbers
+/// between the last delivered one and it (a publish this node missed). Returns the new
+/// last delivered sequence number.
+async fn deliver_chat(
+    app: &AppState,
+    stream: &Uuid,
+    last: u64,
+    entry: crate::store::LogEntry,
+) -> u64 {
+    if entry.seq <= last {
+        return last; // already delivered (e.g. by a backfill)
+    }
+    let mut last = last;
+    if entry.seq > last + 1 {
+        metrics::counter!("streamedge_chat_gaps_total").increment(1);
+        last = backfill(app, stream, last, entry.seq - 1).await;
+    }
+    if let Some(frame) = crate::chat::ChatService::frame(entry.seq, &entry.payload) {
+        let started = std::time::Instant::now();
+        let frame: Utf8Bytes = frame.into();
+        let n = app.registry.deliver_chat(stream, entry.seq, &frame);
+        metrics::counter!("streamedge_chat_deliveries_total").increment(n as u64);
+        metrics::histogram!("streamedge_chat_fanout_seconds")
+            .record(started.elapsed().as_secs_f64());
+    }
+    entry.seq.max(last)
+}
+
+/// Reads the log after `last` up to `until` and delivers it. Returns the new last.
+async fn backfill(app: &AppState, stream: &Uuid, last: u64, until: u64) -> u64 {
+    match app.chat.after(stream, last).await {
+        Ok(entries) => {
+            let mut last = last;
+            for e in entries.into_iter().filter(|e| e.seq <= until) {
+                if let Some(frame) = crate::chat::ChatService::frame(e.seq, &e.payload) {
+                    app.registry.deliver_chat(stream, e.seq, &frame.into());
+                }
+                last = e.seq;
+            }
+            metrics::counter!("streamedge_chat_backfilled_total").increment(1);
+            last.max(until)
+        }
+        Err(e) => {
+            tracing::warn!(%stream, error = %e, "chat backfill failed");
+            last
+        }
+    }
+}
+
 /// The `viewers` frame.
 pub fn viewers_frame(stream: &Uuid, c: &ViewerCounts) -> Utf8Bytes {
     json!({"type": "viewers", "stream": stream, "current": c.current, "peak": c.peak, "unique": c.unique})
@@ -85,13 +134,21 @@ async fn run(app: AppState, stream: Uuid, stop: CancellationToken) {
     let mut tick = tokio::time::interval(app.config.viewers.push_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_counts: Option<ViewerCounts> = None;
+    // The last chat sequence number this node delivered for the stream.
+    let mut chat_seq = app.chat.last_seq(&stream).await.unwrap_or(0);
     let mut last_session: Option<Uuid> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             ev = sub.recv() => match ev {
                 None => return,
-                Some(PubSubEvent::Message(bytes)) => {
+                                Some(PubSubEvent::Message(bytes)) => {
+                    if bytes.first().is_some_and(u8::is_ascii_digit) {
+                        if let Some(entry) = crate::store::decode_log_publish(&bytes) {
+                            chat_seq = deliver_chat(&app, &stream, chat_seq, entry).await;
+                        }
+                        continue;
+                    }
                     if bytes.starts_with(VIEWER_LEFT_PREFIX.as_bytes()) {
                         if let Err(e) = app.viewers.on_viewer_left(&stream, &bytes).await {
                             tracing::debug!(error = %e, "viewer re-touch failed");
@@ -105,7 +162,13 @@ async fn run(app: AppState, stream: Uuid, stop: CancellationToken) {
                         Err(_) => tracing::warn!(%stream, "non-UTF-8 event dropped"),
                     }
                 }
-                Some(PubSubEvent::Resync) => {
+                                Some(PubSubEvent::Resync) => {
+                    // Messages may have been missed: catch up from the log.
+                    if let Ok(last) = app.chat.last_seq(&stream).await {
+                        if last > chat_seq {
+                            chat_seq = backfill(&app, &stream, chat_seq, last).await;
+                        }
+                    }
                     // Events may have been missed: send the current state.
                     if let Ok(s) = app.streams.get(&stream).await {
                         let frame = json!({"type": "state", "stream": stream, "state": s.state,

@@ -13,7 +13,19 @@ pub const SUBPROTOCOL: &str = "streamedge.v1";
 /// A frame from the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFrame {
-    Ping { reference: Option<String> },
+    Ping {
+        reference: Option<String>,
+    },
+    /// A chat message.
+    Send {
+        client_msg_id: String,
+        body: String,
+    },
+    /// Deliver every message after `since_seq`, then the live feed.
+    Resume {
+        since_seq: u64,
+        reference: Option<String>,
+    },
 }
 
 /// Why a client frame was refused; `code` is stable and documented.
@@ -48,6 +60,17 @@ impl FrameError {
 const MAX_REF_LEN: usize = 64;
 
 #[derive(Deserialize)]
+struct SendFields {
+    client_msg_id: Option<serde_json::Value>,
+    body: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ResumeFields {
+    since_seq: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
 struct Envelope {
     #[serde(rename = "type")]
     kind: Option<serde_json::Value>,
@@ -66,7 +89,7 @@ pub fn parse_client(text: &str) -> Result<ClientFrame, FrameError> {
             None,
         ));
     }
-    let env: Envelope = serde_json::from_value(value)
+    let env: Envelope = serde_json::from_value(value.clone())
         .map_err(|e| FrameError::new("invalid_frame", e.to_string(), None))?;
     let reference = match env.reference {
         None | Some(serde_json::Value::Null) => None,
@@ -98,6 +121,70 @@ pub fn parse_client(text: &str) -> Result<ClientFrame, FrameError> {
     };
     match kind.as_str() {
         "ping" => Ok(ClientFrame::Ping { reference }),
+        "send" => {
+            let f: SendFields = serde_json::from_value(value)
+                .map_err(|e| FrameError::new("invalid_frame", e.to_string(), reference.clone()))?;
+            let client_msg_id = match f.client_msg_id {
+                Some(serde_json::Value::String(s)) => s,
+                None | Some(serde_json::Value::Null) => {
+                    return Err(FrameError::new(
+                        "missing_field",
+                        "send needs `client_msg_id`",
+                        reference,
+                    ))
+                }
+                Some(_) => {
+                    return Err(FrameError::new(
+                        "invalid_field",
+                        "`client_msg_id` must be a string",
+                        reference,
+                    ))
+                }
+            };
+            let body = match f.body {
+                Some(serde_json::Value::String(s)) => s,
+                None | Some(serde_json::Value::Null) => {
+                    return Err(FrameError::new(
+                        "missing_field",
+                        "send needs `body`",
+                        Some(client_msg_id),
+                    ))
+                }
+                Some(_) => {
+                    return Err(FrameError::new(
+                        "invalid_field",
+                        "`body` must be a string",
+                        Some(client_msg_id),
+                    ))
+                }
+            };
+            Ok(ClientFrame::Send {
+                client_msg_id,
+                body,
+            })
+        }
+        "resume" => {
+            let f: ResumeFields = serde_json::from_value(value)
+                .map_err(|e| FrameError::new("invalid_frame", e.to_string(), reference.clone()))?;
+            match f.since_seq {
+                Some(serde_json::Value::Number(n)) if n.as_u64().is_some() => {
+                    Ok(ClientFrame::Resume {
+                        since_seq: n.as_u64().unwrap_or(0),
+                        reference,
+                    })
+                }
+                None | Some(serde_json::Value::Null) => Err(FrameError::new(
+                    "missing_field",
+                    "resume needs `since_seq`",
+                    reference,
+                )),
+                Some(_) => Err(FrameError::new(
+                    "invalid_field",
+                    "`since_seq` must be a non-negative integer",
+                    reference,
+                )),
+            }
+        }
         other => Err(FrameError::new(
             "unknown_type",
             format!("unknown frame type `{}`", truncate(other, 32)),
@@ -127,10 +214,23 @@ pub enum ServerFrame<'a> {
         session_id: Option<Uuid>,
         /// The stream's transition counter (`state` events continue from it).
         version: u64,
+        /// The last chat sequence number: live `message` frames continue after it.
+        last_seq: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
         viewers: Option<crate::viewers::ViewerCounts>,
     },
     Pong {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+    /// A message was sequenced (or had been: a repeated `client_msg_id`).
+    Ack { client_msg_id: &'a str, seq: u64 },
+    /// A `resume` was served: messages after `since_seq` follow (from `from_seq` on when
+    /// `recovered` is false because history no longer reaches back that far).
+    Resumed {
+        since_seq: u64,
+        recovered: bool,
+        last_seq: u64,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
     },

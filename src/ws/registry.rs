@@ -14,9 +14,82 @@ use super::queue::{close_code, CloseReason, OutboundQueue, PushError};
 
 pub type ConnId = u64;
 
+/// Most chat frames a connection buffers while it catches up from history.
+const MAX_CATCH_UP_BUFFER: usize = 10_000;
+
+/// A registered connection: its outbound queue and its position in the stream's chat.
+pub struct Conn {
+    pub queue: Arc<OutboundQueue>,
+    cursor: std::sync::Mutex<Cursor>,
+}
+
+struct Cursor {
+    /// The last chat sequence number handed to this connection.
+    last_seq: u64,
+    /// While catching up (on connect, or on `resume`), live chat frames wait here.
+    buffer: Option<Vec<(u64, Utf8Bytes)>>,
+}
+
+impl Conn {
+    fn new(queue: Arc<OutboundQueue>) -> Self {
+        Self {
+            queue,
+            cursor: std::sync::Mutex::new(Cursor {
+                last_seq: 0,
+                buffer: Some(Vec::new()),
+            }),
+        }
+    }
+
+    /// A live chat frame: queued if it is the next one for this connection (duplicates
+    /// and stale frames are dropped), buffered while the connection catches up.
+    pub fn deliver(&self, seq: u64, frame: &Utf8Bytes) {
+        let mut c = self.cursor.lock().expect("cursor lock");
+        if let Some(buf) = c.buffer.as_mut() {
+            if buf.len() >= MAX_CATCH_UP_BUFFER {
+                drop(c);
+                self.queue.close(super::queue::CloseReason {
+                    code: close_code::SLOW_CONSUMER,
+                    reason: "slow_consumer",
+                });
+                return;
+            }
+            buf.push((seq, frame.clone()));
+            return;
+        }
+        if seq > c.last_seq {
+            c.last_seq = seq;
+            drop(c);
+            let _ = self.queue.push(frame.clone());
+        }
+    }
+
+    /// Starts holding live chat frames back (before reading history).
+    pub fn start_catch_up(&self) {
+        let mut c = self.cursor.lock().expect("cursor lock");
+        if c.buffer.is_none() {
+            c.buffer = Some(Vec::new());
+        }
+    }
+
+    /// Ends a catch-up: hands over everything after `since` — first `history` (ascending),
+    /// then the held-back live frames — each sequence number once, in order.
+    pub fn finish_catch_up(&self, since: u64, history: Vec<(u64, Utf8Bytes)>) {
+        let mut c = self.cursor.lock().expect("cursor lock");
+        c.last_seq = since;
+        let held = c.buffer.take().unwrap_or_default();
+        for (seq, frame) in history.into_iter().chain(held) {
+            if seq > c.last_seq {
+                c.last_seq = seq;
+                let _ = self.queue.push(frame);
+            }
+        }
+    }
+}
+
 /// See the module documentation.
 pub struct Registry {
-    streams: RwLock<HashMap<Uuid, HashMap<ConnId, Arc<OutboundQueue>>>>,
+    streams: RwLock<HashMap<Uuid, HashMap<ConnId, Arc<Conn>>>>,
     next_id: AtomicU64,
     open: AtomicUsize,
     max: usize,
@@ -40,6 +113,7 @@ impl Drop for Admission {
 pub struct Registration {
     pub id: ConnId,
     pub stream: Uuid,
+    pub conn: Arc<Conn>,
     registry: Arc<Registry>,
     _admission: Admission,
 }
@@ -91,9 +165,10 @@ impl Registry {
         queue: Arc<OutboundQueue>,
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn::new(queue.clone()));
         {
             let mut streams = self.streams.write().expect("registry lock");
-            streams.entry(stream).or_default().insert(id, queue.clone());
+            streams.entry(stream).or_default().insert(id, conn.clone());
         }
         if self.closing.load(Ordering::SeqCst) {
             queue.close(shutdown_reason());
@@ -101,6 +176,7 @@ impl Registry {
         Registration {
             id,
             stream,
+            conn,
             registry: Arc::clone(self),
             _admission: admission,
         }
@@ -114,8 +190,8 @@ impl Registry {
             return 0;
         };
         let mut delivered = 0;
-        for q in conns.values() {
-            match q.push(frame.clone()) {
+        for c in conns.values() {
+            match c.queue.push(frame.clone()) {
                 Ok(()) => delivered += 1,
                 // The connection's own task counts the close (streamedge_ws_closed_total).
                 Err(PushError::Full) | Err(PushError::Closed) => {}
@@ -124,12 +200,25 @@ impl Registry {
         delivered
     }
 
+    /// Hands a chat frame with sequence number `seq` to every connection of the stream,
+    /// each of which takes it only if it is new to it.
+    pub fn deliver_chat(&self, stream: &Uuid, seq: u64, frame: &Utf8Bytes) -> usize {
+        let streams = self.streams.read().expect("registry lock");
+        let Some(conns) = streams.get(stream) else {
+            return 0;
+        };
+        for c in conns.values() {
+            c.deliver(seq, frame);
+        }
+        conns.len()
+    }
+
     /// Closes every connection with 1012 (service restart) and refuses new ones.
     pub fn close_all(&self) {
         self.closing.store(true, Ordering::SeqCst);
         let streams = self.streams.read().expect("registry lock");
-        for q in streams.values().flat_map(|c| c.values()) {
-            q.close(shutdown_reason());
+        for c in streams.values().flat_map(|c| c.values()) {
+            c.queue.close(shutdown_reason());
         }
     }
 

@@ -77,7 +77,10 @@ pub async fn stream_ws(
                     tracing::warn!(%stream, error = %e, "viewer not recorded");
                 }
             }
-            let viewers = app.viewers.counts(&record).await.ok();
+                        let viewers = app.viewers.counts(&record).await.ok();
+            // Live chat frames are held back until the welcome is queued: the client
+            // gets every message after `last_seq`, live, with nothing missing in between.
+            let last_seq = app.chat.last_seq(&stream).await.unwrap_or(0);
             let welcome = ServerFrame::Welcome {
                 stream,
                 node: &app.node_id,
@@ -85,22 +88,30 @@ pub async fn stream_ws(
                 protocol: SUBPROTOCOL,
                 state: record.state.as_str(),
                 session_id: record.session.as_ref().map(|s| s.id),
-                version: record.version,
+                                version: record.version,
+                last_seq,
                 viewers,
             }
             .encode();
-            let _ = queue.push(welcome);
+                        let _ = queue.push(welcome);
+            registration.conn.finish_catch_up(last_seq, Vec::new());
+            let handler = crate::chat::ws::ChatHandler {
+                app: app.clone(),
+                stream,
+                who: who.clone(),
+                conn: registration.conn.clone(),
+            };
             let tracker = app.registry.tracker().clone();
             let end = tracker
                 .track_future(async {
                     if is_seller {
                         // The seller's open connection is their heartbeat.
                         tokio::select! {
-                            end = conn::drive(socket, queue, settings) => end,
+                                                        end = conn::drive(socket, queue, settings, handler) => end,
                             never = seller_heartbeats(&app, stream, &who.user_id) => match never {},
                         }
                     } else {
-                        conn::drive(socket, queue, settings).await
+                                                conn::drive(socket, queue, settings, handler).await
                     }
                 })
                 .await;

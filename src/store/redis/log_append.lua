@@ -3,6 +3,14 @@
 -- KEYS[1]: the log (a Redis Stream, entry ids "<seq>-0")   KEYS[2]: its sequence counter
 -- ARGV[1]: payload   ARGV[2]: entries kept (0 = all)   ARGV[3]: TTL in ms (0 = none)
 -- ARGV[4]: channel that receives "<seq>\n<payload>" ('' = no publish)
+-- KEYS[3] (optional): idempotency key; when it exists its sequence number is returned and
+-- nothing is appended, otherwise it is set to the new one for ARGV[5] ms.
+if KEYS[3] then
+  local earlier = redis.call('GET', KEYS[3])
+  if earlier then
+    return tonumber(earlier)
+  end
+end
 local seq = redis.call('INCR', KEYS[2])
 if seq == 1 then
   -- The counter is new but the log may not be (counter evicted or restored): continue
@@ -29,5 +37,8 @@ if ttl > 0 then
 end
 if ARGV[4] ~= '' then
   redis.call('PUBLISH', ARGV[4], seq .. '\n' .. ARGV[1])
+end
+if KEYS[3] then
+  redis.call('SET', KEYS[3], seq, 'PX', ARGV[5])
 end
 return seq

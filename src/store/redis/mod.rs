@@ -441,6 +441,9 @@ impl SharedState for RedisStore {
             .arg(opts.max_len)
             .arg(opts.ttl.map_or(0, ms))
             .arg(channel);
+        if let Some((key, ttl)) = &opts.once {
+            inv.key(self.key(key)).arg(ms(*ttl));
+        }
         self.run(inv.invoke_async(&mut c)).await
     }
 

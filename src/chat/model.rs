@@ -1,0 +1,135 @@
+//! Chat messages: validation of what a client sends and the stored/broadcast shapes (pure).
+
+use serde::{Deserialize, Serialize};
+
+/// Longest `client_msg_id`.
+pub const MAX_CLIENT_MSG_ID: usize = 64;
+
+/// Why a message is refused; `code` goes into the `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejected {
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn rejected(code: &'static str, message: impl Into<String>) -> Rejected {
+    Rejected {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Checks a message body: not empty (after trimming), at most `max_chars` characters, no
+/// control characters (line breaks included) and no bidirectional overrides.
+pub fn validate_body(body: &str, max_chars: usize) -> Result<String, Rejected> {
+    let t = body.trim();
+    if t.is_empty() {
+        return Err(rejected("empty_body", "message body is empty"));
+    }
+    if t.chars().count() > max_chars {
+        return Err(rejected(
+            "body_too_long",
+            format!("message body is longer than {max_chars} characters"),
+        ));
+    }
+    if t.chars().any(|c| {
+        c.is_control()
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    }) {
+        return Err(rejected(
+            "invalid_body",
+            "message body contains control characters",
+        ));
+    }
+    Ok(t.to_string())
+}
+
+/// A client's id for a message (for idempotent retries): 1–64 of `A-Z a-z 0-9 - _ . :`.
+pub fn validate_client_msg_id(id: &str) -> Result<(), Rejected> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_CLIENT_MSG_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(rejected(
+            "invalid_field",
+            "client_msg_id must be 1–64 characters of A-Z a-z 0-9 - _ . :",
+        ))
+    }
+}
+
+/// A message as stored in the stream's log (its `seq` is the log's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    pub id: uuid::Uuid,
+    pub user: String,
+    pub body: String,
+    /// RFC 3339.
+    pub ts: String,
+    pub client_msg_id: String,
+}
+
+/// The `message` frame for a stored payload: `{"type":"message","seq":N,` + the stored
+/// JSON object's members. Built once per node and handed to every connection.
+pub fn message_frame(seq: u64, payload: &[u8]) -> Option<String> {
+    let body = std::str::from_utf8(payload).ok()?;
+    let inner = body.strip_prefix('{')?;
+    Some(format!(r#"{{"type":"message","seq":{seq},{inner}"#))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies() {
+        assert_eq!(validate_body("  hi  ", 500).unwrap(), "hi");
+        assert_eq!(validate_body("   ", 500).unwrap_err().code, "empty_body");
+        assert_eq!(
+            validate_body(&"é".repeat(501), 500).unwrap_err().code,
+            "body_too_long"
+        );
+        assert!(validate_body(&"é".repeat(500), 500).is_ok());
+        assert_eq!(
+            validate_body("a\u{0000}b", 500).unwrap_err().code,
+            "invalid_body"
+        );
+        assert_eq!(validate_body("a\nb", 500).unwrap_err().code, "invalid_body");
+        assert_eq!(
+            validate_body("x\u{202e}y", 500).unwrap_err().code,
+            "invalid_body"
+        );
+        assert!(validate_body("👟 50% off — today!", 500).is_ok());
+    }
+
+    #[test]
+    fn client_ids() {
+        assert!(validate_client_msg_id("a1-b_c.d:e").is_ok());
+        assert!(validate_client_msg_id("").is_err());
+        assert!(validate_client_msg_id(&"x".repeat(65)).is_err());
+        assert!(validate_client_msg_id("has space").is_err());
+    }
+
+    #[test]
+    fn frames_splice_the_sequence_in() {
+        let m = StoredMessage {
+            id: uuid::Uuid::nil(),
+            user: "u".into(),
+            body: "hi \"there\"".into(),
+            ts: "2026-11-22T00:00:00.000Z".into(),
+            client_msg_id: "c1".into(),
+        };
+        let payload = serde_json::to_vec(&m).unwrap();
+        let f = message_frame(42, &payload).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&f).unwrap();
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["seq"], 42);
+        assert_eq!(v["body"], "hi \"there\"");
+        assert!(message_frame(1, b"[1]").is_none());
+    }
+}

@@ -1,0 +1,190 @@
+//! Sending and reading chat: every message is sequenced by one atomic append to the
+//! stream's log in the shared state, which also publishes it to every node and records its
+//! `client_msg_id` for idempotent retries.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use super::model::{self, Rejected, StoredMessage};
+use crate::auth::Principal;
+use crate::config::ChatConfig;
+use crate::rtc::routes::ban_key;
+use crate::store::{AppendOptions, LogEntry, SharedState, StoreError};
+use crate::streams::model::rfc3339;
+use crate::streams::service::events_channel;
+use crate::streams::{StreamError, StreamService, StreamState};
+
+pub fn log_name(stream: &Uuid) -> String {
+    format!("chat:{stream}")
+}
+
+fn once_key(stream: &Uuid, user: &str, client_msg_id: &str) -> String {
+    format!("chat:{stream}:sent:{user}:{client_msg_id}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("{0}")]
+    Rejected(Rejected),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<Rejected> for ChatError {
+    fn from(r: Rejected) -> Self {
+        ChatError::Rejected(r)
+    }
+}
+
+impl From<StreamError> for ChatError {
+    fn from(e: StreamError) -> Self {
+        match e {
+            StreamError::NotFound => Rejected {
+                code: "stream_not_found",
+                message: "no such stream".into(),
+            }
+            .into(),
+            StreamError::Store(s) => ChatError::Store(s),
+            other => ChatError::Store(StoreError::Backend(other.to_string())),
+        }
+    }
+}
+
+pub struct ChatService {
+    store: Arc<dyn SharedState>,
+    streams: Arc<StreamService>,
+    cfg: ChatConfig,
+}
+
+impl ChatService {
+    pub fn new(store: Arc<dyn SharedState>, streams: Arc<StreamService>, cfg: ChatConfig) -> Self {
+        Self {
+            store,
+            streams,
+            cfg,
+        }
+    }
+
+    pub fn config(&self) -> &ChatConfig {
+        &self.cfg
+    }
+
+    /// Sequences a message; returns its `seq` (the original one for a repeated
+    /// `client_msg_id`).
+    pub async fn send(
+        &self,
+        stream: &Uuid,
+        who: &Principal,
+        client_msg_id: &str,
+        body: &str,
+    ) -> Result<u64, ChatError> {
+        model::validate_client_msg_id(client_msg_id)?;
+        let body = model::validate_body(body, self.cfg.max_chars)?;
+        if who.anonymous {
+            return Err(Rejected {
+                code: "forbidden",
+                message: "anonymous viewers cannot chat".into(),
+            }
+            .into());
+        }
+        let s = self.streams.get(stream).await?;
+        if s.state == StreamState::Ended {
+            return Err(Rejected {
+                code: "stream_ended",
+                message: "the stream has ended".into(),
+            }
+            .into());
+        }
+        if s.owner_id != who.user_id
+            && self
+                .store
+                .get(&ban_key(stream, &who.user_id))
+                .await?
+                .is_some()
+        {
+            return Err(Rejected {
+                code: "banned",
+                message: "you are banned from this stream's chat".into(),
+            }
+            .into());
+        }
+        if self.cfg.user_per_sec > 0.0 {
+            let d = self
+                .store
+                .rate_limit(
+                    &format!("chat:{stream}:{}", who.user_id),
+                    self.cfg.user_per_sec,
+                    self.cfg.user_burst,
+                )
+                .await?;
+            if !d.allowed {
+                metrics::counter!("streamedge_chat_rejected_total", "code" => "rate_limited")
+                    .increment(1);
+                return Err(Rejected {
+                    code: "rate_limited",
+                    message: format!(
+                        "too many messages; retry in {} ms",
+                        d.retry_after.as_millis().max(1)
+                    ),
+                }
+                .into());
+            }
+        }
+        let msg = StoredMessage {
+            id: Uuid::new_v4(),
+            user: who.user_id.clone(),
+            body,
+            ts: rfc3339(crate::sessions::service::now_ms()),
+            client_msg_id: client_msg_id.to_string(),
+        };
+        let payload = serde_json::to_vec(&msg).expect("message serialises");
+        let seq = self
+            .store
+            .log_append(
+                &log_name(stream),
+                &payload,
+                &AppendOptions {
+                    max_len: self.cfg.history_size,
+                    ttl: Some(self.cfg.history_ttl),
+                    publish: Some(events_channel(stream)),
+                    once: Some((
+                        once_key(stream, &who.user_id, client_msg_id),
+                        self.cfg.idempotency_window,
+                    )),
+                },
+            )
+            .await?;
+        metrics::counter!("streamedge_chat_messages_in_total").increment(1);
+        Ok(seq)
+    }
+
+    /// Messages after `since`, oldest first (at most the history size).
+    pub async fn after(&self, stream: &Uuid, since: u64) -> Result<Vec<LogEntry>, StoreError> {
+        self.store
+            .log_after(&log_name(stream), since, self.cfg.history_size)
+            .await
+    }
+
+    /// Messages before `before`, newest first.
+    pub async fn before(
+        &self,
+        stream: &Uuid,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        self.store
+            .log_before(&log_name(stream), before, limit)
+            .await
+    }
+
+    pub async fn last_seq(&self, stream: &Uuid) -> Result<u64, StoreError> {
+        self.store.log_last_seq(&log_name(stream)).await
+    }
+
+    /// The `message` frame of a log entry.
+    pub fn frame(entry_seq: u64, payload: &Bytes) -> Option<String> {
+        model::message_frame(entry_seq, payload)
+    }
+}

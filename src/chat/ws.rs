@@ -1,0 +1,119 @@
+//! The chat side of a stream WebSocket: `send` and `resume` frames.
+
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use uuid::Uuid;
+
+use super::service::{ChatError, ChatService};
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::ws::conn::FrameHandler;
+use crate::ws::protocol::{ClientFrame, ServerFrame};
+use crate::ws::registry::Conn;
+
+pub struct ChatHandler {
+    pub app: AppState,
+    pub stream: Uuid,
+    pub who: Principal,
+    pub conn: Arc<Conn>,
+}
+
+fn error_frame(code: &str, message: &str, reference: Option<&str>) -> Utf8Bytes {
+    ServerFrame::Error {
+        code,
+        message,
+        reference,
+    }
+    .encode()
+}
+
+/// History entries as `(seq, frame)`.
+pub fn frames(entries: Vec<crate::store::LogEntry>) -> Vec<(u64, Utf8Bytes)> {
+    entries
+        .into_iter()
+        .filter_map(|e| ChatService::frame(e.seq, &e.payload).map(|f| (e.seq, f.into())))
+        .collect()
+}
+
+impl FrameHandler for ChatHandler {
+    async fn on_frame(&mut self, frame: ClientFrame) {
+        let queue = &self.conn.queue;
+        match frame {
+            ClientFrame::Ping { .. } => {}
+            ClientFrame::Send {
+                client_msg_id,
+                body,
+            } => {
+                match self
+                    .app
+                    .chat
+                    .send(&self.stream, &self.who, &client_msg_id, &body)
+                    .await
+                {
+                    Ok(seq) => {
+                        let _ = queue.push(
+                            ServerFrame::Ack {
+                                client_msg_id: &client_msg_id,
+                                seq,
+                            }
+                            .encode(),
+                        );
+                    }
+                    Err(ChatError::Rejected(r)) => {
+                        let _ = queue.push(error_frame(r.code, &r.message, Some(&client_msg_id)));
+                    }
+                    Err(ChatError::Store(e)) => {
+                        tracing::warn!(stream = %self.stream, error = %e, "chat send failed");
+                        let _ = queue.push(error_frame(
+                            "unavailable",
+                            "the message was not sent; retry with the same client_msg_id",
+                            Some(&client_msg_id),
+                        ));
+                    }
+                }
+            }
+            ClientFrame::Resume {
+                since_seq,
+                reference,
+            } => {
+                self.conn.start_catch_up();
+                let chat = &self.app.chat;
+                let result = async {
+                    let last = chat.last_seq(&self.stream).await?;
+                    let entries = chat.after(&self.stream, since_seq).await?;
+                    Ok::<_, crate::store::StoreError>((last, entries))
+                }
+                .await;
+                match result {
+                    Ok((last, entries)) => {
+                        let window = chat.config().history_size as u64;
+                        let recovered = since_seq >= last.saturating_sub(window);
+                        let _ = queue.push(
+                            ServerFrame::Resumed {
+                                since_seq,
+                                recovered,
+                                last_seq: last,
+                                reference: reference.as_deref(),
+                            }
+                            .encode(),
+                        );
+                        self.conn
+                            .finish_catch_up(since_seq.min(last), frames(entries));
+                    }
+                    Err(e) => {
+                        tracing::warn!(stream = %self.stream, error = %e, "resume failed");
+                        let _ = queue.push(error_frame(
+                            "unavailable",
+                            "history is unavailable; retry the resume",
+                            reference.as_deref(),
+                        ));
+                        // Carry on live from where the connection was.
+                        let last = chat.last_seq(&self.stream).await.unwrap_or(0);
+                        self.conn.finish_catch_up(last, Vec::new());
+                    }
+                }
+            }
+        }
+    }
+}
