@@ -1,0 +1,405 @@
+//! Chat across nodes: ordered, gapless, exactly-once delivery on three node processes;
+//! resume after a disconnect; idempotent sends across nodes; history; malformed frames.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{NodeProcess, TestNode};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(15);
+
+async fn join(addr: std::net::SocketAddr, stream: &str, user: &str) -> (common::Ws, u64) {
+    let mut ws = common::ws_connect(&format!(
+        "ws://{addr}/v1/streams/{stream}/ws?access_token={}",
+        common::buyer(user)
+    ))
+    .await;
+    let welcome = common::next_json(&mut ws, T).await;
+    assert_eq!(welcome["type"], "welcome");
+    (ws, welcome["last_seq"].as_u64().unwrap())
+}
+
+async fn send(ws: &mut common::Ws, id: &str, body: &str) {
+    common::send_text(
+        ws,
+        &json!({"type": "send", "client_msg_id": id, "body": body}).to_string(),
+    )
+    .await;
+}
+
+/// Reads `message` frames until `n` were received (acks and others are collected apart).
+async fn messages(ws: &mut common::Ws, n: usize) -> Vec<Value> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let f = common::next_json(ws, T).await;
+        if f["type"] == "message" {
+            out.push(f);
+        }
+    }
+    out
+}
+
+fn chat_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("STREAMEDGE_REDIS__URL", common::redis_url()),
+        (
+            "STREAMEDGE_REDIS__KEY_PREFIX",
+            common::test_config().redis.key_prefix,
+        ),
+        ("STREAMEDGE_CHAT__USER_PER_SEC", "0".into()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_thirty_clients_ten_senders_identical_gapless_order() {
+    let env = chat_env();
+    let nodes: Vec<NodeProcess> = (0..3).map(|_| NodeProcess::spawn(&env)).collect();
+    let stream = common::create_stream(&nodes[0].api_url("/v1/streams"), &common::seller("s"))
+        .await
+        .to_string();
+    let mut clients = Vec::new();
+    for i in 0..30 {
+        let (ws, _) = join(nodes[i % 3].api, &stream, &format!("user-{i}")).await;
+        clients.push(ws);
+    }
+    // Let every node's hub subscribe (its first viewers push).
+    for ws in clients.iter_mut().take(3) {
+        common::next_of_type(ws, "viewers", T).await;
+    }
+    const PER_SENDER: usize = 20;
+    let (senders, readers) = clients.split_at_mut(10);
+    let sends = senders.iter_mut().enumerate().map(|(i, ws)| async move {
+        for j in 0..PER_SENDER {
+            send(ws, &format!("m-{i}-{j}"), &format!("hello {i}/{j}")).await;
+        }
+        messages(ws, 10 * PER_SENDER).await
+    });
+    let reads = readers.iter_mut().map(|ws| messages(ws, 10 * PER_SENDER));
+    let (sent_views, read_views) = tokio::join!(
+        futures_util::future::join_all(sends),
+        futures_util::future::join_all(reads)
+    );
+    let all: Vec<Vec<Value>> = sent_views.into_iter().chain(read_views).collect();
+    let reference: Vec<(u64, String)> = all[0]
+        .iter()
+        .map(|m| {
+            (
+                m["seq"].as_u64().unwrap(),
+                m["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    // Gapless and in order.
+    let first = reference[0].0;
+    let seqs: Vec<u64> = reference.iter().map(|r| r.0).collect();
+    assert_eq!(
+        seqs,
+        (first..first + 10 * PER_SENDER as u64).collect::<Vec<_>>()
+    );
+    // Every client saw exactly the same sequence.
+    for (i, view) in all.iter().enumerate() {
+        let v: Vec<(u64, String)> = view
+            .iter()
+            .map(|m| {
+                (
+                    m["seq"].as_u64().unwrap(),
+                    m["id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(v, reference, "client {i} saw a different sequence");
+    }
+    // Each sender's messages appear in the order it sent them.
+    for i in 0..10 {
+        let mine: Vec<String> = all[0]
+            .iter()
+            .filter(|m| m["user"] == format!("user-{i}"))
+            .map(|m| m["body"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            mine,
+            (0..PER_SENDER)
+                .map(|j| format!("hello {i}/{j}"))
+                .collect::<Vec<_>>()
+        );
+    }
+    // Nothing more arrives (no duplicates).
+    for ws in clients.iter_mut().take(5) {
+        let extra = tokio::time::timeout(Duration::from_millis(300), async {
+            loop {
+                let f = common::next_json(ws, Duration::from_secs(5)).await;
+                if f["type"] == "message" {
+                    return f;
+                }
+            }
+        })
+        .await;
+        assert!(extra.is_err(), "unexpected extra message {extra:?}");
+    }
+}
+
+#[tokio::test]
+async fn resume_delivers_exactly_what_was_missed_then_live() {
+    let mut cfg = common::test_config();
+    cfg.chat.user_per_sec = 0.0;
+    let node = TestNode::start(cfg).await;
+    let stream = node.new_stream().await.to_string();
+    let (mut talker, _) = join(node.api, &stream, "talker").await;
+    let (mut listener, _) = join(node.api, &stream, "listener").await;
+    send(&mut talker, "before", "before the drop").await;
+    let seen = messages(&mut listener, 1).await;
+    let last = seen[0]["seq"].as_u64().unwrap();
+    drop(listener); // the phone drops off Wi-Fi
+    for i in 0..200 {
+        send(&mut talker, &format!("gap-{i}"), &format!("missed {i}")).await;
+    }
+    messages(&mut talker, 201).await;
+    let (mut back, _) = join(node.api, &stream, "listener").await;
+    common::send_text(
+        &mut back,
+        &json!({"type": "resume", "since_seq": last, "ref": "r1"}).to_string(),
+    )
+    .await;
+    let resumed = common::next_of_type(&mut back, "resumed", T).await;
+    assert_eq!(resumed["recovered"], true);
+    assert_eq!(resumed["since_seq"], last);
+    assert_eq!(resumed["ref"], "r1");
+    let missed = messages(&mut back, 200).await;
+    let seqs: Vec<u64> = missed.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (last + 1..=last + 200).collect::<Vec<_>>());
+    assert_eq!(missed[199]["body"], "missed 199");
+    // Then the live feed, seamlessly.
+    send(&mut talker, "after", "live again").await;
+    let live = messages(&mut back, 1).await;
+    assert_eq!(live[0]["seq"], last + 201);
+    assert_eq!(live[0]["body"], "live again");
+    // Resuming from further back than history holds says so.
+    let mut cfg = common::test_config();
+    cfg.chat.history_size = 50;
+    cfg.chat.user_per_sec = 0.0;
+    let small = TestNode::start(cfg).await;
+    let s2 = small.new_stream().await.to_string();
+    let (mut t2, _) = join(small.api, &s2, "t2").await;
+    for i in 0..80 {
+        send(&mut t2, &format!("x{i}"), "x").await;
+    }
+    messages(&mut t2, 80).await;
+    common::send_text(
+        &mut t2,
+        &json!({"type": "resume", "since_seq": 3}).to_string(),
+    )
+    .await;
+    let r = common::next_of_type(&mut t2, "resumed", T).await;
+    assert_eq!(r["recovered"], false);
+    let kept = messages(&mut t2, 50).await;
+    assert_eq!(kept[0]["seq"], 31, "the oldest message history still holds");
+    node.shutdown().await.unwrap();
+    small.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_repeated_client_msg_id_is_one_message_even_across_nodes() {
+    let mut cfg = common::test_config();
+    cfg.redis.url = common::redis_url();
+    let a = TestNode::start(cfg.clone()).await;
+    cfg.server.node_id = "test-b".into();
+    let b = TestNode::start(cfg).await;
+    let stream = a.new_stream().await.to_string();
+    let (mut watcher, _) = join(b.api, &stream, "watcher").await;
+    common::next_of_type(&mut watcher, "viewers", T).await;
+    let (mut ws, _) = join(a.api, &stream, "retrier").await;
+    send(&mut ws, "once-1", "only once").await;
+    send(&mut ws, "once-1", "only once").await;
+    let acks: Vec<Value> = {
+        let mut v = Vec::new();
+        while v.len() < 2 {
+            let f = common::next_json(&mut ws, T).await;
+            if f["type"] == "ack" {
+                v.push(f);
+            }
+        }
+        v
+    };
+    assert_eq!(acks[0]["seq"], acks[1]["seq"]);
+    drop(ws);
+    // Reconnect to the other node and retry.
+    let (mut ws, _) = join(b.api, &stream, "retrier").await;
+    send(&mut ws, "once-1", "only once").await;
+    let ack = common::next_of_type(&mut ws, "ack", T).await;
+    assert_eq!(ack["seq"], acks[0]["seq"]);
+    assert_eq!(ack["client_msg_id"], "once-1");
+    let got = messages(&mut watcher, 1).await;
+    assert_eq!(got[0]["seq"], acks[0]["seq"]);
+    let extra = tokio::time::timeout(Duration::from_millis(500), messages(&mut watcher, 1)).await;
+    assert!(extra.is_err(), "published twice: {extra:?}");
+    // History holds it once.
+    let page: Value = reqwest::Client::new()
+        .get(format!("http://{}/v1/streams/{stream}/messages", a.api))
+        .bearer_auth(common::buyer("x"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["messages"].as_array().unwrap().len(), 1);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_and_refused_sends_get_error_frames_and_the_connection_stays_up() {
+    let mut cfg = common::test_config();
+    cfg.chat.user_per_sec = 0.5;
+    cfg.chat.user_burst = 3;
+    let node = TestNode::start(cfg).await;
+    let stream = node.new_stream().await.to_string();
+    let (mut ws, _) = join(node.api, &stream, "sender").await;
+    let long = "x".repeat(501);
+    for (frame, code) in [
+        (json!({"type": "send", "body": "hi"}), "missing_field"),
+        (
+            json!({"type": "send", "client_msg_id": "a"}),
+            "missing_field",
+        ),
+        (
+            json!({"type": "send", "client_msg_id": 5, "body": "hi"}),
+            "invalid_field",
+        ),
+        (
+            json!({"type": "send", "client_msg_id": "a", "body": ["x"]}),
+            "invalid_field",
+        ),
+        (
+            json!({"type": "send", "client_msg_id": "has space", "body": "hi"}),
+            "invalid_field",
+        ),
+        (
+            json!({"type": "send", "client_msg_id": "a", "body": "   "}),
+            "empty_body",
+        ),
+        (
+            json!({"type": "send", "client_msg_id": "a", "body": long}),
+            "body_too_long",
+        ),
+        (
+            json!({"type": "send", "client_msg_id": "a", "body": "bell\u{7}"}),
+            "invalid_body",
+        ),
+        (json!({"type": "resume"}), "missing_field"),
+        (json!({"type": "resume", "since_seq": -1}), "invalid_field"),
+        (json!({"type": "resume", "since_seq": "7"}), "invalid_field"),
+    ] {
+        common::send_text(&mut ws, &frame.to_string()).await;
+        let e = common::next_json(&mut ws, T).await;
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str()),
+            (Some("error"), Some(code)),
+            "{frame}"
+        );
+    }
+    // Rate limit: 3 at once, then refused.
+    for i in 0..3 {
+        send(&mut ws, &format!("ok-{i}"), "fine").await;
+        assert_eq!(
+            common::next_of_type(&mut ws, "ack", T).await["client_msg_id"],
+            format!("ok-{i}")
+        );
+    }
+    send(&mut ws, "too-fast", "whoa").await;
+    let e = common::next_of_type(&mut ws, "error", T).await;
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("rate_limited"), Some("too-fast"))
+    );
+    // Still up.
+    common::send_text(&mut ws, r#"{"type":"ping"}"#).await;
+    assert_eq!(
+        common::next_of_type(&mut ws, "pong", T).await["type"],
+        "pong"
+    );
+    // An anonymous viewer may watch but not chat.
+    node.shutdown().await.unwrap();
+    let mut cfg = common::test_config();
+    cfg.auth.allow_anonymous_viewers = true;
+    let node = TestNode::start(cfg).await;
+    let stream = node.new_stream().await.to_string();
+    let anon = common::token_with(
+        "anon",
+        streamedge::auth::Role::Buyer,
+        Duration::from_secs(600),
+        true,
+    );
+    let mut ws = common::ws_connect(&format!(
+        "ws://{}/v1/streams/{stream}/ws?access_token={anon}",
+        node.api
+    ))
+    .await;
+    common::next_json(&mut ws, T).await;
+    send(&mut ws, "a1", "hello").await;
+    assert_eq!(
+        common::next_of_type(&mut ws, "error", T).await["code"],
+        "forbidden"
+    );
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn history_pages_backwards() {
+    let mut cfg = common::test_config();
+    cfg.chat.user_per_sec = 0.0;
+    let node = TestNode::start(cfg).await;
+    let stream = node.new_stream().await.to_string();
+    let (mut ws, _) = join(node.api, &stream, "writer").await;
+    for i in 1..=25 {
+        send(&mut ws, &format!("h{i}"), &format!("msg {i}")).await;
+    }
+    messages(&mut ws, 25).await;
+    let token = common::buyer("reader");
+    let mut seen = Vec::new();
+    let mut before = String::new();
+    loop {
+        let page: Value = reqwest::Client::new()
+            .get(format!(
+                "http://{}/v1/streams/{stream}/messages?limit=10{before}",
+                node.api
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for m in page["messages"].as_array().unwrap() {
+            assert!(m.get("client_msg_id").is_none());
+            seen.push(m["seq"].as_u64().unwrap());
+        }
+        match page["next_before_seq"].as_u64() {
+            Some(b) => before = format!("&before_seq={b}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=25).rev().collect::<Vec<_>>());
+    for (q, code) in [
+        ("?limit=0", "invalid_query"),
+        ("?before_seq=-3", "invalid_query"),
+        ("?x=1", "invalid_query"),
+    ] {
+        let r = reqwest::Client::new()
+            .get(format!(
+                "http://{}/v1/streams/{stream}/messages{q}",
+                node.api
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let b: Value = r.json().await.unwrap();
+        assert_eq!(b["code"], code);
+    }
+    node.shutdown().await.unwrap();
+}
