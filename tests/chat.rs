@@ -403,3 +403,314 @@ async fn history_pages_backwards() {
     }
     node.shutdown().await.unwrap();
 }
+
+async fn api(
+    method: reqwest::Method,
+    url: String,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn moderation_ban_on_one_node_stops_sends_on_another_and_deletes_reach_everyone() {
+    let mut cfg = common::test_config();
+    cfg.redis.url = common::redis_url();
+    cfg.chat.user_per_sec = 0.0;
+    let a = TestNode::start(cfg.clone()).await;
+    cfg.server.node_id = "test-b".into();
+    let b = TestNode::start(cfg).await;
+    let stream = a.new_stream().await.to_string();
+    let seller = common::seller("seller-1");
+    let (mut troll, _) = join(b.api, &stream, "troll").await;
+    let (mut fan, _) = join(a.api, &stream, "fan").await;
+    common::next_of_type(&mut fan, "viewers", T).await;
+    send(&mut troll, "t1", "spam").await;
+    let spam = messages(&mut fan, 1).await;
+    let spam_seq = spam[0]["seq"].as_u64().unwrap();
+
+    // Ban through node A; the troll is on node B.
+    let base = format!("http://{}/v1/streams/{stream}", a.api);
+    let (s, v) = api(
+        reqwest::Method::PUT,
+        format!("{base}/bans/troll"),
+        &seller,
+        None,
+    )
+    .await;
+    assert_eq!((s, v["user_id"].as_str()), (200, Some("troll")));
+    send(&mut troll, "t2", "more spam").await;
+    let e = common::next_of_type(&mut troll, "error", T).await;
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("banned"), Some("t2"))
+    );
+    // Lifted; then a 1-second timeout that expires by itself.
+    assert_eq!(
+        api(
+            reqwest::Method::DELETE,
+            format!("{base}/bans/troll"),
+            &seller,
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    send(&mut troll, "t3", "sorry").await;
+    assert_eq!(
+        common::next_of_type(&mut troll, "ack", T).await["client_msg_id"],
+        "t3"
+    );
+    let (s, v) = api(
+        reqwest::Method::PUT,
+        format!("{base}/bans/troll"),
+        &seller,
+        Some(json!({"duration_secs": 1})),
+    )
+    .await;
+    assert_eq!((s, v["expires_in_secs"].as_u64()), (200, Some(1)));
+    send(&mut troll, "t4", "x").await;
+    assert_eq!(
+        common::next_of_type(&mut troll, "error", T).await["code"],
+        "banned"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    send(&mut troll, "t5", "back").await;
+    assert_eq!(
+        common::next_of_type(&mut troll, "ack", T).await["client_msg_id"],
+        "t5"
+    );
+
+    // Delete the spam: everyone is told, and history and resumes no longer have it.
+    assert_eq!(
+        api(
+            reqwest::Method::DELETE,
+            format!("{base}/messages/{spam_seq}"),
+            &seller,
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    let d = common::next_of_type(&mut fan, "deleted", T).await;
+    assert_eq!(d["seq"], spam_seq);
+    let d = common::next_of_type(&mut troll, "deleted", T).await;
+    assert_eq!(d["seq"], spam_seq);
+    let (_, hist) = api(
+        reqwest::Method::GET,
+        format!("{base}/messages"),
+        &seller,
+        None,
+    )
+    .await;
+    let seqs: Vec<u64> = hist["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert!(!seqs.contains(&spam_seq), "{seqs:?}");
+    common::send_text(
+        &mut fan,
+        &json!({"type": "resume", "since_seq": 0}).to_string(),
+    )
+    .await;
+    common::next_of_type(&mut fan, "resumed", T).await;
+    let replay = messages(&mut fan, seqs.len()).await;
+    assert!(replay.iter().all(|m| m["seq"] != spam_seq));
+
+    // Refusals.
+    for (method, url, token, body, status, code) in [
+        (
+            reqwest::Method::DELETE,
+            format!("{base}/messages/{spam_seq}"),
+            seller.clone(),
+            None,
+            404,
+            "message_not_found",
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("{base}/messages/abc"),
+            seller.clone(),
+            None,
+            400,
+            "invalid_seq",
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("{base}/messages/1"),
+            common::buyer("fan"),
+            None,
+            403,
+            "not_owner",
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("{base}/bans/x"),
+            common::buyer("fan"),
+            None,
+            403,
+            "not_owner",
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("{base}/bans/x"),
+            seller.clone(),
+            Some(json!({"duration_secs": 0})),
+            400,
+            "invalid_body",
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("{base}/bans/x"),
+            seller.clone(),
+            Some(json!({"forever": true})),
+            400,
+            "invalid_body",
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("{base}/bans/seller-1"),
+            seller.clone(),
+            None,
+            400,
+            "invalid_user_id",
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("{base}/bans/nobody"),
+            seller.clone(),
+            None,
+            404,
+            "ban_not_found",
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("{base}/chat-settings"),
+            seller.clone(),
+            Some(json!({"slow_mode_secs": 99999})),
+            400,
+            "invalid_body",
+        ),
+    ] {
+        let (s, v) = api(method, url.clone(), &token, body).await;
+        assert_eq!(
+            (s, v["code"].as_str().unwrap_or("")),
+            (status, code),
+            "{url}: {v}"
+        );
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn slow_mode_spaces_out_each_users_messages() {
+    let mut cfg = common::test_config();
+    cfg.chat.user_per_sec = 0.0;
+    let node = TestNode::start(cfg).await;
+    let stream = node.new_stream().await.to_string();
+    let seller = common::seller("seller-1");
+    let (s, _) = api(
+        reqwest::Method::PUT,
+        format!("http://{}/v1/streams/{stream}/chat-settings", node.api),
+        &seller,
+        Some(json!({"slow_mode_secs": 1})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (mut ws, _) = join(node.api, &stream, "chatty").await;
+    send(&mut ws, "s1", "one").await;
+    assert_eq!(
+        common::next_of_type(&mut ws, "ack", T).await["client_msg_id"],
+        "s1"
+    );
+    send(&mut ws, "s2", "two").await;
+    assert_eq!(
+        common::next_of_type(&mut ws, "error", T).await["code"],
+        "slow_mode"
+    );
+    let (mut other, _) = join(node.api, &stream, "other").await;
+    send(&mut other, "o1", "mine").await;
+    assert_eq!(
+        common::next_of_type(&mut other, "ack", T).await["client_msg_id"],
+        "o1"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    send(&mut ws, "s3", "three").await;
+    assert_eq!(
+        common::next_of_type(&mut ws, "ack", T).await["client_msg_id"],
+        "s3"
+    );
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_with_4002_and_others_keep_receiving() {
+    let mut cfg = common::test_config();
+    cfg.chat.user_per_sec = 0.0;
+    cfg.ws.send_queue_bytes = 64 * 1024;
+    let node = TestNode::start(cfg).await;
+    let stream = node.new_stream().await.to_string();
+    // The slow client: handshake, then never reads again.
+    let mut slow = common::RawWs::connect_with_recv_buffer(
+        node.api,
+        &format!(
+            "/v1/streams/{stream}/ws?access_token={}",
+            common::buyer("slow")
+        ),
+        Some(16 * 1024),
+    )
+    .await;
+    // The fast client sends rounds of 50 messages and reads each round (its acks and the
+    // messages) before the next, as a real client keeps up; only the client that stopped
+    // reading falls behind. Up to ~15 MB: more than a loopback socket's kernel buffers.
+    let (mut fast, _) = join(node.api, &stream, "fast").await;
+    let body = "y".repeat(480);
+    let mut next_seq = 1u64;
+    let mut closed = false;
+    for round in 0..600 {
+        for i in 0..50 {
+            send(&mut fast, &format!("b{round}-{i}"), &body).await;
+        }
+        let got = messages(&mut fast, 50).await;
+        for m in got {
+            assert_eq!(m["seq"], next_seq, "the fast client misses nothing");
+            next_seq += 1;
+        }
+        let metrics = reqwest::get(node.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains(r#"streamedge_ws_closed_total{reason="slow_consumer"} 1"#) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the slow client was never closed");
+    // It was the client that stopped reading (the node hung up on it: it sees the 4002
+    // close frame, or the end of the stream when the frame could not be written); the
+    // fast one still works.
+    let end = slow.read_until_close(Duration::from_secs(60)).await;
+    assert!(matches!(end, Some(4002) | None), "{end:?}");
+    send(&mut fast, "still-here", "ok").await;
+    assert_eq!(
+        common::next_of_type(&mut fast, "ack", T).await["client_msg_id"],
+        "still-here"
+    );
+    eprintln!("slow consumer closed after {} messages", next_seq - 1);
+    node.shutdown().await.unwrap();
+}

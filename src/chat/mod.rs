@@ -7,6 +7,7 @@
 //! which takes only sequence numbers it has not seen.
 
 pub mod model;
+pub mod moderation;
 pub mod routes;
 pub mod service;
 pub mod ws;

@@ -110,6 +110,34 @@ impl ChatService {
             }
             .into());
         }
+        if s.owner_id != who.user_id {
+            if let Some(raw) = self
+                .store
+                .get(&super::moderation::slow_mode_key(stream))
+                .await?
+            {
+                let secs: u64 = std::str::from_utf8(&raw)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                if secs > 0
+                    && !self
+                        .store
+                        .set_nx(
+                            &super::moderation::slow_mode_user_key(stream, &who.user_id),
+                            b"1",
+                            Some(std::time::Duration::from_secs(secs)),
+                        )
+                        .await?
+                {
+                    return Err(Rejected {
+                        code: "slow_mode",
+                        message: format!("slow mode: one message every {secs} s"),
+                    }
+                    .into());
+                }
+            }
+        }
         if self.cfg.user_per_sec > 0.0 {
             let d = self
                 .store

@@ -96,6 +96,18 @@ pub fn api_router(app: AppState) -> Router {
             get(crate::chat::routes::history),
         )
         .route(
+            "/v1/streams/{stream_id}/messages/{seq}",
+            axum::routing::delete(crate::chat::moderation::delete_message),
+        )
+        .route(
+            "/v1/streams/{stream_id}/bans/{user_id}",
+            axum::routing::put(crate::chat::moderation::ban).delete(crate::chat::moderation::unban),
+        )
+        .route(
+            "/v1/streams/{stream_id}/chat-settings",
+            axum::routing::put(crate::chat::moderation::settings),
+        )
+        .route(
             "/v1/streams/{stream_id}/ws",
             get(crate::ws::routes::stream_ws),
         )

@@ -69,11 +69,22 @@ where
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            close = queue.next_batch(&mut batch) => {
+                        close = queue.next_batch(&mut batch) => {
                 let n = batch.len() as u64;
-                for frame in batch.drain(..) {
-                    if sink.feed(Message::Text(frame)).await.is_err() {
+                // A client that does not read blocks the write; if its queue overflows
+                // meanwhile, give up on it at once rather than wait for the socket.
+                let write = async {
+                    for frame in batch.drain(..) {
+                        sink.feed(Message::Text(frame)).await?;
+                    }
+                    Ok::<(), axum::Error>(())
+                };
+                tokio::select! {
+                    r = write => if r.is_err() {
                         return ConnEnd::WriteFailed;
+                    },
+                    reason = queue.closed(), if close.is_none() => {
+                        return ConnEnd::Closed(reason);
                     }
                 }
                 if n > 0 {
@@ -84,8 +95,13 @@ where
                     let _ = sink.send(Message::Close(Some(frame))).await;
                     return ConnEnd::Closed(reason);
                 }
-                if sink.flush().await.is_err() {
-                    return ConnEnd::WriteFailed;
+                                tokio::select! {
+                    r = sink.flush() => if r.is_err() {
+                        return ConnEnd::WriteFailed;
+                    },
+                    reason = queue.closed() => {
+                        return ConnEnd::Closed(reason);
+                    }
                 }
                 metrics::counter!("streamedge_ws_flushes_total").increment(1);
             }
@@ -128,6 +144,7 @@ where
         match msg {
             Message::Text(text) => {
                 metrics::counter!("streamedge_ws_frames_in_total", "kind" => "text").increment(1);
+                queue.wait_for_room().await;
                 match protocol::parse_client(&text) {
                     Ok(ClientFrame::Ping { reference }) => {
                         let pong = ServerFrame::Pong {

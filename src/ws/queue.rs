@@ -52,6 +52,10 @@ struct State {
 pub struct OutboundQueue {
     state: Mutex<State>,
     notify: Notify,
+    /// Signalled whenever the writer takes a batch.
+    drained: Notify,
+    /// Signalled when the queue starts closing.
+    closing: Notify,
     max_bytes: usize,
 }
 
@@ -60,6 +64,8 @@ impl OutboundQueue {
         Self {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            drained: Notify::new(),
+            closing: Notify::new(),
             max_bytes,
         }
     }
@@ -72,6 +78,13 @@ impl OutboundQueue {
             return Err(PushError::Closed);
         }
         if st.bytes + frame.len() > self.max_bytes {
+            tracing::debug!(
+                queued = st.bytes,
+                frames = st.frames.len(),
+                frame = frame.len(),
+                max = self.max_bytes,
+                "outbound queue full"
+            );
             st.close = Some(CloseReason {
                 code: close_code::SLOW_CONSUMER,
                 reason: "slow_consumer",
@@ -81,6 +94,7 @@ impl OutboundQueue {
             st.bytes = 0;
             drop(st);
             self.notify.notify_one();
+            self.closing.notify_waiters();
             return Err(PushError::Full);
         }
         st.bytes += frame.len();
@@ -99,10 +113,39 @@ impl OutboundQueue {
         }
         drop(st);
         self.notify.notify_one();
+        self.closing.notify_waiters();
+    }
+
+    /// Completes once the queue is closing, with the reason.
+    pub async fn closed(&self) -> CloseReason {
+        loop {
+            let notified = self.closing.notified();
+            if let Some(r) = self.state.lock().expect("queue lock").close.clone() {
+                return r;
+            }
+            notified.await;
+        }
     }
 
     pub fn is_closing(&self) -> bool {
         self.state.lock().expect("queue lock").close.is_some()
+    }
+
+    /// Waits until at most half the queue is in use (or it is closing). The connection's
+    /// reader calls this before handling a client frame, so a client that sends in bursts
+    /// is slowed down by its own replies (TCP pushes back on it) instead of overflowing
+    /// its queue.
+    pub async fn wait_for_room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            {
+                let st = self.state.lock().expect("queue lock");
+                if st.bytes <= self.max_bytes / 2 || st.close.is_some() {
+                    return;
+                }
+            }
+            drained.await;
+        }
     }
 
     /// Bytes waiting to be written.
@@ -120,7 +163,10 @@ impl OutboundQueue {
                 if !st.frames.is_empty() || st.close.is_some() {
                     out.extend(st.frames.drain(..));
                     st.bytes = 0;
-                    return st.close.clone();
+                    let close = st.close.clone();
+                    drop(st);
+                    self.drained.notify_waiters();
+                    return close;
                 }
             }
             notified.await;
@@ -172,6 +218,19 @@ mod tests {
         let reason = q.next_batch(&mut out).await.unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(reason.code, close_code::SERVICE_RESTART);
+    }
+
+    #[tokio::test]
+    async fn room_waits_for_the_writer() {
+        let q = std::sync::Arc::new(OutboundQueue::new(10));
+        q.push("123456".into()).unwrap();
+        let q2 = q.clone();
+        let waiter = tokio::spawn(async move { q2.wait_for_room().await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let mut out = Vec::new();
+        q.next_batch(&mut out).await;
+        waiter.await.unwrap();
     }
 
     #[tokio::test]

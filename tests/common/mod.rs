@@ -437,8 +437,23 @@ pub struct RawWs {
 
 impl RawWs {
     pub async fn connect(addr: SocketAddr, path: &str) -> Self {
+        Self::connect_with_recv_buffer(addr, path, None).await
+    }
+
+    /// Like [`RawWs::connect`], with a fixed socket receive buffer (which also turns off
+    /// the kernel's receive-buffer autotuning, up to 32 MB on loopback here): a client that
+    /// stops reading then pushes back on the node after kilobytes, not megabytes.
+    pub async fn connect_with_recv_buffer(
+        addr: SocketAddr,
+        path: &str,
+        recv_buffer: Option<u32>,
+    ) -> Self {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(n) = recv_buffer {
+            socket.set_recv_buffer_size(n).unwrap();
+        }
+        let mut tcp = socket.connect(addr).await.unwrap();
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
