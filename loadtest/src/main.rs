@@ -4,6 +4,7 @@
 //! and, with `--json FILE`, a machine-readable report.
 
 mod conn;
+mod fanout;
 mod http1;
 mod idle;
 mod metrics;
@@ -26,6 +27,8 @@ enum Scenario {
     Idle(idle::Args),
     /// Open connections as fast as allowed and report the rate and join latency.
     ConnectStorm(storm::Args),
+    /// Chat fan-out: viewers on one stream, senders at a rate; latency and ordering.
+    ChatFanout(fanout::Args),
     /// Load the RTC token endpoint with valid access tokens.
     Tokens(tokens::Args),
     /// (internal) a worker process of `idle`, driven over stdin/stdout.
@@ -43,6 +46,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Idle(a) => idle::run(a).await,
             Scenario::ConnectStorm(a) => storm::run(a).await,
             Scenario::Tokens(a) => tokens::run(a).await,
+            Scenario::ChatFanout(a) => fanout::run(a).await,
             Scenario::IdleWorker(a) => idle::worker(a).await,
         }
     })
