@@ -46,8 +46,25 @@ async fn lifecycle_over_http_and_websocket() {
     // Wait until the node's hub for the stream is subscribed (its first viewers frame).
     common::next_of_type(&mut ws, "viewers", T).await;
 
+    // A message before the session does not count towards it. (Chat goes through another
+    // connection, so `ws` sees the state frames in order.)
+    let mut chatter = common::ws_connect(&node.ws_url(&stream.parse().unwrap())).await;
+    common::send_text(
+        &mut chatter,
+        r#"{"type":"send","client_msg_id":"pre","body":"early"}"#,
+    )
+    .await;
+    common::next_of_type(&mut chatter, "ack", T).await;
     let (s, started) = act(&api, &stream, "start", &seller).await;
     assert_eq!(s, 200, "{started}");
+    for id in ["c1", "c2"] {
+        common::send_text(
+            &mut chatter,
+            &format!(r#"{{"type":"send","client_msg_id":"{id}","body":"hi"}}"#),
+        )
+        .await;
+        common::next_of_type(&mut chatter, "ack", T).await;
+    }
     let session = started["stream"]["session"]["id"]
         .as_str()
         .unwrap()
@@ -78,8 +95,7 @@ async fn lifecycle_over_http_and_websocket() {
     // Subscribers saw each transition once, in order.
     let mut seen = Vec::new();
     for _ in 0..4 {
-        let f = common::next_json(&mut ws, T).await;
-        assert_eq!(f["type"], "state", "{f}");
+        let f = common::next_of_type(&mut ws, "state", T).await;
         assert_eq!(f["session_id"], session.as_str());
         seen.push((
             f["kind"].as_str().unwrap().to_string(),
@@ -115,6 +131,7 @@ async fn lifecycle_over_http_and_websocket() {
     assert_eq!(sum["end_reason"], "seller");
     assert_eq!(sum["peak_viewers"], 1, "the WebSocket viewer");
     assert_eq!(sum["unique_viewers"], 1);
+    assert_eq!(sum["chat_messages"], 2, "the two messages sent while live");
     let (d, l, p) = (
         sum["duration_ms"].as_u64().unwrap(),
         sum["live_ms"].as_u64().unwrap(),

@@ -82,6 +82,12 @@ pub struct Session {
     pub paused_ms: u64,
     pub ended_at_ms: Option<u64>,
     pub end_reason: Option<Cause>,
+    /// The stream's last chat sequence number when the session started and ended: the
+    /// difference is the session's chat message count.
+    #[serde(default)]
+    pub chat_seq_start: u64,
+    #[serde(default)]
+    pub chat_seq_end: Option<u64>,
 }
 
 impl Session {
@@ -206,6 +212,8 @@ pub fn apply(
                 paused_ms: 0,
                 ended_at_ms: None,
                 end_reason: None,
+                chat_seq_start: 0,
+                chat_seq_end: None,
             });
             Ok(changed(s, Live, "start", Cause::Seller, now_ms))
         }

@@ -96,7 +96,7 @@ pub struct SessionSummary {
     pub paused_ms: u64,
     pub peak_viewers: u64,
     pub unique_viewers: u64,
-    /// Filled in once chat exists.
+    /// Messages sequenced in the stream's chat during the session (deleted ones included).
     pub chat_messages: Option<u64>,
 }
 
@@ -157,10 +157,13 @@ impl SessionService {
             }
             let outcome = model::apply(&stream, cmd, now_ms(), new_session)
                 .map_err(SessionError::NotAllowed)?;
-            let (next, transition) = match outcome {
+            let (mut next, transition) = match outcome {
                 Outcome::Unchanged => return Ok((stream, None)),
                 Outcome::Changed { stream, transition } => (*stream, transition),
             };
+            if let Some(t) = &transition {
+                self.mark_chat_seq(&mut next, t).await?;
+            }
             if self.swap(&raw, &stream, &next, transition.as_ref()).await? {
                 return Ok((next, transition));
             }
@@ -222,6 +225,25 @@ impl SessionService {
         Ok(true)
     }
 
+    /// Records the chat position at a session's start and end (for its message count).
+    async fn mark_chat_seq(&self, next: &mut Stream, t: &Transition) -> Result<(), StoreError> {
+        if t.kind != "start" && t.to != StreamState::Ended {
+            return Ok(());
+        }
+        let seq = self
+            .store
+            .log_last_seq(&crate::chat::service::log_name(&next.id))
+            .await?;
+        if let Some(sess) = next.session.as_mut() {
+            if t.kind == "start" {
+                sess.chat_seq_start = seq;
+            } else {
+                sess.chat_seq_end = Some(seq);
+            }
+        }
+        Ok(())
+    }
+
     /// The summary of one of the stream's sessions: stored when it ended, or computed
     /// from the current record.
     pub async fn summary(
@@ -268,7 +290,16 @@ impl SessionService {
             paused_ms,
             peak_viewers: peak,
             unique_viewers: unique,
-            chat_messages: None,
+            chat_messages: Some(
+                sess.chat_seq_end
+                    .map_or(
+                        self.store
+                            .log_last_seq(&crate::chat::service::log_name(&stream.id))
+                            .await?,
+                        |e| e,
+                    )
+                    .saturating_sub(sess.chat_seq_start),
+            ),
         })
     }
 
@@ -305,7 +336,8 @@ impl SessionService {
                     Err(StreamError::NotFound) => continue,
                     Err(e) => return Err(e.into()),
                 };
-                if let Some((next, t)) = model::tick(&stream, now_ms(), hb, pause) {
+                if let Some((mut next, t)) = model::tick(&stream, now_ms(), hb, pause) {
+                    self.mark_chat_seq(&mut next, &t).await?;
                     // Losing the swap means another node (or the seller) got there first.
                     if self.swap(&raw, &stream, &next, Some(&t)).await? {
                         made += 1;

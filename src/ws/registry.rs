@@ -26,8 +26,9 @@ pub struct Conn {
 struct Cursor {
     /// The last chat sequence number handed to this connection.
     last_seq: u64,
-    /// While catching up (on connect, or on `resume`), live chat frames wait here.
-    buffer: Option<Vec<(u64, Utf8Bytes)>>,
+    /// While catching up (on connect, or on `resume`), live frames wait here: chat frames
+    /// with their sequence number, other events with `None`.
+    buffer: Option<Vec<(Option<u64>, Utf8Bytes)>>,
 }
 
 impl Conn {
@@ -54,7 +55,7 @@ impl Conn {
                 });
                 return;
             }
-            buf.push((seq, frame.clone()));
+            buf.push((Some(seq), frame.clone()));
             return;
         }
         if seq > c.last_seq {
@@ -62,6 +63,20 @@ impl Conn {
             drop(c);
             let _ = self.queue.push(frame.clone());
         }
+    }
+
+    /// A non-chat event (state, viewers, deleted): queued, or held back in order while
+    /// the connection catches up (so `welcome` is always the first frame).
+    pub fn push_event(&self, frame: &Utf8Bytes) -> Result<(), super::queue::PushError> {
+        let mut c = self.cursor.lock().expect("cursor lock");
+        if let Some(buf) = c.buffer.as_mut() {
+            if buf.len() < MAX_CATCH_UP_BUFFER {
+                buf.push((None, frame.clone()));
+            }
+            return Ok(());
+        }
+        drop(c);
+        self.queue.push(frame.clone())
     }
 
     /// Starts holding live chat frames back (before reading history).
@@ -78,10 +93,17 @@ impl Conn {
         let mut c = self.cursor.lock().expect("cursor lock");
         c.last_seq = since;
         let held = c.buffer.take().unwrap_or_default();
-        for (seq, frame) in history.into_iter().chain(held) {
-            if seq > c.last_seq {
-                c.last_seq = seq;
-                let _ = self.queue.push(frame);
+        let history = history.into_iter().map(|(s, f)| (Some(s), f));
+        for (seq, frame) in history.chain(held) {
+            match seq {
+                Some(seq) if seq <= c.last_seq => {}
+                Some(seq) => {
+                    c.last_seq = seq;
+                    let _ = self.queue.push(frame);
+                }
+                None => {
+                    let _ = self.queue.push(frame);
+                }
             }
         }
     }
@@ -191,7 +213,7 @@ impl Registry {
         };
         let mut delivered = 0;
         for c in conns.values() {
-            match c.queue.push(frame.clone()) {
+            match c.push_event(frame) {
                 Ok(()) => delivered += 1,
                 // The connection's own task counts the close (streamedge_ws_closed_total).
                 Err(PushError::Full) | Err(PushError::Closed) => {}
@@ -270,13 +292,37 @@ mod tests {
         let q1 = Arc::new(OutboundQueue::new(1024));
         let q2 = Arc::new(OutboundQueue::new(1024));
         let reg1 = r.register(r.try_admit().unwrap(), s1, q1.clone());
-        let _reg2 = r.register(r.try_admit().unwrap(), s2, q2.clone());
+        let reg2 = r.register(r.try_admit().unwrap(), s2, q2.clone());
+        reg1.conn.finish_catch_up(0, Vec::new());
+        reg2.conn.finish_catch_up(0, Vec::new());
         assert_eq!(r.broadcast(&s1, &"hi".into()), 1);
         assert_eq!(q1.queued_bytes(), 2);
         assert_eq!(q2.queued_bytes(), 0);
         drop(reg1);
         assert_eq!(r.stream_connections(&s1), 0);
         assert_eq!(r.connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn catch_up_delivers_history_then_held_frames_each_seq_once() {
+        let r = Registry::new(10);
+        let s = Uuid::new_v4();
+        let q = Arc::new(OutboundQueue::new(1 << 20));
+        let reg = r.register(r.try_admit().unwrap(), s, q.clone());
+        // While catching up: live chat 5, 6 and an event arrive.
+        r.deliver_chat(&s, 5, &"m5".into());
+        r.broadcast(&s, &"ev".into());
+        r.deliver_chat(&s, 6, &"m6".into());
+        assert_eq!(q.queued_bytes(), 0, "held back during the catch-up");
+        // History after 3 holds 4 and 5.
+        reg.conn
+            .finish_catch_up(3, vec![(4, "m4".into()), (5, "m5".into())]);
+        r.deliver_chat(&s, 6, &"m6".into()); // a duplicate
+        r.deliver_chat(&s, 7, &"m7".into());
+        let mut out = Vec::new();
+        q.next_batch(&mut out).await;
+        let got: Vec<&str> = out.iter().map(|f| f.as_str()).collect();
+        assert_eq!(got, vec!["m4", "m5", "ev", "m6", "m7"]);
     }
 
     #[tokio::test]
