@@ -367,7 +367,9 @@ async fn pubsub_fanout(s: Store) {
         .unwrap();
     assert_eq!(&recv_message(&mut a).await[..], b"\x00bin\xff");
     drop(a);
-    // Publishing with nobody listening is fine; a new subscriber gets later messages.
+    // Publishing with nobody listening is fine; a new subscriber gets every message
+    // published after `subscribe` returned. (One published just before may or may not
+    // arrive: the node's Redis subscription can outlive its last subscriber briefly.)
     s.publish("room", Bytes::from_static(b"lost"))
         .await
         .unwrap();
@@ -375,7 +377,11 @@ async fn pubsub_fanout(s: Store) {
     s.publish("room", Bytes::from_static(b"again"))
         .await
         .unwrap();
-    assert_eq!(&recv_message(&mut c).await[..], b"again");
+    let mut first = recv_message(&mut c).await;
+    if &first[..] == b"lost" {
+        first = recv_message(&mut c).await;
+    }
+    assert_eq!(&first[..], b"again");
     nothing_more(&mut c).await;
 }
 
