@@ -82,3 +82,24 @@ pub async fn hold(mut ws: Ws) {
 pub fn error_kind(e: &str) -> String {
     e.split(':').next().unwrap_or(e).to_string()
 }
+
+/// A Supabase-style access token for a simulated user, signed with the node's secret
+/// (valid for two hours, so long runs do not outlive it).
+pub fn token(secret: &str, user: &str, role: streamedge::auth::Role) -> String {
+    streamedge::auth::dev::mint(
+        secret.as_bytes(),
+        &streamedge::auth::dev::MintRequest {
+            user_id: user,
+            role,
+            ttl: Duration::from_secs(7200),
+            audience: "authenticated",
+            issuer: "",
+            role_claim: "app_metadata.role",
+            anonymous: false,
+        },
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    )
+}

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
-use streamedge::auth::dev::{mint, MintRequest, DEV_JWT_SECRET};
+use streamedge::auth::dev::DEV_JWT_SECRET;
 use streamedge::auth::Role;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::conn::token;
 use crate::{conn, http1, report};
 
 #[derive(clap::Args, Clone)]
@@ -64,22 +65,6 @@ fn now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64
-}
-
-fn token(secret: &str, user: &str, role: Role) -> String {
-    mint(
-        secret.as_bytes(),
-        &MintRequest {
-            user_id: user,
-            role,
-            ttl: Duration::from_secs(7200),
-            audience: "authenticated",
-            issuer: "",
-            role_claim: "app_metadata.role",
-            anonymous: false,
-        },
-        now_us() / 1_000_000,
-    )
 }
 
 /// `"seq":N` and the timestamp at the start of `"body":"t<µs>:` in a message frame.

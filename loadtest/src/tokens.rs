@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use streamedge::auth::dev::{mint, MintRequest, DEV_JWT_SECRET};
+use streamedge::auth::dev::DEV_JWT_SECRET;
 use streamedge::auth::Role;
 
+use crate::conn::token;
 use crate::{http1, report};
 
 #[derive(clap::Args, Clone)]
@@ -46,25 +47,6 @@ struct Report {
     requests_per_second: f64,
     latency: report::Latency,
     statuses: BTreeMap<u16, u64>,
-}
-
-fn token(secret: &str, user: &str, role: Role) -> String {
-    mint(
-        secret.as_bytes(),
-        &MintRequest {
-            user_id: user,
-            role,
-            ttl: Duration::from_secs(3600),
-            audience: "authenticated",
-            issuer: "",
-            role_claim: "app_metadata.role",
-            anonymous: false,
-        },
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    )
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
