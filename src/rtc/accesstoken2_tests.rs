@@ -634,6 +634,41 @@ fn rejects_tokens_that_cannot_be_encoded() {
     );
 }
 
+#[test]
+fn request_fast_path_matches_the_general_builder() {
+    let base = VECTORS[0].request();
+    let long = "c".repeat(70_000);
+    let users = [
+        RtcUser::Uid(0),
+        RtcUser::Uid(1),
+        RtcUser::Uid(9),
+        RtcUser::Uid(10),
+        RtcUser::Uid(4_294_967_295),
+        RtcUser::Account(""),
+        RtcUser::Account("0"),
+        RtcUser::Account("user@example.com"),
+        RtcUser::Account(&long),
+    ];
+    for user in users {
+        for role in [RtcRole::Publisher, RtcRole::Subscriber] {
+            for channel in ["", "c", &long[..65_535], &long[..65_536]] {
+                let request = RtcTokenRequest {
+                    user,
+                    role,
+                    channel_name: channel,
+                    ..base
+                };
+                assert_eq!(
+                    request.build(CERT),
+                    request.to_access_token().build(CERT),
+                    "{user:?} {role:?} channel of {}",
+                    channel.len()
+                );
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum TestUser {
     Uid(u32),

@@ -11,14 +11,9 @@
 //! whichever zlib's own size estimate picks, with Huffman trees built by zlib's
 //! heap-based construction (including its tie-breaking and length-limiting rules).
 //!
-//! # Performance notes
-//!
-//! This runs once per issued token, so it avoids per-call heap work: the large tables
-//! (hash heads, chain links, the padded window and the symbol buffer) live in a
-//! per-thread [`Scratch`] that is reused, the Huffman construction works on fixed-size
-//! stack arrays with the heap ordering key packed into one integer, the static tables
-//! are compile-time constants, and bits are written through a 64-bit accumulator. None
-//! of this changes a decision zlib makes, so the output bytes are unchanged.
+//! This runs once per issued token, so it avoids per-call allocation and zeroing (large
+//! tables live in a reused per-thread [`Scratch`]) and only visits used symbols. None of
+//! that changes a decision zlib makes, so the output bytes are unchanged.
 
 use std::cell::Cell;
 
@@ -77,85 +72,42 @@ const BL_ORDER: [usize; BL_CODES] = [
     16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15,
 ];
 
-/// Match length minus 3 → length code (0..29), and each code's first length minus 3
-/// (zlib's `_length_code` / `base_length`, except that code 28 gets its true base 255
-/// instead of zlib's unused 0, so its — zero-bit — extra value is 0).
-const LENGTH_TABLES: ([u8; 256], [u8; LENGTH_CODES]) = {
-    let mut length_code = [0u8; 256];
-    let mut base_length = [0u8; LENGTH_CODES];
-    let mut length = 0usize;
-    let mut code = 0;
-    while code < LENGTH_CODES - 1 {
-        base_length[code] = length as u8;
-        let mut i = 0;
-        while i < 1 << EXTRA_LBITS[code] {
-            length_code[length] = code as u8;
-            length += 1;
-            i += 1;
-        }
-        code += 1;
-    }
-    // Length 258 has its own code (28, no extra bits), overriding the last slot of 27.
-    length_code[length - 1] = (LENGTH_CODES - 1) as u8;
-    base_length[LENGTH_CODES - 1] = (length - 1) as u8;
-    (length_code, base_length)
-};
-const LENGTH_CODE: [u8; 256] = LENGTH_TABLES.0;
-const BASE_LENGTH: [u8; LENGTH_CODES] = LENGTH_TABLES.1;
-
-/// Distance minus 1 → distance code (first 256 entries direct, the rest by `>> 7`), and
-/// each code's first distance minus 1 (zlib's `_dist_code` / `base_dist`).
-const DIST_TABLES: ([u8; 512], [u16; D_CODES]) = {
-    let mut dist_code = [0u8; 512];
-    let mut base_dist = [0u16; D_CODES];
-    let mut dist = 0usize;
-    let mut code = 0;
-    while code < 16 {
-        base_dist[code] = dist as u16;
-        let mut i = 0;
-        while i < 1 << EXTRA_DBITS[code] {
-            dist_code[dist] = code as u8;
-            dist += 1;
-            i += 1;
-        }
-        code += 1;
-    }
-    dist >>= 7;
-    while code < D_CODES {
-        base_dist[code] = (dist << 7) as u16;
-        let mut i = 0;
-        while i < 1 << (EXTRA_DBITS[code] - 7) {
-            dist_code[256 + dist] = code as u8;
-            dist += 1;
-            i += 1;
-        }
-        code += 1;
-    }
-    (dist_code, base_dist)
-};
-const DIST_CODE: [u8; 512] = DIST_TABLES.0;
-const BASE_DIST: [u16; D_CODES] = DIST_TABLES.1;
-
-/// Distance code of a distance already reduced by one (zlib's `d_code`).
-fn d_code(dist_minus_one: usize) -> usize {
-    if dist_minus_one < 256 {
-        usize::from(DIST_CODE[dist_minus_one])
+/// Length code (0..29) of a match length minus 3 (zlib's `_length_code`), and the first
+/// length minus 3 of that code (its `base_length`, but 255 for code 28, whose extra bits
+/// zlib never sends). Codes 0..=7 stand for one length each; above, every 4 codes cover a
+/// power of two, so the top two bits below the leading one pick the code (RFC 1951 3.2.5).
+fn length_code(lc: usize) -> (usize, usize) {
+    if lc < 8 {
+        (lc, lc)
+    } else if lc == 255 {
+        (LENGTH_CODES - 1, 255)
     } else {
-        usize::from(DIST_CODE[256 + ((dist_minus_one >> 7) & 0xff)])
+        let top = lc.ilog2() as usize;
+        let code = 4 * (top - 1) + ((lc >> (top - 2)) & 3);
+        (code, (4 + (code & 3)) << (top - 2))
     }
 }
 
-/// Code lengths of the fixed literal/length alphabet (all 288 symbols, RFC 1951 3.2.6).
+/// Distance code (0..30) of a distance minus 1 (zlib's `d_code`), and the first distance
+/// minus 1 of that code: codes 0..=3 stand for one distance each; above, every 2 codes
+/// cover a power of two (RFC 1951 3.2.5).
+fn dist_code(d: usize) -> (usize, usize) {
+    if d < 4 {
+        (d, d)
+    } else {
+        let top = d.ilog2() as usize;
+        let code = 2 * top + ((d >> (top - 1)) & 1);
+        (code, (2 + (code & 1)) << (top - 1))
+    }
+}
+
+/// Code lengths of the fixed literal/length alphabet (all 288 symbols, RFC 1951 3.2.6):
+/// 8, but 9 for 144..=255 and 7 for 256..=279.
 const FIXED_LIT_LEN: [u8; L_CODES + 2] = {
-    let mut lens = [0u8; L_CODES + 2];
-    let mut n = 0;
-    while n < L_CODES + 2 {
-        lens[n] = match n {
-            0..=143 => 8,
-            144..=255 => 9,
-            256..=279 => 7,
-            _ => 8,
-        };
+    let mut lens = [8u8; L_CODES + 2];
+    let mut n = 144;
+    while n < 280 {
+        lens[n] = if n < 256 { 9 } else { 7 };
         n += 1;
     }
     lens
@@ -183,16 +135,18 @@ const FIXED_DIST_CODE: [u16; D_CODES] = {
     codes
 };
 
-/// Per-thread working memory, reused across calls so a ~200-byte token does not pay for
-/// allocating (and zeroing) tables sized for 16 000 bytes.
-///
-/// Invariant between calls: every `head` slot is 0. `prev`, `window` and `syms` carry
-/// stale data from earlier calls, which is harmless: `prev[p]` is always written (when
-/// `p` is inserted) before it is read, `window` is overwritten up to the padding, and
-/// `syms` is cleared.
+/// Per-thread working memory, reused so a ~200-byte token does not pay for allocating
+/// and zeroing tables sized for 16 000 bytes. Stale data from earlier calls is harmless:
+/// `head` entries carry the generation that wrote them, `prev[p]` is written (when `p`
+/// is inserted) before it is read, `window` is rewritten up to its padding, `syms` is
+/// cleared, and see [`TreeScratch`].
 struct Scratch {
-    /// `head[h]`: latest position whose next three bytes hash to `h`; 0 means none.
-    head: Box<[u16; HASH_SIZE]>,
+    /// `head[h]`: latest position whose next three bytes hash to `h`, tagged with the
+    /// call that wrote it as `generation << 16 | position`. Entries of earlier calls
+    /// read as empty, which spares clearing the table after every call.
+    head: Box<[u32; HASH_SIZE]>,
+    /// Tag of the current call, `1..=0xffff` (0 marks never-written entries).
+    generation: u32,
     /// `prev[p]`: the previous position with the same hash as `p` (0 = end of chain).
     prev: Box<[u16; MAX_INPUT]>,
     /// The input followed by `WINDOW_PAD` zero bytes.
@@ -200,21 +154,22 @@ struct Scratch {
     /// LZ77 output, one entry per symbol: a literal byte (`< 256`), or
     /// `dist << 8 | (len - 3)` for a match (`dist >= 1`).
     syms: Vec<u32>,
+    tree: TreeScratch,
 }
 
 impl Scratch {
     fn new() -> Box<Self> {
-        fn zeroed<T: Copy + Default, const N: usize>() -> Box<[T; N]> {
-            vec![T::default(); N]
-                .into_boxed_slice()
-                .try_into()
-                .unwrap_or_else(|_| unreachable!("length is N"))
-        }
         Box::new(Scratch {
-            head: zeroed(),
-            prev: zeroed(),
-            window: zeroed(),
+            head: vec![0; HASH_SIZE].try_into().expect("HASH_SIZE entries"),
+            generation: 0,
+            prev: vec![0; MAX_INPUT].try_into().expect("MAX_INPUT entries"),
+            window: vec![0; MAX_INPUT + WINDOW_PAD].try_into().expect("padded"),
             syms: Vec::new(),
+            tree: TreeScratch {
+                heap: [0; HEAP_ARRAY],
+                order: [0; HEAP_SIZE],
+                dad: [0; HEAP_SIZE],
+            },
         })
     }
 }
@@ -230,19 +185,23 @@ pub(crate) fn compress(data: &[u8]) -> Vec<u8> {
         data.len() <= MAX_INPUT,
         "input too large for the exact zlib emulation"
     );
-    // The scratch is taken out of the thread-local for the call and only put back once
-    // its `head` table is clean again; after a panic a fresh one is simply allocated.
+    // The scratch is taken out of the thread-local for the call (so a reentrant call,
+    // were there one, would get its own) and put back afterwards.
     let mut scratch = SCRATCH
         .try_with(Cell::take)
         .ok()
         .flatten()
         .unwrap_or_else(Scratch::new);
-    let mut lfreq = [0u32; L_CODES];
-    let mut dfreq = [0u32; D_CODES];
-    lz77(&mut scratch, data, &mut lfreq, &mut dfreq);
+    let mut freqs = Freqs {
+        lit: [0; L_CODES],
+        dist: [0; D_CODES],
+        lit_used: [0; L_CODES.div_ceil(64)],
+        dist_used: [0; 1],
+    };
+    lz77(&mut scratch, data, &mut freqs);
 
-    // A stored block is at most `len + 5` bytes and zlib only picks another kind when
-    // its estimate is smaller, so this capacity is never exceeded.
+    // The stream is at most `len + 11` bytes (header, stored block, checksum): zlib only
+    // picks another block kind when its exact size estimate is smaller.
     let mut out = BitWriter {
         bytes: Vec::with_capacity(data.len() + 16),
         acc: 0,
@@ -250,7 +209,8 @@ pub(crate) fn compress(data: &[u8]) -> Vec<u8> {
     };
     // CMF/FLG: deflate, 32 KiB window, "default compression" level flag, no dictionary.
     out.bytes.extend_from_slice(&[0x78, 0x9c]);
-    flush_final_block(&mut out, data, &scratch.syms, &mut lfreq, &mut dfreq);
+    let Scratch { syms, tree, .. } = &mut *scratch;
+    flush_final_block(&mut out, data, syms, tree, &mut freqs);
     out.align();
     out.bytes.extend_from_slice(&adler32(data).to_be_bytes());
     // If the thread-local is gone (thread teardown), the scratch is just dropped.
@@ -273,30 +233,53 @@ pub(crate) fn adler32(data: &[u8]) -> u32 {
     (b << 16) | a
 }
 
-/// zlib's hash of the three bytes at `pos`. Equal to the rolling `ins_h` zlib has after
-/// inserting `pos`, because the 15-bit mask drops everything shifted in before them.
-fn hash3(window: &[u8], pos: usize) -> usize {
-    ((usize::from(window[pos]) << (2 * HASH_SHIFT))
-        ^ (usize::from(window[pos + 1]) << HASH_SHIFT)
-        ^ usize::from(window[pos + 2]))
-        & HASH_MASK
+/// Symbol frequencies of the block (zlib's `dyn_ltree` / `dyn_dtree` counts) and, one
+/// bit per symbol, which of them are non-zero. The tallies also record the symbol in
+/// `syms` (zlib's `_tr_tally`).
+struct Freqs {
+    lit: [u32; L_CODES],
+    dist: [u32; D_CODES],
+    lit_used: [u64; L_CODES.div_ceil(64)],
+    dist_used: [u64; 1],
 }
 
-/// zlib's lazy-evaluation LZ77 pass (`deflate_slow`) over the whole input. Fills
-/// `scratch.syms` and tallies the symbol frequencies (zlib's `_tr_tally`).
-fn lz77(
-    scratch: &mut Scratch,
-    data: &[u8],
-    lfreq: &mut [u32; L_CODES],
-    dfreq: &mut [u32; D_CODES],
-) {
+impl Freqs {
+    fn literal(&mut self, syms: &mut Vec<u32>, c: u8) {
+        syms.push(u32::from(c));
+        let c = usize::from(c);
+        self.lit[c] += 1;
+        self.lit_used[c / 64] |= 1 << (c % 64);
+    }
+
+    fn matched(&mut self, syms: &mut Vec<u32>, len: usize, dist: usize) {
+        syms.push(((dist as u32) << 8) | (len - MIN_MATCH) as u32);
+        let l = length_code(len - MIN_MATCH).0 + LITERALS + 1;
+        self.lit[l] += 1;
+        self.lit_used[l / 64] |= 1 << (l % 64);
+        let d = dist_code(dist - 1).0;
+        self.dist[d] += 1;
+        self.dist_used[0] |= 1 << d;
+    }
+}
+
+/// zlib's lazy-evaluation LZ77 pass (`deflate_slow`) over the whole input, into
+/// `scratch.syms` and `freqs`.
+fn lz77(scratch: &mut Scratch, data: &[u8], freqs: &mut Freqs) {
     let n = data.len();
     let Scratch {
         head,
+        generation,
         prev,
         window,
         syms,
+        ..
     } = scratch;
+    if *generation == 0xffff {
+        head.fill(0);
+        *generation = 0;
+    }
+    *generation += 1;
+    let tag = *generation << 16;
     let window = &mut window[..n + WINDOW_PAD];
     window[..n].copy_from_slice(data);
     window[n..].fill(0);
@@ -304,11 +287,11 @@ fn lz77(
     let prev = &mut prev[..n.max(1)];
     syms.clear();
     syms.reserve(n);
-    lfreq[END_BLOCK] = 1;
+    freqs.lit[END_BLOCK] = 1;
+    freqs.lit_used[END_BLOCK / 64] |= 1 << (END_BLOCK % 64);
 
     // Hash chains: `head`/`prev` as in zlib. Position 0 doubles as "none", exactly as in
-    // zlib, so it can never serve as a match source. Every position 0..=n-3 is inserted,
-    // in order, so the rolling hash always equals `hash3` of the inserted position.
+    // zlib, so it can never serve as a match source.
     let mut ins_h = 0;
     if n >= MIN_MATCH {
         ins_h = ((usize::from(window[0]) << HASH_SHIFT) ^ usize::from(window[1])) & HASH_MASK;
@@ -317,10 +300,12 @@ fn lz77(
     // returns the previous chain head.
     let mut insert = |prev: &mut [u16], pos: usize| -> usize {
         ins_h = ((ins_h << HASH_SHIFT) ^ usize::from(window[pos + MIN_MATCH - 1])) & HASH_MASK;
-        let chain_head = head[ins_h];
-        prev[pos] = chain_head;
-        head[ins_h] = pos as u16;
-        usize::from(chain_head)
+        let entry = head[ins_h];
+        let current = entry & !0xffff == tag;
+        let chain_head = if current { entry & 0xffff } else { 0 };
+        prev[pos] = chain_head as u16;
+        head[ins_h] = tag | pos as u32;
+        chain_head as usize
     };
 
     let mut strstart = 0usize;
@@ -353,9 +338,7 @@ fn lz77(
             // The previous match is at least as good: emit it and skip over it.
             let max_insert = strstart + lookahead - MIN_MATCH;
             let dist = strstart - 1 - prev_match;
-            syms.push(((dist as u32) << 8) | (prev_length - MIN_MATCH) as u32);
-            lfreq[usize::from(LENGTH_CODE[prev_length - MIN_MATCH]) + LITERALS + 1] += 1;
-            dfreq[d_code(dist - 1)] += 1;
+            freqs.matched(syms, prev_length, dist);
             for _ in 0..prev_length - 2 {
                 strstart += 1;
                 if strstart <= max_insert {
@@ -366,9 +349,7 @@ fn lz77(
             match_length = MIN_MATCH - 1;
             strstart += 1;
         } else if match_available {
-            let c = window[strstart - 1];
-            syms.push(u32::from(c));
-            lfreq[usize::from(c)] += 1;
+            freqs.literal(syms, window[strstart - 1]);
             strstart += 1;
         } else {
             match_available = true;
@@ -376,14 +357,7 @@ fn lz77(
         }
     }
     if match_available {
-        let c = window[strstart - 1];
-        syms.push(u32::from(c));
-        lfreq[usize::from(c)] += 1;
-    }
-
-    // Restore the all-zero `head` invariant: only slots of inserted positions were set.
-    for pos in 0..n.saturating_sub(MIN_MATCH - 1) {
-        head[hash3(window, pos)] = 0;
+        freqs.literal(syms, window[strstart - 1]);
     }
 }
 
@@ -416,7 +390,10 @@ fn longest_match(
             && cand[0] == scan[0]
             && cand[1] == scan[1]
         {
-            let len = match_len(scan, cand);
+            let mut len = MIN_MATCH;
+            while len < MAX_MATCH && cand[len] == scan[len] {
+                len += 1;
+            }
             if len > best_len {
                 best_start = Some(cur_match);
                 best_len = len;
@@ -434,30 +411,12 @@ fn longest_match(
     (best_len.min(lookahead), best_start)
 }
 
-/// Length of the common prefix of `a` and `b` (at least `MIN_MATCH` bytes long, known
-/// equal), capped at `MAX_MATCH`; compares eight bytes at a time.
-fn match_len(a: &[u8], b: &[u8]) -> usize {
-    let mut len = MIN_MATCH;
-    while len + 8 <= MAX_MATCH {
-        let x = u64::from_le_bytes(a[len..len + 8].try_into().expect("8 bytes"));
-        let y = u64::from_le_bytes(b[len..len + 8].try_into().expect("8 bytes"));
-        let diff = x ^ y;
-        if diff != 0 {
-            return len + (diff.trailing_zeros() / 8) as usize;
-        }
-        len += 8;
-    }
-    while len < MAX_MATCH && a[len] == b[len] {
-        len += 1;
-    }
-    len
-}
-
-/// A Huffman tree as zlib builds it: code lengths per symbol (with room for zlib's guard
-/// entry after the last code) and, once [`Tree::gen_codes`] ran, bit-reversed codes.
+/// A Huffman tree as zlib builds it: code lengths per symbol. Codes are derived on
+/// demand ([`Tree::codes`]).
 struct Tree {
-    len: [u8; L_CODES + 1],
-    code: [u16; L_CODES + 1],
+    len: [u8; L_CODES],
+    /// One bit per leaf symbol (the symbols with a non-zero length).
+    leaves: [u64; L_CODES.div_ceil(64)],
     /// Code count per length, as `gen_bitlen` left it.
     bl_count: [u16; MAX_BITS + 1],
     /// Largest symbol with a non-zero frequency (after zlib's padding to two codes).
@@ -465,20 +424,48 @@ struct Tree {
 }
 
 impl Tree {
-    /// zlib's `gen_codes`: canonical codes from the lengths (only needed when the tree
+    /// zlib's `gen_codes`: the canonical, bit-reversed codes (only needed when the tree
     /// is actually sent).
-    fn gen_codes(&mut self) {
-        self.code = canonical_codes(&self.len, self.max_code + 1, &self.bl_count);
+    fn codes(&self) -> [u16; L_CODES] {
+        canonical_codes(&self.len, self.max_code + 1, &self.bl_count)
     }
 }
 
 /// Static properties of one of the three alphabets.
-struct TreeKind<'a> {
-    static_len: Option<&'a [u8]>,
-    extra_bits: &'a [u8],
-    extra_base: usize,
+struct TreeKind {
+    /// Code lengths in the fixed code, for zlib's fixed-block estimate.
+    static_len: Option<&'static [u8]>,
+    /// Extra bits sent after each symbol, one entry per symbol.
+    extra_bits: &'static [u8],
     max_length: usize,
 }
+
+const LITERAL_TREE: TreeKind = TreeKind {
+    static_len: Some(&FIXED_LIT_LEN),
+    extra_bits: &L_EXTRA_BITS,
+    max_length: MAX_BITS,
+};
+const DISTANCE_TREE: TreeKind = TreeKind {
+    static_len: Some(&FIXED_DIST_LEN),
+    extra_bits: &EXTRA_DBITS,
+    max_length: MAX_BITS,
+};
+const BIT_LENGTH_TREE: TreeKind = TreeKind {
+    static_len: None,
+    extra_bits: &EXTRA_BLBITS,
+    max_length: MAX_BL_BITS,
+};
+
+/// Extra bits per literal/length symbol (0 for literals and end-of-block).
+const L_EXTRA_BITS: [u8; L_CODES] = {
+    let mut xbits = [0u8; L_CODES];
+    let mut code = 0;
+    while code < LENGTH_CODES {
+        xbits[LITERALS + 1 + code] = EXTRA_LBITS[code];
+        code += 1;
+    }
+    xbits
+};
 
 /// Running bit-cost estimates, as zlib keeps them (`opt_len` / `static_len`).
 #[derive(Default)]
@@ -487,45 +474,73 @@ struct Cost {
     fixed: i64,
 }
 
-/// Heap entry: zlib's ordering key (frequency, then depth) above the node number, so a
-/// comparison is one shift and one compare instead of two indirect lookups. Frequencies
-/// stay below 2^15 (at most 16 002 symbols per block) and depths are zlib's `uch`, so
-/// the fields never overlap.
+/// Working arrays of the tree construction, reused across trees and calls without
+/// clearing: every slot is written before it is read within one `build_tree`.
+struct TreeScratch {
+    /// `heap[1..=heap_len]` is zlib's priority queue (`heap[0]` unused) of
+    /// [`heap_entry`] values; `heap[heap_len + 1]` always holds [`SENTINEL`].
+    heap: [u64; HEAP_ARRAY],
+    /// zlib keeps the nodes leaving the queue in `heap[heap_max..HEAP_SIZE]`, filled
+    /// downwards; `order[order_start..]` holds the same sequence.
+    order: [u16; HEAP_SIZE],
+    /// Parent of each node.
+    dad: [u16; HEAP_SIZE],
+}
+
+/// Heap entry: zlib's ordering key (frequency, then depth) above the node number, so
+/// comparing needs no indirect lookups. Frequencies stay below 2^15 (at most 16 002
+/// symbols per block) and depths are zlib's `uch`, so the fields never overlap.
 fn heap_entry(freq: u32, depth: u8, node: usize) -> u64 {
     (u64::from(freq) << 24) | (u64::from(depth) << 16) | node as u64
 }
 
-/// zlib's `smaller(a, b)`: lower frequency first, then lower-or-equal depth.
+/// Room for the 1-based heap of up to `L_CODES` entries plus the sentinel after it.
+const HEAP_ARRAY: usize = L_CODES + 2;
+
+/// Ranks after every real entry, so a missing right child is never preferred.
+const SENTINEL: u64 = u64::MAX;
+
+/// zlib's `smaller(a, b)`: lower frequency first, then lower-or-equal depth; the same
+/// as `a >> 16 <= b >> 16`.
 fn smaller(a: u64, b: u64) -> bool {
-    (a >> 16) <= (b >> 16)
+    a <= b | 0xffff
 }
 
 fn entry_node(entry: u64) -> usize {
     usize::from(entry as u16)
 }
 
-/// zlib's `build_tree` + `gen_bitlen` (codes come later from [`Tree::gen_codes`]).
-/// `freq` has one entry per symbol; zlib's dummy codes get frequency 1 written into it.
-fn build_tree(freq: &mut [u32], kind: &TreeKind<'_>, cost: &mut Cost) -> Tree {
+/// zlib's `build_tree` + `gen_bitlen` (codes come later from [`Tree::codes`]).
+/// `freq` has one entry per symbol, `used` one bit per symbol with a non-zero frequency;
+/// zlib's dummy codes get frequency 1 written into `freq`.
+fn build_tree(
+    freq: &mut [u32],
+    used: &[u64],
+    kind: &TreeKind,
+    cost: &mut Cost,
+    scratch: &mut TreeScratch,
+) -> Tree {
     let elems = freq.len();
-    // heap[1..=heap_len] is zlib's priority queue (heap[0] unused).
-    let mut heap = [0u64; L_CODES + 1];
+    let TreeScratch { heap, order, dad } = scratch;
+    // The queued symbols (including zlib's dummies), ascending, and the code length of
+    // each internal node (indexed by node minus `elems`).
+    let (mut leaves, mut node_len) = ([0u16; L_CODES], [0u8; L_CODES]);
     let mut heap_len = 0usize;
-    // zlib keeps the nodes leaving the queue in `heap[heap_max..HEAP_SIZE]`, filled
-    // downwards; `order[order_start..]` is the same sequence.
-    let mut order = [0u16; HEAP_SIZE];
-    let mut order_start = HEAP_SIZE;
-    let mut dad = [0u16; HEAP_SIZE];
     let mut max_code: isize = -1;
 
-    for (n, &f) in freq.iter().enumerate() {
-        if f != 0 {
+    // Queue the used symbols in ascending order, as zlib does.
+    for (base, &used) in used.iter().enumerate() {
+        let mut used = used;
+        while used != 0 {
+            let n = base * 64 + used.trailing_zeros() as usize;
+            used &= used - 1;
             heap_len += 1;
-            heap[heap_len] = heap_entry(f, 0, n);
+            heap[heap_len] = heap_entry(freq[n], 0, n);
             max_code = n as isize;
         }
     }
     // Deflate needs at least two codes; zlib pads with dummy symbols of frequency 1.
+    let mut dummies = 0;
     while heap_len < 2 {
         let node = if max_code < 2 {
             max_code += 1;
@@ -536,24 +551,33 @@ fn build_tree(freq: &mut [u32], kind: &TreeKind<'_>, cost: &mut Cost) -> Tree {
         heap_len += 1;
         heap[heap_len] = heap_entry(1, 0, node);
         freq[node] = 1;
-        cost.dynamic -= 1;
+        dummies += 1;
         if let Some(stree) = kind.static_len {
             cost.fixed -= i64::from(stree[node]);
         }
     }
     let max_code = max_code as usize;
+    let leaf_count = heap_len;
+    for (leaf, &entry) in leaves.iter_mut().zip(&heap[1..=heap_len]) {
+        *leaf = entry_node(entry) as u16;
+    }
+    heap[heap_len + 1] = SENTINEL;
 
+    let mut root = heap[1];
     for k in (1..=heap_len / 2).rev() {
-        down_heap(&mut heap[..=heap_len], k);
+        root = down_heap(heap, heap_len, k, heap[k]);
     }
 
+    // zlib's loop, with the root kept in a register: pop it (the last entry moves to
+    // the root and sinks), read the new root, replace it with the merged node and sink.
+    let mut order_start = HEAP_SIZE;
     let mut node = elems;
     loop {
-        let n = heap[1];
-        heap[1] = heap[heap_len];
+        let n = root;
+        let last = heap[heap_len];
+        heap[heap_len] = SENTINEL;
         heap_len -= 1;
-        down_heap(&mut heap[..=heap_len], 1);
-        let m = heap[1];
+        let m = down_heap(heap, heap_len, 1, last);
 
         order_start -= 2;
         order[order_start + 1] = entry_node(n) as u16;
@@ -564,45 +588,41 @@ fn build_tree(freq: &mut [u32], kind: &TreeKind<'_>, cost: &mut Cost) -> Tree {
         dad[entry_node(n)] = node as u16;
         dad[entry_node(m)] = node as u16;
 
-        heap[1] = heap_entry(freq_sum, depth, node);
+        root = down_heap(heap, heap_len, 1, heap_entry(freq_sum, depth, node));
         node += 1;
-        down_heap(&mut heap[..=heap_len], 1);
         if heap_len < 2 {
             break;
         }
     }
     order_start -= 1;
-    order[order_start] = entry_node(heap[1]) as u16;
+    order[order_start] = entry_node(root) as u16;
 
-    // gen_bitlen: code lengths from the tree (parents come before their children in
-    // `order`), clamped to max_length.
+    // gen_bitlen: every node's length is its parent's plus one, clamped to max_length,
+    // with each clamp counted as overflow. zlib walks its heap tail (parents first);
+    // any parents-first order gives the same lengths and counts. Here: the internal
+    // nodes newest first (a parent is always newer than its children, the root is the
+    // newest, with length 0), then the leaves, which no longer depend on each other.
     let max_length = kind.max_length;
-    let order = &order[order_start..];
-    let mut node_len = [0u8; HEAP_SIZE];
-    let mut bl_count = [0u16; MAX_BITS + 1];
+    let root = node - 1;
     let mut overflow: i32 = 0;
-    for &n in &order[1..] {
+    node_len[root - elems] = 0;
+    for n in (elems..root).rev() {
+        let bits = node_len[usize::from(dad[n]) - elems] + 1;
+        overflow += i32::from(usize::from(bits) > max_length);
+        node_len[n - elems] = bits.min(max_length as u8);
+    }
+    let leaves = &leaves[..leaf_count];
+    let mut len = [0u8; L_CODES];
+    let mut leaf_bits = [0u64; L_CODES.div_ceil(64)];
+    let mut bl_count = [0u16; MAX_BITS + 1];
+    for &n in leaves {
         let n = usize::from(n);
-        let mut bits = usize::from(node_len[usize::from(dad[n])]) + 1;
-        if bits > max_length {
-            bits = max_length;
-            overflow += 1;
-        }
-        node_len[n] = bits as u8;
-        if n > max_code {
-            continue; // internal node
-        }
-        bl_count[bits] += 1;
-        let xbits = if n >= kind.extra_base {
-            usize::from(kind.extra_bits[n - kind.extra_base])
-        } else {
-            0
-        };
-        let f = i64::from(freq[n]);
-        cost.dynamic += f * (bits + xbits) as i64;
-        if let Some(stree) = kind.static_len {
-            cost.fixed += f * (usize::from(stree[n]) + xbits) as i64;
-        }
+        let bits = node_len[usize::from(dad[n]) - elems] + 1;
+        overflow += i32::from(usize::from(bits) > max_length);
+        let bits = bits.min(max_length as u8);
+        len[n] = bits;
+        leaf_bits[n / 64] |= 1 << (n % 64);
+        bl_count[usize::from(bits)] += 1;
     }
     if overflow > 0 {
         loop {
@@ -618,7 +638,8 @@ fn build_tree(freq: &mut [u32], kind: &TreeKind<'_>, cost: &mut Cost) -> Tree {
                 break;
             }
         }
-        // Hand the corrected lengths out again, walking zlib's heap from its end.
+        // Hand the corrected lengths out again, walking zlib's heap tail from its end.
+        let order = &order[order_start..];
         let mut h = order.len();
         for bits in (1..=max_length).rev() {
             let mut remaining = bl_count[bits];
@@ -628,47 +649,66 @@ fn build_tree(freq: &mut [u32], kind: &TreeKind<'_>, cost: &mut Cost) -> Tree {
                 if m > max_code {
                     continue;
                 }
-                if usize::from(node_len[m]) != bits {
-                    cost.dynamic += (bits as i64 - i64::from(node_len[m])) * i64::from(freq[m]);
-                    node_len[m] = bits as u8;
-                }
+                len[m] = bits as u8;
                 remaining -= 1;
             }
         }
     }
 
-    let mut len = [0u8; L_CODES + 1];
-    len[..=max_code].copy_from_slice(&node_len[..=max_code]);
+    // zlib accumulates both estimates leaf by leaf (and corrects `opt_len` whenever the
+    // overflow pass changes a length); the totals are these sums over the final
+    // lengths, where each dummy's frequency 1 was cancelled in advance.
+    let (mut dynamic, mut fixed) = (0i64, 0i64);
+    for &n in leaves {
+        let n = usize::from(n);
+        let f = i64::from(freq[n]);
+        let xbits = i64::from(kind.extra_bits[n]);
+        dynamic += f * (i64::from(len[n]) + xbits);
+        if let Some(stree) = kind.static_len {
+            fixed += f * (i64::from(stree[n]) + xbits);
+        }
+    }
+    cost.dynamic += dynamic - dummies;
+    cost.fixed += fixed;
     Tree {
         len,
-        code: [0; L_CODES + 1],
+        leaves: leaf_bits,
         bl_count,
         max_code,
     }
 }
 
-/// zlib's `pqdownheap`: restores the heap property below position `k` of the 1-based
-/// heap `heap[1..]`.
-fn down_heap(heap: &mut [u64], mut k: usize) {
-    let heap_len = heap.len() - 1;
-    let v = heap[k];
+/// zlib's `pqdownheap`: sinks `v` from position `start` of the 1-based heap
+/// `heap[1..=heap_len]` (whose slot `start` it replaces) and returns what ends up at
+/// `start`. [`SENTINEL`] at `heap_len + 1` lets the smaller-child choice go without a
+/// bounds test, as a conditional move.
+fn down_heap(heap: &mut [u64; HEAP_ARRAY], heap_len: usize, start: usize, v: u64) -> u64 {
+    let mut k = start;
     let mut j = k << 1;
+    let mut top = v;
     while j <= heap_len {
-        if j < heap_len && smaller(heap[j + 1], heap[j]) {
-            j += 1;
-        }
-        if smaller(v, heap[j]) {
+        let (left, right) = (heap[j], heap[j + 1]);
+        let (child, at) = if smaller(right, left) {
+            (right, j + 1)
+        } else {
+            (left, j)
+        };
+        if smaller(v, child) {
             break;
         }
-        heap[k] = heap[j];
-        k = j;
-        j <<= 1;
+        heap[k] = child;
+        if k == start {
+            top = child;
+        }
+        k = at;
+        j = at << 1;
     }
     heap[k] = v;
+    top
 }
 
 /// zlib's `gen_codes`: canonical, bit-reversed codes for the first `count` lengths
-/// (later entries, such as the guard, get code 0) from the length counts.
+/// (later entries get code 0) from the length counts.
 const fn canonical_codes<const N: usize>(
     len: &[u8; N],
     count: usize,
@@ -695,67 +735,81 @@ const fn canonical_codes<const N: usize>(
     codes
 }
 
-/// zlib's `scan_tree`: tallies the code-length alphabet needed to send `len[..=max]`.
-/// Also plants zlib's guard value after the last code.
-fn scan_tree(tree: &mut Tree, bl_freq: &mut [u32; BL_CODES]) {
-    tree.len[tree.max_code + 1] = GUARD;
-    walk_lengths(&tree.len, tree.max_code, |op| match op {
-        LengthOp::Plain(l) => bl_freq[usize::from(l)] += 1,
-        LengthOp::Repeat(_) => bl_freq[REP_3_6] += 1,
-        LengthOp::Zeros3To10(_) => bl_freq[REPZ_3_10] += 1,
-        LengthOp::Zeros11To138(_) => bl_freq[REPZ_11_138] += 1,
+/// Calls `f(length, count)` for each run of `tree.len[..=max_code]`, in order (a run is
+/// a maximal stretch of equal lengths). Only the leaves are visited: the zero runs are
+/// the gaps between them. Zero counts are passed along and mean nothing.
+fn for_each_run(tree: &Tree, mut f: impl FnMut(u8, usize)) {
+    let mut next = 0; // first symbol not yet part of a run
+    let (mut run_len, mut run_value) = (0, 0);
+    for (base, &word) in tree.leaves.iter().enumerate() {
+        let mut word = word;
+        while word != 0 {
+            let n = base * 64 + word.trailing_zeros() as usize;
+            word &= word - 1;
+            if n != next || tree.len[n] != run_value {
+                f(run_value, run_len);
+                f(0, n - next);
+                (run_len, run_value) = (0, tree.len[n]);
+            }
+            run_len += 1;
+            next = n + 1;
+        }
+    }
+    // The last leaf is `max_code`, so nothing follows the final run.
+    f(run_value, run_len);
+}
+
+/// The code-length instructions zlib's `scan_tree` / `send_tree` produce for one run of
+/// `count` lengths `value`, as `emit(symbol, extra value, extra bits)`. zlib decides
+/// entry by entry; per run its rules come down to:
+/// - zeros go in chunks of 138 (code 18); the rest as code 18 (11..=138), code 17
+///   (3..=10) or that many plain zeros;
+/// - other lengths: up to 3 are sent plainly; otherwise the first is sent plainly and
+///   repeated with code 16 for the rest of the first 7, and any further ones go in
+///   chunks of 6 (code 16), the last chunk as code 16 (3..=6) or plainly.
+fn run_ops(value: u8, count: usize, emit: &mut impl FnMut(usize, usize, u32)) {
+    let plain = usize::from(value);
+    if value == 0 {
+        for _ in 0..count / 138 {
+            emit(REPZ_11_138, 138 - 11, 7);
+        }
+        match count % 138 {
+            rest @ 11.. => emit(REPZ_11_138, rest - 11, 7),
+            rest @ 3..=10 => emit(REPZ_3_10, rest - 3, 3),
+            rest => (0..rest).for_each(|_| emit(0, 0, 0)),
+        }
+    } else if count < 4 {
+        (0..count).for_each(|_| emit(plain, 0, 0));
+    } else {
+        emit(plain, 0, 0);
+        emit(REP_3_6, count.min(7) - 4, 2);
+        let further = count.saturating_sub(7);
+        for _ in 0..further / 6 {
+            emit(REP_3_6, 6 - 3, 2);
+        }
+        match further % 6 {
+            rest @ 3.. => emit(REP_3_6, rest - 3, 2),
+            rest => (0..rest).for_each(|_| emit(plain, 0, 0)),
+        }
+    }
+}
+
+/// zlib's `scan_tree`: tallies the code-length codes needed to send the tree's lengths.
+fn scan_tree(tree: &Tree, bl_freq: &mut [u32; BL_CODES]) {
+    for_each_run(tree, |value, count| {
+        run_ops(value, count, &mut |symbol, _, _| bl_freq[symbol] += 1);
     });
 }
 
-/// Stands for zlib's `0xffff` guard length: differs from every real length (0..=15).
-const GUARD: u8 = 0xff;
-
-/// One instruction of the run-length coded code-length sequence.
-enum LengthOp {
-    Plain(u8),
-    Repeat(usize),
-    Zeros3To10(usize),
-    Zeros11To138(usize),
-}
-
-/// The run-length walk shared by zlib's `scan_tree` and `send_tree` (same decisions,
-/// one tallies, the other emits). `len[max_code + 1]` must hold the guard.
-fn walk_lengths(len: &[u8], max_code: usize, mut emit: impl FnMut(LengthOp)) {
-    let mut prevlen: i32 = -1;
-    let mut nextlen = len[0];
-    let mut count = 0usize;
-    let (mut max_count, mut min_count) = if nextlen == 0 { (138, 3) } else { (7, 4) };
-    for n in 0..=max_code {
-        let curlen = nextlen;
-        nextlen = len[n + 1];
-        count += 1;
-        if count < max_count && curlen == nextlen {
-            continue;
-        } else if count < min_count {
-            for _ in 0..count {
-                emit(LengthOp::Plain(curlen));
-            }
-        } else if curlen != 0 {
-            if i32::from(curlen) != prevlen {
-                emit(LengthOp::Plain(curlen));
-                count -= 1;
-            }
-            emit(LengthOp::Repeat(count));
-        } else if count <= 10 {
-            emit(LengthOp::Zeros3To10(count));
-        } else {
-            emit(LengthOp::Zeros11To138(count));
-        }
-        count = 0;
-        prevlen = i32::from(curlen);
-        if nextlen == 0 {
-            (max_count, min_count) = (138, 3);
-        } else if curlen == nextlen {
-            (max_count, min_count) = (6, 3);
-        } else {
-            (max_count, min_count) = (7, 4);
-        }
-    }
+/// zlib's `send_tree`: emits the tree's lengths with the code-length code.
+fn send_tree(out: &mut BitWriter, tree: &Tree, bl_len: &[u8], bl_code: &[u16]) {
+    for_each_run(tree, |value, count| {
+        run_ops(value, count, &mut |symbol, extra, extra_bits| {
+            let len = u32::from(bl_len[symbol]);
+            let code = u32::from(bl_code[symbol]) | ((extra as u32) << len);
+            out.put_bits(code, len + extra_bits);
+        });
+    });
 }
 
 /// zlib's `_tr_flush_block` for the final (only) block.
@@ -763,43 +817,19 @@ fn flush_final_block(
     out: &mut BitWriter,
     data: &[u8],
     syms: &[u32],
-    lfreq: &mut [u32; L_CODES],
-    dfreq: &mut [u32; D_CODES],
+    scratch: &mut TreeScratch,
+    freqs: &mut Freqs,
 ) {
     let mut cost = Cost::default();
-    let mut ltree = build_tree(
-        lfreq,
-        &TreeKind {
-            static_len: Some(&FIXED_LIT_LEN),
-            extra_bits: &EXTRA_LBITS,
-            extra_base: LITERALS + 1,
-            max_length: MAX_BITS,
-        },
-        &mut cost,
-    );
-    let mut dtree = build_tree(
-        dfreq,
-        &TreeKind {
-            static_len: Some(&FIXED_DIST_LEN),
-            extra_bits: &EXTRA_DBITS,
-            extra_base: 0,
-            max_length: MAX_BITS,
-        },
-        &mut cost,
-    );
+    let (lit, lit_used) = (&mut freqs.lit, &freqs.lit_used);
+    let ltree = build_tree(lit, lit_used, &LITERAL_TREE, &mut cost, scratch);
+    let (dist, dist_used) = (&mut freqs.dist, &freqs.dist_used);
+    let dtree = build_tree(dist, dist_used, &DISTANCE_TREE, &mut cost, scratch);
     let mut bl_freq = [0u32; BL_CODES];
-    scan_tree(&mut ltree, &mut bl_freq);
-    scan_tree(&mut dtree, &mut bl_freq);
-    let mut bltree = build_tree(
-        &mut bl_freq,
-        &TreeKind {
-            static_len: None,
-            extra_bits: &EXTRA_BLBITS,
-            extra_base: 0,
-            max_length: MAX_BL_BITS,
-        },
-        &mut cost,
-    );
+    scan_tree(&ltree, &mut bl_freq);
+    scan_tree(&dtree, &mut bl_freq);
+    let bl_used = [(0..BL_CODES).fold(0, |used, n| used | u64::from(bl_freq[n] != 0) << n)];
+    let bltree = build_tree(&mut bl_freq, &bl_used, &BIT_LENGTH_TREE, &mut cost, scratch);
     let mut max_blindex = BL_CODES - 1;
     while max_blindex >= 3 && bltree.len[BL_ORDER[max_blindex]] == 0 {
         max_blindex -= 1;
@@ -822,48 +852,26 @@ fn flush_final_block(
         out.bytes.extend_from_slice(data);
     } else if static_lenb == opt_lenb {
         out.put_bits((1 << 1) | 1, 3);
-        compress_block(
-            out,
-            syms,
+        let (lit, dist) = (
             (&FIXED_LIT_CODE[..], &FIXED_LIT_LEN[..]),
             (&FIXED_DIST_CODE[..], &FIXED_DIST_LEN[..]),
         );
+        compress_block(out, syms, lit, dist);
     } else {
-        ltree.gen_codes();
-        dtree.gen_codes();
-        bltree.gen_codes();
+        let (lcode, dcode) = (ltree.codes(), dtree.codes());
         out.put_bits((2 << 1) | 1, 3);
-        let lcodes = ltree.max_code + 1;
-        let dcodes = dtree.max_code + 1;
-        out.put_bits((lcodes - 257) as u32, 5);
-        out.put_bits((dcodes - 1) as u32, 5);
+        out.put_bits((ltree.max_code + 1 - 257) as u32, 5);
+        out.put_bits(dtree.max_code as u32, 5);
         out.put_bits((max_blindex + 1 - 4) as u32, 4);
         for &sym in &BL_ORDER[..=max_blindex] {
             out.put_bits(u32::from(bltree.len[sym]), 3);
         }
-        send_tree(out, &ltree, &bltree);
-        send_tree(out, &dtree, &bltree);
-        compress_block(
-            out,
-            syms,
-            (&ltree.code[..], &ltree.len[..]),
-            (&dtree.code[..], &dtree.len[..]),
-        );
+        let blcode = bltree.codes();
+        send_tree(out, &ltree, &bltree.len, &blcode);
+        send_tree(out, &dtree, &bltree.len, &blcode);
+        let (lit, dist) = ((&lcode[..], &ltree.len[..]), (&dcode[..], &dtree.len[..]));
+        compress_block(out, syms, lit, dist);
     }
-}
-
-/// zlib's `send_tree`: emits a tree's code lengths with the code-length code.
-fn send_tree(out: &mut BitWriter, tree: &Tree, bltree: &Tree) {
-    let send = |out: &mut BitWriter, c: usize, extra: u32, extra_bits: u32| {
-        let len = u32::from(bltree.len[c]);
-        out.put_bits(u32::from(bltree.code[c]) | (extra << len), len + extra_bits);
-    };
-    walk_lengths(&tree.len, tree.max_code, |op| match op {
-        LengthOp::Plain(l) => send(out, usize::from(l), 0, 0),
-        LengthOp::Repeat(count) => send(out, REP_3_6, (count - 3) as u32, 2),
-        LengthOp::Zeros3To10(count) => send(out, REPZ_3_10, (count - 3) as u32, 3),
-        LengthOp::Zeros11To138(count) => send(out, REPZ_11_138, (count - 11) as u32, 7),
-    });
 }
 
 /// zlib's `compress_block`: emits the symbols with the given (code, length) tables of
@@ -873,7 +881,7 @@ fn compress_block(
     out: &mut BitWriter,
     syms: &[u32],
     (lit_code, lit_len): (&[u16], &[u8]),
-    (dist_code, dist_len): (&[u16], &[u8]),
+    (dist_codes, dist_len): (&[u16], &[u8]),
 ) {
     for &sym in syms {
         let dist = (sym >> 8) as usize;
@@ -882,17 +890,16 @@ fn compress_block(
             out.put_bits(u32::from(lit_code[c]), u32::from(lit_len[c]));
         } else {
             let lc = (sym & 0xff) as usize;
-            let code = usize::from(LENGTH_CODE[lc]);
+            let (code, base) = length_code(lc);
             let (huff, len) = (lit_code[code + LITERALS + 1], lit_len[code + LITERALS + 1]);
-            let extra = (lc - usize::from(BASE_LENGTH[code])) as u32;
+            let extra = (lc - base) as u32;
             out.put_bits(
                 u32::from(huff) | (extra << len),
                 u32::from(len) + u32::from(EXTRA_LBITS[code]),
             );
-            let d = dist - 1;
-            let code = d_code(d);
-            let (huff, len) = (dist_code[code], dist_len[code]);
-            let extra = (d - usize::from(BASE_DIST[code])) as u32;
+            let (code, base) = dist_code(dist - 1);
+            let (huff, len) = (dist_codes[code], dist_len[code]);
+            let extra = (dist - 1 - base) as u32;
             out.put_bits(
                 u32::from(huff) | (extra << len),
                 u32::from(len) + u32::from(EXTRA_DBITS[code]),
