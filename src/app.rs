@@ -72,6 +72,7 @@ impl AppState {
         let viewers = Arc::new(crate::viewers::ViewerService::new(
             store.clone(),
             config.viewers.clone(),
+            config.session.summary_ttl,
         ));
         Self(Arc::new(AppInner {
             auth: verifier(&config),

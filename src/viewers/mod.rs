@@ -44,19 +44,27 @@ pub struct ViewerService {
     cfg: ViewersConfig,
     /// (stream, user) → local connections.
     local: Mutex<HashMap<(Uuid, String), usize>>,
+    /// `session.summary_ttl`.
+    summary_ttl: std::time::Duration,
 }
 
 impl ViewerService {
-    pub fn new(store: Arc<dyn SharedState>, cfg: ViewersConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn SharedState>,
+        cfg: ViewersConfig,
+        summary_ttl: std::time::Duration,
+    ) -> Self {
         Self {
             store,
             cfg,
             local: Mutex::new(HashMap::new()),
+            summary_ttl,
         }
     }
 
+    /// Peak and unique counters live as long as session summaries.
     fn summary_ttl(&self) -> Option<std::time::Duration> {
-        Some(std::time::Duration::from_secs(30 * 24 * 3600))
+        Some(self.summary_ttl)
     }
 
     /// A viewer's connection opened on this node.
