@@ -704,7 +704,14 @@ async fn a_client_that_stops_reading_is_closed_with_4002_and_others_keep_receivi
     // It was the client that stopped reading (the node hung up on it: it sees the 4002
     // close frame, or the end of the stream when the frame could not be written); the
     // fast one still works.
-    let end = slow.read_until_close(Duration::from_secs(60)).await;
+    let admin = node.admin_url("/metrics");
+    let gone = common::eventually(Duration::from_secs(20), || async {
+        let m = reqwest::get(&admin).await.unwrap().text().await.unwrap();
+        m.lines().any(|l| l == "streamedge_ws_connections 1")
+    })
+    .await;
+    assert!(gone, "the slow connection is still open on the node");
+    let end = slow.read_until_close(Duration::from_secs(20)).await;
     assert!(matches!(end, Some(4002) | None), "{end:?}");
     send(&mut fast, "still-here", "ok").await;
     assert_eq!(
