@@ -30,6 +30,8 @@ pub struct AppInner {
     pub chat: Arc<crate::chat::ChatService>,
     /// `None` when no Agora credentials are configured.
     pub rtc: Option<crate::rtc::RtcIssuer>,
+    /// `None` when persistence is off.
+    pub persist: Option<Arc<crate::persist::Persistence>>,
     pub trusted_proxies: Vec<IpNet>,
     pub node_id: String,
     /// Cancelled when the node starts shutting down.
@@ -61,6 +63,15 @@ pub fn verifier(config: &Config) -> Verifier {
 
 impl AppState {
     pub fn new(config: Arc<Config>, store: Arc<dyn SharedState>, node_id: String) -> Self {
+        Self::with_persistence(config, store, node_id, None)
+    }
+
+    pub fn with_persistence(
+        config: Arc<Config>,
+        store: Arc<dyn SharedState>,
+        node_id: String,
+        persist: Option<Arc<crate::persist::Persistence>>,
+    ) -> Self {
         let registry = Registry::new(config.ws.max_connections);
         let trusted_proxies = config
             .server
@@ -68,7 +79,11 @@ impl AppState {
             .iter()
             .filter_map(|p| IpNet::parse(p))
             .collect();
-        let streams = Arc::new(StreamService::new(store.clone()));
+        let streams = Arc::new(StreamService::with_persistence(
+            store.clone(),
+            persist.clone(),
+            config.chat.clone(),
+        ));
         let viewers = Arc::new(crate::viewers::ViewerService::new(
             store.clone(),
             config.viewers.clone(),
@@ -81,6 +96,7 @@ impl AppState {
                 streams.clone(),
                 viewers.clone(),
                 config.session.clone(),
+                persist.clone(),
             )),
             viewers,
             hubs: crate::ws::hub::Hubs::default(),
@@ -88,9 +104,11 @@ impl AppState {
                 store.clone(),
                 streams.clone(),
                 config.chat.clone(),
+                persist.clone(),
             )),
             streams,
             rtc: crate::rtc::RtcIssuer::from_config(&config),
+            persist,
             config,
             store,
             registry,

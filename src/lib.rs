@@ -9,6 +9,7 @@ pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod http;
+pub mod persist;
 pub mod rtc;
 pub mod server;
 pub mod sessions;

@@ -43,6 +43,16 @@ enum Command {
     /// Mint development access tokens and inspect RTC tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Apply the database migrations (deploy/supabase/migrations) that are not applied yet.
+    Migrate {
+        /// PostgreSQL URL; defaults to persist.database_url.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// On a plain PostgreSQL (not Supabase): first create the Supabase roles and
+        /// auth.uid() the policies use, when the auth schema is missing.
+        #[arg(long)]
+        auth_shim: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -92,7 +102,7 @@ fn main() -> ExitCode {
     let dev = match &command {
         Command::Serve { dev } | Command::CheckConfig { dev } => *dev,
         Command::Token(TokenCommand::Mint { dev, .. } | TokenCommand::Inspect { dev, .. }) => *dev,
-        Command::Version => false,
+        Command::Version | Command::Migrate { .. } => false,
     };
     let mut config = match config::load(&ConfigSource::from_process(cli.config)) {
         Ok(c) => c,
@@ -110,7 +120,51 @@ fn main() -> ExitCode {
         Command::CheckConfig { .. } => check_config(&config),
         Command::Serve { .. } => serve(config, dev, dev_changes),
         Command::Token(t) => token_command(&config, t),
+        Command::Migrate {
+            database_url,
+            auth_shim,
+        } => migrate(config, database_url, auth_shim),
         Command::Version => unreachable!(),
+    }
+}
+
+fn migrate(mut config: Config, url: Option<String>, auth_shim: bool) -> ExitCode {
+    if let Some(u) = url {
+        config.persist.database_url = config::Secret::new(u);
+    }
+    if !config.persist.enabled() {
+        eprintln!("streamedge: no database: pass --database-url or set persist.database_url");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("streamedge: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let mut client = streamedge::persist::pg::connect(&config.persist).await?;
+        streamedge::persist::migrate::run(&mut client, auth_shim).await
+    });
+    match result {
+        Ok(applied) if applied.is_empty() => {
+            println!("schema up to date");
+            ExitCode::SUCCESS
+        }
+        Ok(applied) => {
+            for v in applied {
+                println!("applied {v}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("streamedge: migrate failed: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use super::service::log_name;
 use crate::app::AppState;
 use crate::auth::Authenticated;
 use crate::http::{ApiError, ApiJson, ErrorKind};
+use crate::persist::records::{self, ModerationRecord};
 use crate::rtc::routes::ban_key;
 use crate::streams::routes::parse_stream_id;
 use crate::streams::service::events_channel;
@@ -30,6 +31,18 @@ pub fn slow_mode_key(stream: &Uuid) -> String {
 
 pub fn slow_mode_user_key(stream: &Uuid, user: &str) -> String {
     format!("stream:{stream}:slow:{user}")
+}
+
+/// Adds a moderation action to the outbox (persistence on).
+async fn record(app: &AppState, rec: &ModerationRecord) -> Result<(), ApiError> {
+    if let Some(p) = &app.persist {
+        p.record(
+            &records::tag(records::MODERATION, &rec.stream_id),
+            &serde_json::to_vec(rec).expect("record serialises"),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 async fn owned(app: &AppState, raw: &str, user: &str) -> Result<Uuid, ApiError> {
@@ -70,13 +83,39 @@ pub async fn delete_message(
             "seq must be a positive integer",
         )
     })?;
-    if !app.store.log_remove(&log_name(&id), seq).await? {
+    let log = log_name(&id);
+    let message = app
+        .store
+        .log_after(&log, seq.saturating_sub(1), 1)
+        .await?
+        .into_iter()
+        .find(|e| e.seq == seq)
+        .and_then(|e| serde_json::from_slice(&e.payload).ok());
+    let removed = app.store.log_remove(&log, seq).await?;
+    // Older than the shared history: it may still be in the archive.
+    let archived = match (&app.persist, removed) {
+        (Some(p), false) => p
+            .chat_range(&id, seq.saturating_sub(1), seq, 1)
+            .await
+            .map_err(|e| ApiError::from(crate::store::StoreError::Unavailable(e.to_string())))?
+            .iter()
+            .any(|m| !m.deleted),
+        _ => false,
+    };
+    if !removed && !archived {
         return Err(ApiError::new(
             ErrorKind::NotFound,
             "message_not_found",
             "no such message in the stream's history",
         ));
     }
+    let mut rec = ModerationRecord::new(id, &who.user_id, &who.user_id, "delete_message");
+    rec.target_seq = Some(seq);
+    rec.target_user_id = message
+        .as_ref()
+        .map(|m: &crate::chat::model::StoredMessage| m.user.clone());
+    rec.message = message;
+    record(&app, &rec).await?;
     let frame = json!({"type": "deleted", "stream": id, "seq": seq}).to_string();
     app.store
         .publish(&events_channel(&id), bytes::Bytes::from(frame))
@@ -146,6 +185,10 @@ pub async fn ban(
             duration.map(Duration::from_secs),
         )
         .await?;
+    let mut rec = ModerationRecord::new(id, &who.user_id, &who.user_id, "ban");
+    rec.target_user_id = Some(user.clone());
+    rec.expires_at_ms = duration.map(|d| rec.created_at_ms + d * 1000);
+    record(&app, &rec).await?;
     metrics::counter!("streamedge_chat_moderation_total", "action" => "ban").increment(1);
     tracing::info!(stream = %id, user, ?duration, by = %who.user_id, "user banned");
     Ok(Json(BanView {
@@ -169,6 +212,9 @@ pub async fn unban(
             "the user is not banned",
         ));
     }
+    let mut rec = ModerationRecord::new(id, &who.user_id, &who.user_id, "unban");
+    rec.target_user_id = Some(user.clone());
+    record(&app, &rec).await?;
     metrics::counter!("streamedge_chat_moderation_total", "action" => "unban").increment(1);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -195,6 +241,9 @@ pub async fn settings(
             format!("slow_mode_secs must be at most {MAX_SLOW_MODE_SECS}"),
         ));
     }
+    let mut rec = ModerationRecord::new(id, &who.user_id, &who.user_id, "slow_mode");
+    rec.detail = serde_json::json!({"slow_mode_secs": body.slow_mode_secs});
+    record(&app, &rec).await?;
     if body.slow_mode_secs == 0 {
         app.store.delete(&slow_mode_key(&id)).await?;
     } else {

@@ -11,6 +11,7 @@ use super::model::{self, Rejected, StoredMessage};
 use crate::auth::Principal;
 use crate::config::ChatConfig;
 use crate::rtc::routes::ban_key;
+use crate::persist::{records, Persistence};
 use crate::store::{AppendOptions, LogEntry, SharedState, StoreError};
 use crate::streams::model::rfc3339;
 use crate::streams::service::events_channel;
@@ -56,14 +57,21 @@ pub struct ChatService {
     store: Arc<dyn SharedState>,
     streams: Arc<StreamService>,
     cfg: ChatConfig,
+    persist: Option<Arc<Persistence>>,
 }
 
 impl ChatService {
-    pub fn new(store: Arc<dyn SharedState>, streams: Arc<StreamService>, cfg: ChatConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn SharedState>,
+        streams: Arc<StreamService>,
+        cfg: ChatConfig,
+        persist: Option<Arc<Persistence>>,
+    ) -> Self {
         Self {
             store,
             streams,
             cfg,
+            persist,
         }
     }
 
@@ -160,6 +168,17 @@ impl ChatService {
                 .into());
             }
         }
+        if let Some(p) = &self.persist {
+            if !p.accepting() {
+                metrics::counter!("streamedge_chat_rejected_total", "code" => "persistence_backlog")
+                    .increment(1);
+                return Err(Rejected {
+                    code: "persistence_backlog",
+                    message: "chat is paused while the archive catches up; retry shortly".into(),
+                }
+                .into());
+            }
+        }
         let msg = StoredMessage {
             id: Uuid::new_v4(),
             user: who.user_id.clone(),
@@ -181,10 +200,19 @@ impl ChatService {
                         once_key(stream, &who.user_id, client_msg_id),
                         self.cfg.idempotency_window,
                     )),
+                    outbox: self
+                        .persist
+                        .as_ref()
+                        .map(|_| records::tag(records::CHAT, stream)),
+                    // Numbering never restarts, also after the history expires.
+                    keep_seq: true,
                 },
             )
             .await?;
         metrics::counter!("streamedge_chat_messages_in_total").increment(1);
+        if self.persist.is_some() {
+            crate::persist::queued(records::CHAT);
+        }
         Ok(seq)
     }
 
@@ -195,16 +223,29 @@ impl ChatService {
             .await
     }
 
-    /// Messages before `before`, newest first.
+    /// Messages before `before`, newest first: from the shared history, continued from
+    /// PostgreSQL (persistence on) where the history ends.
     pub async fn before(
         &self,
         stream: &Uuid,
         before: u64,
         limit: usize,
     ) -> Result<Vec<LogEntry>, StoreError> {
-        self.store
+        let mut out = self
+            .store
             .log_before(&log_name(stream), before, limit)
-            .await
+            .await?;
+        if let (Some(p), true) = (&self.persist, out.len() < limit) {
+            let from = out.last().map_or(before, |e| e.seq);
+            if from > 1 {
+                let older = p
+                    .chat_before(stream, from, limit - out.len())
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                out.extend(older.iter().map(|m| m.log_entry()));
+            }
+        }
+        Ok(out)
     }
 
     pub async fn last_seq(&self, stream: &Uuid) -> Result<u64, StoreError> {

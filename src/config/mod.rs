@@ -5,6 +5,7 @@
 //! that names the key, and `main` turns it into exit code 2.
 
 mod load;
+mod persist;
 mod security;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use load::{load, ConfigError, ConfigSource, ENV_PREFIX};
+pub use persist::PersistConfig;
 pub use security::{
     AgoraConfig, AuthConfig, ChatConfig, MediaConfig, RateLimitConfig, RouteLimit, Secret,
     SessionConfig, UidMode, ViewersConfig,
@@ -33,6 +35,7 @@ pub struct Config {
     pub session: SessionConfig,
     pub viewers: ViewersConfig,
     pub chat: ChatConfig,
+    pub persist: PersistConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -343,6 +346,46 @@ impl Config {
                 "must be 0–10000 with chat.user_burst at least 1",
             );
         }
+        let p = &self.persist;
+        if p.enabled() {
+            let url = p.database_url.expose();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return invalid(
+                    "persist.database_url",
+                    "must be a postgres:// or postgresql:// URL",
+                );
+            }
+        }
+        for (key, n) in [
+            ("persist.pool_size", p.pool_size),
+            ("persist.writers", p.writers),
+            ("persist.batch_max_records", p.batch_max_records),
+        ] {
+            if !(1..=100_000).contains(&n) {
+                return invalid(key, "must be between 1 and 100000");
+            }
+        }
+        if p.writers >= p.pool_size {
+            return invalid(
+                "persist.writers",
+                "must be smaller than persist.pool_size (restores and exports need a connection)",
+            );
+        }
+        for (key, d) in [
+            ("persist.connect_timeout", p.connect_timeout),
+            ("persist.poll_interval", p.poll_interval),
+            ("persist.reclaim_after", p.reclaim_after),
+            ("persist.retry_initial", p.retry_initial),
+            ("persist.retry_max", p.retry_max),
+            ("persist.local_fsync_interval", p.local_fsync_interval),
+        ] {
+            if d.is_zero() {
+                return invalid(key, "must be greater than zero");
+            }
+        }
+        if p.outbox_max_records == 0 {
+            return invalid("persist.outbox_max_records", "must be greater than zero");
+        }
         if self.viewers.ttl < Duration::from_millis(300) {
             return invalid("viewers.ttl", "must be at least 300ms");
         }
@@ -386,6 +429,7 @@ impl Config {
         c.auth.jwt_secret = c.auth.jwt_secret.redacted();
         c.agora.app_certificate = c.agora.app_certificate.redacted();
         c.media.node_key = c.media.node_key.redacted();
+        c.persist.database_url = c.persist.database_url.redacted();
         c
     }
 }

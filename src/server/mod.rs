@@ -60,6 +60,8 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error("persistence: {0:#}")]
+    Persist(anyhow::Error),
     #[error("shutdown did not finish within server.shutdown_grace ({0:?})")]
     GraceExceeded(std::time::Duration),
 }
@@ -82,6 +84,10 @@ pub fn api_router(app: AppState) -> Router {
         .route(
             "/v1/streams/{stream_id}/session/{action}",
             post(crate::sessions::routes::command),
+        )
+        .route(
+            "/v1/streams/{stream_id}/sessions/{session_id}/export",
+            get(crate::persist::export::export),
         )
         .route(
             "/v1/streams/{stream_id}/sessions/{session_id}",
@@ -128,7 +134,27 @@ pub async fn run(
     let config = Arc::new(config);
     let node_id = node_id(&config);
     let store: Arc<dyn SharedState> = store::from_config(&config).await?;
-    let app = AppState::new(config.clone(), store.clone(), node_id.clone());
+    let persist = if config.persist.enabled() {
+        let p = crate::persist::Persistence::new(&config.persist, store.clone(), &node_id)
+            .map_err(RunError::Persist)?;
+        if config.persist.migrate_on_start {
+            match p.migrate().await {
+                Ok(applied) => tracing::info!(?applied, "migrations applied"),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "migrations not applied; writes are retried until the schema exists")
+                }
+            }
+        }
+        Some(p)
+    } else {
+        None
+    };
+    let app = AppState::with_persistence(
+        config.clone(),
+        store.clone(),
+        node_id.clone(),
+        persist.clone(),
+    );
 
     let api_addr = listeners.api.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
@@ -169,6 +195,13 @@ pub async fn run(
         app.viewers.clone(),
         background.clone(),
     ));
+    if let Some(p) = &persist {
+        for t in p.start(background.clone()) {
+            tasks.spawn(async move {
+                let _ = t.await;
+            });
+        }
+    }
     tasks.close();
     tracing::info!(
         node = %node_id,

@@ -124,6 +124,7 @@ pub struct SessionService {
     streams: Arc<StreamService>,
     viewers: Arc<crate::viewers::ViewerService>,
     cfg: SessionConfig,
+    persist: Option<Arc<crate::persist::Persistence>>,
 }
 
 impl SessionService {
@@ -132,12 +133,14 @@ impl SessionService {
         streams: Arc<StreamService>,
         viewers: Arc<crate::viewers::ViewerService>,
         cfg: SessionConfig,
+        persist: Option<Arc<crate::persist::Persistence>>,
     ) -> Self {
         Self {
             store,
             streams,
             viewers,
             cfg,
+            persist,
         }
     }
 
@@ -184,12 +187,30 @@ impl SessionService {
         let frame = transition.map(state_frame);
         let channel = events_channel(&next.id);
         let publish = frame.as_deref().map(|f| (channel.as_str(), f.as_bytes()));
+        // Transitions are persisted: the record goes to the outbox in the same step.
+        let tag = match (&self.persist, transition) {
+            (Some(_), Some(_)) => Some(crate::persist::records::tag(
+                crate::persist::records::STREAM,
+                &next.id,
+            )),
+            _ => None,
+        };
         let swapped = self
             .store
-            .compare_and_swap(&record_key(&next.id), raw, &bytes, None, publish)
+            .compare_and_swap(
+                &record_key(&next.id),
+                raw,
+                &bytes,
+                None,
+                publish,
+                tag.as_ref(),
+            )
             .await?;
         if !swapped {
             return Ok(false);
+        }
+        if tag.is_some() {
+            crate::persist::queued(crate::persist::records::STREAM);
         }
         if let Some(t) = transition {
             metrics::counter!(
@@ -313,7 +334,19 @@ impl SessionService {
                 &json,
                 Some(self.cfg.summary_ttl),
             )
-            .await
+            .await?;
+        if let Some(p) = &self.persist {
+            let rec = crate::persist::records::SummaryRecord {
+                owner_id: stream.owner_id.clone(),
+                summary,
+            };
+            p.record(
+                &crate::persist::records::tag(crate::persist::records::SESSION_SUMMARY, &stream.id),
+                &serde_json::to_vec(&rec).expect("summary serialises"),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Checks every live and paused stream's timeouts once. Returns the transitions made

@@ -10,8 +10,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::fanout::Fanout;
+use super::outbox_file::FileOutbox;
 use super::{
-    encode_log_publish, AppendOptions, LogEntry, SharedState, StoreError, StoreResult, Subscription,
+    encode_log_publish, AppendOptions, LogEntry, OutboxEntry, OutboxStats, OutboxTag, SharedState,
+    StoreError, StoreResult, Subscription,
 };
 
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -38,6 +40,20 @@ struct Log {
     last_seq: u64,
     entries: VecDeque<LogEntry>,
     expires: Option<Instant>,
+    /// The sequence outlives the entries' expiry ([`AppendOptions::keep_seq`]).
+    keep_seq: bool,
+}
+
+impl Log {
+    /// Applies expiry: `false` when nothing is left to keep.
+    fn expire(&mut self, now: Instant) -> bool {
+        if live(self.expires, now) {
+            return true;
+        }
+        self.entries.clear();
+        self.expires = None;
+        self.keep_seq
+    }
 }
 
 /// The zero point of rate limiter clocks.
@@ -57,7 +73,7 @@ impl Inner {
             members.retain(|_, exp| *exp > now);
             !members.is_empty()
         });
-        self.logs.retain(|_, log| live(log.expires, now));
+        self.logs.retain(|_, log| log.expire(now));
         let now_us = now.saturating_duration_since(epoch()).as_micros() as u64;
         self.limits.retain(|_, tat| *tat > now_us);
         self.distinct.retain(|_, (_, exp)| live(*exp, now));
@@ -74,8 +90,8 @@ impl Inner {
     }
 
     fn log(&mut self, name: &str, now: Instant) -> Option<&mut Log> {
-        if let Some(log) = self.logs.get(name) {
-            if !live(log.expires, now) {
+        if let Some(log) = self.logs.get_mut(name) {
+            if !log.expire(now) {
                 self.logs.remove(name);
                 return None;
             }
@@ -95,6 +111,8 @@ pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
     fanout: Arc<Fanout>,
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The local durable outbox, when persistence is on.
+    outbox: Option<Arc<FileOutbox>>,
 }
 
 impl Default for MemoryStore {
@@ -114,7 +132,37 @@ impl MemoryStore {
             inner,
             fanout: Fanout::new(PUBSUB_CAPACITY, None),
             sweeper: Mutex::new(sweeper),
+            outbox: None,
         }
+    }
+
+    /// A store whose outbox records go to the local append-only `outbox`, flushed to disk
+    /// every `fsync_interval`.
+    pub fn with_outbox(outbox: Arc<FileOutbox>, fsync_interval: Duration) -> Self {
+        let mut store = Self::new();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&outbox);
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(fsync_interval);
+                loop {
+                    tick.tick().await;
+                    let Some(o) = weak.upgrade() else { return };
+                    let o2 = o.clone();
+                    let r = tokio::task::spawn_blocking(move || o2.sync()).await;
+                    if let Ok(Err(e)) = r {
+                        tracing::error!(error = %e, "local outbox fsync failed");
+                    }
+                }
+            });
+        }
+        store.outbox = Some(outbox);
+        store
+    }
+
+    fn outbox(&self) -> StoreResult<&FileOutbox> {
+        self.outbox
+            .as_deref()
+            .ok_or_else(|| StoreError::Backend("no outbox configured (persistence is off)".into()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -247,6 +295,7 @@ impl SharedState for MemoryStore {
         new: &[u8],
         ttl: Option<Duration>,
         publish: Option<(&str, &[u8])>,
+        outbox: Option<&OutboxTag>,
     ) -> StoreResult<bool> {
         let now = Instant::now();
         let mut inner = self.lock();
@@ -257,6 +306,11 @@ impl SharedState for MemoryStore {
         };
         if !matches {
             return Ok(false);
+        }
+        if let Some(tag) = outbox {
+            self.outbox()?
+                .append(tag, 0, new)
+                .map_err(|e| StoreError::Backend(format!("outbox: {e}")))?;
         }
         inner.values.insert(
             key.to_string(),
@@ -427,6 +481,12 @@ impl SharedState for MemoryStore {
             }
             inner.log(log, now);
             let l = inner.logs.entry(log.to_string()).or_default();
+            if let Some(tag) = &opts.outbox {
+                // In the file before anything changes: a failed write appends nothing.
+                self.outbox()?
+                    .append(tag, l.last_seq + 1, &payload)
+                    .map_err(|e| StoreError::Backend(format!("outbox: {e}")))?;
+            }
             l.last_seq += 1;
             l.entries.push_back(LogEntry {
                 seq: l.last_seq,
@@ -440,6 +500,7 @@ impl SharedState for MemoryStore {
             if let Some(ttl) = opts.ttl {
                 l.expires = Some(now + ttl);
             }
+            l.keep_seq |= opts.keep_seq;
             // Published under the lock so subscribers see appends in sequence order.
             if let Some(ch) = &opts.publish {
                 self.fanout.deliver(
@@ -487,6 +548,33 @@ impl SharedState for MemoryStore {
         Ok(inner.log(log, Instant::now()).map_or(0, |l| l.last_seq))
     }
 
+    async fn log_restore(
+        &self,
+        log: &str,
+        entries: &[LogEntry],
+        last_seq: u64,
+        opts: &AppendOptions,
+    ) -> StoreResult<()> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.log(log, now);
+        let l = inner.logs.entry(log.to_string()).or_default();
+        l.last_seq = l.last_seq.max(last_seq);
+        if l.entries.is_empty() {
+            l.entries.extend(entries.iter().filter(|e| e.seq <= l.last_seq).cloned());
+            if opts.max_len > 0 {
+                while l.entries.len() > opts.max_len {
+                    l.entries.pop_front();
+                }
+            }
+        }
+        if let Some(ttl) = opts.ttl {
+            l.expires = Some(now + ttl);
+        }
+        l.keep_seq |= opts.keep_seq;
+        Ok(())
+    }
+
     async fn log_remove(&self, log: &str, seq: u64) -> StoreResult<bool> {
         let mut inner = self.lock();
         let Some(l) = inner.log(log, Instant::now()) else {
@@ -509,6 +597,32 @@ impl SharedState for MemoryStore {
 
     async fn subscribe(&self, channel: &str) -> StoreResult<Subscription> {
         Ok(self.fanout.subscribe(channel).0)
+    }
+
+    async fn outbox_add(&self, tag: &OutboxTag, data: &[u8]) -> StoreResult<()> {
+        self.outbox()?
+            .append(tag, 0, data)
+            .map_err(|e| StoreError::Backend(format!("outbox: {e}")))
+    }
+
+    async fn outbox_take(
+        &self,
+        _consumer: &str,
+        max: usize,
+        _reclaim_after: Duration,
+    ) -> StoreResult<Vec<OutboxEntry>> {
+        // One node: a record taken by a writer stays with it until written.
+        Ok(self.outbox()?.take(max))
+    }
+
+    async fn outbox_ack(&self, ids: &[String]) -> StoreResult<()> {
+        self.outbox()?
+            .ack(ids)
+            .map_err(|e| StoreError::Backend(format!("outbox: {e}")))
+    }
+
+    async fn outbox_stats(&self) -> StoreResult<OutboxStats> {
+        Ok(self.outbox()?.stats())
     }
 
     async fn close(&self) {

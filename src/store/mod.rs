@@ -11,6 +11,7 @@
 
 pub mod fanout;
 pub mod memory;
+pub mod outbox_file;
 pub mod redis;
 
 use std::sync::Arc;
@@ -64,6 +65,51 @@ pub struct AppendOptions {
     /// and the earlier sequence number is returned; otherwise the key is set to the new
     /// sequence number for the given time. Checked and set in the same atomic step.
     pub once: Option<(String, Duration)>,
+    /// Also add the new entry (payload and sequence number) to the durable outbox, in the
+    /// same atomic step.
+    pub outbox: Option<OutboxTag>,
+    /// The sequence counter does not expire with the entries (`ttl`): after the log expires
+    /// the next append continues the numbering instead of starting at 1 again.
+    pub keep_seq: bool,
+}
+
+/// What an outbox record is about: its kind (`chat`, `stream`, ...) and scope (a stream id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxTag {
+    pub kind: &'static str,
+    pub scope: String,
+}
+
+impl OutboxTag {
+    pub fn new(kind: &'static str, scope: impl Into<String>) -> Self {
+        Self {
+            kind,
+            scope: scope.into(),
+        }
+    }
+}
+
+/// A record waiting in the durable outbox for the persistence writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// The backend's id for it (a Redis stream id, or the local file's record number).
+    pub id: String,
+    pub kind: String,
+    pub scope: String,
+    /// The log sequence number for records added by a log append, 0 otherwise.
+    pub seq: u64,
+    pub data: Bytes,
+    /// Unix milliseconds when it was added.
+    pub added_ms: u64,
+}
+
+/// The outbox's backlog.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    /// Records not yet confirmed written (including those a writer holds now).
+    pub depth: u64,
+    /// When the oldest of them was added (Unix ms).
+    pub oldest_added_ms: Option<u64>,
 }
 
 /// The frame published for a log append: the decimal sequence number, `\n`, the payload.
@@ -115,8 +161,8 @@ pub trait SharedState: Send + Sync + 'static {
     async fn rate_limit(&self, key: &str, per_sec: f64, burst: u32) -> StoreResult<RateDecision>;
 
     /// Replaces `key`'s value with `new` only if it is still `expected`, publishing
-    /// `publish` (channel, payload) in the same atomic step when it does. Returns whether
-    /// it swapped.
+    /// `publish` (channel, payload) and adding `new` to the outbox under `outbox` in the
+    /// same atomic step when it does. Returns whether it swapped.
     async fn compare_and_swap(
         &self,
         key: &str,
@@ -124,6 +170,7 @@ pub trait SharedState: Send + Sync + 'static {
         new: &[u8],
         ttl: Option<Duration>,
         publish: Option<(&str, &[u8])>,
+        outbox: Option<&OutboxTag>,
     ) -> StoreResult<bool>;
     /// Raises the integer at `key` to `value` if larger; returns the resulting maximum.
     async fn set_max(&self, key: &str, value: i64, ttl: Option<Duration>) -> StoreResult<i64>;
@@ -176,8 +223,34 @@ pub trait SharedState: Send + Sync + 'static {
     async fn log_before(&self, log: &str, before: u64, limit: usize) -> StoreResult<Vec<LogEntry>>;
     /// The last sequence number handed out (0 when none).
     async fn log_last_seq(&self, log: &str) -> StoreResult<u64>;
+    /// Rebuilds a log the backend lost: raises its sequence to at least `last_seq` and, if
+    /// the log holds no entries, fills it with `entries` (ascending, each `seq <= last_seq`),
+    /// applying `opts.max_len`, `opts.ttl` and `opts.keep_seq`. Safe to repeat or race.
+    async fn log_restore(
+        &self,
+        log: &str,
+        entries: &[LogEntry],
+        last_seq: u64,
+        opts: &AppendOptions,
+    ) -> StoreResult<()>;
     /// Removes one entry; returns whether it was there. The sequence is not reused.
     async fn log_remove(&self, log: &str, seq: u64) -> StoreResult<bool>;
+
+    // --- durable outbox (persistence) -----------------------------------------------------
+    /// Adds a record to the outbox.
+    async fn outbox_add(&self, tag: &OutboxTag, data: &[u8]) -> StoreResult<()>;
+    /// Takes up to `max` records for `consumer`: records another consumer took more than
+    /// `reclaim_after` ago without confirming them first, then records nobody took yet.
+    /// A record stays in the outbox until [`SharedState::outbox_ack`].
+    async fn outbox_take(
+        &self,
+        consumer: &str,
+        max: usize,
+        reclaim_after: Duration,
+    ) -> StoreResult<Vec<OutboxEntry>>;
+    /// Confirms records written; they leave the outbox.
+    async fn outbox_ack(&self, ids: &[String]) -> StoreResult<()>;
+    async fn outbox_stats(&self) -> StoreResult<OutboxStats>;
 
     // --- publish / subscribe -------------------------------------------------------------
     /// Delivers `payload` to every current subscriber of `channel` on every node.
@@ -194,6 +267,19 @@ pub trait SharedState: Send + Sync + 'static {
 /// embedded memory backend otherwise.
 pub async fn from_config(config: &Config) -> StoreResult<Arc<dyn SharedState>> {
     if config.redis.url.is_empty() {
+        if config.persist.enabled() {
+            let outbox = outbox_file::FileOutbox::open(&config.persist.local_outbox_dir)
+                .map_err(|e| {
+                    StoreError::Backend(format!(
+                        "local outbox {}: {e}",
+                        config.persist.local_outbox_dir.display()
+                    ))
+                })?;
+            return Ok(Arc::new(memory::MemoryStore::with_outbox(
+                Arc::new(outbox),
+                config.persist.local_fsync_interval,
+            )));
+        }
         Ok(Arc::new(memory::MemoryStore::new()))
     } else {
         Ok(Arc::new(redis::RedisStore::connect(&config.redis).await?))

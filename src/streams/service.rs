@@ -10,8 +10,12 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use std::time::Duration;
+
 use super::model::{self, Stream, StreamState, TitleError};
-use crate::store::{SharedState, StoreError};
+use crate::config::ChatConfig;
+use crate::persist::{records, Persistence};
+use crate::store::{AppendOptions, LogEntry, SharedState, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -56,7 +60,13 @@ pub const MAX_PAGE: usize = 100;
 
 pub struct StreamService {
     store: Arc<dyn SharedState>,
+    persist: Option<Arc<Persistence>>,
+    chat: ChatConfig,
 }
+
+/// How long a stream id that neither the shared state nor PostgreSQL knows is remembered
+/// as unknown, so lookups of made-up ids do not each cost a query.
+const RESTORE_MISS_TTL: Duration = Duration::from_secs(10);
 
 pub fn record_key(id: &Uuid) -> String {
     format!("stream:{id}")
@@ -83,7 +93,116 @@ fn now_ms() -> u64 {
 
 impl StreamService {
     pub fn new(store: Arc<dyn SharedState>) -> Self {
-        Self { store }
+        Self {
+            store,
+            persist: None,
+            chat: ChatConfig::default(),
+        }
+    }
+
+    /// A service that records streams for persistence and restores them from it.
+    pub fn with_persistence(
+        store: Arc<dyn SharedState>,
+        persist: Option<Arc<Persistence>>,
+        chat: ChatConfig,
+    ) -> Self {
+        Self {
+            store,
+            persist,
+            chat,
+        }
+    }
+
+    /// Adds the stream's record to the outbox (persistence on).
+    async fn record(&self, stream: &Stream) -> Result<(), StreamError> {
+        if let Some(p) = &self.persist {
+            let json = serde_json::to_vec(stream).expect("stream serialises");
+            p.record(&records::tag(records::STREAM, &stream.id), &json)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The record under `stream:{id}`, rebuilt from PostgreSQL when the shared state lost
+    /// it (persistence on, `persist.restore`).
+    async fn fetch(&self, id: &Uuid) -> Result<Option<bytes::Bytes>, StreamError> {
+        if let Some(raw) = self.store.get(&record_key(id)).await? {
+            return Ok(Some(raw));
+        }
+        match &self.persist {
+            Some(p) if p.config().restore => {
+                if self.restore(p, id).await? {
+                    Ok(self.store.get(&record_key(id)).await?)
+                } else {
+                    Ok(None)
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Rebuilds a stream the shared state no longer has: its chat history (the last
+    /// `chat.history_size` messages, the sequence continuing after the highest persisted
+    /// one), its bans, then the record itself and its index entries — in that order, so
+    /// nobody can send a message before the sequence is restored.
+    async fn restore(&self, p: &Persistence, id: &Uuid) -> Result<bool, StreamError> {
+        let miss_key = format!("stream:{id}:restore-miss");
+        if self.store.get(&miss_key).await?.is_some() {
+            return Ok(false);
+        }
+        let unavailable = |e: crate::persist::ReadError| StoreError::Unavailable(e.to_string());
+        let Some(record) = p.stream_record(id).await.map_err(unavailable)? else {
+            self.store
+                .set(&miss_key, b"1", Some(RESTORE_MISS_TTL))
+                .await?;
+            return Ok(false);
+        };
+        let stream: Stream =
+            serde_json::from_str(&record).map_err(|e| StreamError::Corrupt(e.to_string()))?;
+        let max_seq = p.chat_max_seq(id).await.map_err(unavailable)?;
+        let mut tail: Vec<LogEntry> = p
+            .chat_before(id, u64::MAX, self.chat.history_size)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(|m| m.log_entry())
+            .collect();
+        tail.reverse();
+        self.store
+            .log_restore(
+                &crate::chat::service::log_name(id),
+                &tail,
+                max_seq,
+                &AppendOptions {
+                    max_len: self.chat.history_size,
+                    ttl: Some(self.chat.history_ttl),
+                    keep_seq: true,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let bans = p.active_bans(id).await.map_err(unavailable)?;
+        for (user, left) in &bans {
+            self.store
+                .set_nx(&crate::rtc::routes::ban_key(id, user), b"1", *left)
+                .await?;
+        }
+        if self.store.set_nx(&record_key(id), record.as_bytes(), None).await? {
+            let member = model::index_member(&stream);
+            self.store.index_add(ALL_INDEX, &member).await?;
+            self.store
+                .index_add(&state_index(stream.state), &member)
+                .await?;
+            metrics::counter!("streamedge_persist_restored_streams_total").increment(1);
+            tracing::info!(
+                stream = %id,
+                messages = tail.len(),
+                last_seq = max_seq,
+                bans = bans.len(),
+                "stream restored from PostgreSQL"
+            );
+        }
+        Ok(true)
     }
 
     /// Creates a stream owned by `owner`. With a client-chosen `id`, repeating the call
@@ -113,8 +232,14 @@ impl StreamService {
             if existing.owner_id != owner {
                 return Err(StreamError::IdTaken);
             }
+            // The first call may have stopped before recording it: recording twice is
+            // harmless.
+            if existing.version == 0 {
+                self.record(&existing).await?;
+            }
             return Ok((existing, false));
         }
+        self.record(&stream).await?;
         let member = model::index_member(&stream);
         self.store.index_add(ALL_INDEX, &member).await?;
         self.store
@@ -126,11 +251,7 @@ impl StreamService {
 
     /// The stored record's bytes (for compare-and-swap) and the stream.
     pub async fn get_raw(&self, id: &Uuid) -> Result<(bytes::Bytes, Stream), StreamError> {
-        let raw = self
-            .store
-            .get(&record_key(id))
-            .await?
-            .ok_or(StreamError::NotFound)?;
+        let raw = self.fetch(id).await?.ok_or(StreamError::NotFound)?;
         let s = serde_json::from_slice(&raw).map_err(|e| StreamError::Corrupt(e.to_string()))?;
         Ok((raw, s))
     }
@@ -167,11 +288,7 @@ impl StreamService {
     }
 
     pub async fn get(&self, id: &Uuid) -> Result<Stream, StreamError> {
-        let raw = self
-            .store
-            .get(&record_key(id))
-            .await?
-            .ok_or(StreamError::NotFound)?;
+        let raw = self.fetch(id).await?.ok_or(StreamError::NotFound)?;
         serde_json::from_slice(&raw).map_err(|e| StreamError::Corrupt(e.to_string()))
     }
 

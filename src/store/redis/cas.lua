@@ -1,6 +1,8 @@
 -- Compare-and-swap: replaces KEYS[1] with ARGV[2] only while it still holds ARGV[1], and
--- in the same atomic step publishes ARGV[4] on channel ARGV[3] (when ARGV[3] ~= ''), so
--- exactly one writer wins a race and its event is emitted exactly once.
+-- in the same atomic step publishes ARGV[4] on channel ARGV[3] (when ARGV[3] ~= '') and
+-- adds the new value to the outbox stream KEYS[2] as a record of kind ARGV[6] and scope
+-- ARGV[7] (when ARGV[6] ~= ''), so exactly one writer wins a race and its event and
+-- record are emitted exactly once.
 -- ARGV[5]: TTL in ms for the new value (0 = none). Returns 1 when swapped.
 local cur = redis.call('GET', KEYS[1])
 if cur ~= ARGV[1] then
@@ -10,6 +12,9 @@ if tonumber(ARGV[5]) > 0 then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[5])
 else
   redis.call('SET', KEYS[1], ARGV[2])
+end
+if ARGV[6] ~= '' then
+  redis.call('XADD', KEYS[2], '*', 'k', ARGV[6], 's', ARGV[7], 'q', 0, 'd', ARGV[2])
 end
 if ARGV[3] ~= '' then
   redis.call('PUBLISH', ARGV[3], ARGV[4])

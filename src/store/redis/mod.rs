@@ -5,6 +5,7 @@
 //! dedicated connection per node ([`pubsub`]). A health task pings Redis every
 //! `redis.health_interval` and drives readiness and the `streamedge_redis_up` gauge.
 
+mod outbox;
 mod pubsub;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +19,10 @@ use redis::{AsyncCommands, RedisError, Script};
 use tokio_util::sync::CancellationToken;
 
 use super::fanout::Fanout;
-use super::{AppendOptions, LogEntry, SharedState, StoreError, StoreResult, Subscription};
+use super::{
+    AppendOptions, LogEntry, OutboxEntry, OutboxStats, OutboxTag, SharedState, StoreError,
+    StoreResult, Subscription,
+};
 use crate::config::{redact_url_password, RedisConfig};
 
 struct Scripts {
@@ -29,6 +33,7 @@ struct Scripts {
     rate_limit: Script,
     cas: Script,
     set_max: Script,
+    log_restore: Script,
 }
 
 impl Scripts {
@@ -41,6 +46,7 @@ impl Scripts {
             rate_limit: Script::new(include_str!("rate_limit.lua")),
             cas: Script::new(include_str!("cas.lua")),
             set_max: Script::new(include_str!("set_max.lua")),
+            log_restore: Script::new(include_str!("log_restore.lua")),
         }
     }
 }
@@ -55,6 +61,7 @@ pub struct RedisStore {
     fanout: Arc<Fanout>,
     stop: CancellationToken,
     command_timeout: Duration,
+    outbox: std::sync::Mutex<outbox::ReaderState>,
 }
 
 fn map_err(e: RedisError) -> StoreError {
@@ -96,6 +103,7 @@ impl RedisStore {
             fanout,
             stop: stop.clone(),
             command_timeout: cfg.command_timeout,
+            outbox: Default::default(),
         };
         metrics::gauge!("streamedge_redis_up").set(0.0);
         // First check inline, so a node that starts with Redis up is ready at once.
@@ -110,6 +118,10 @@ impl RedisStore {
         ));
         tracing::info!(url = %redact_url_password(&cfg.url), up = first.is_ok(), "redis backend");
         Ok(store)
+    }
+
+    fn outbox_key(&self) -> String {
+        format!("{}outbox", self.prefix)
     }
 
     fn key(&self, k: &str) -> String {
@@ -286,19 +298,27 @@ impl SharedState for RedisStore {
         new: &[u8],
         ttl: Option<Duration>,
         publish: Option<(&str, &[u8])>,
+        outbox: Option<&OutboxTag>,
     ) -> StoreResult<bool> {
         let mut c = self.conn();
         let (channel, payload) = match publish {
             Some((ch, p)) => (self.key(ch), p),
             None => (String::new(), &b""[..]),
         };
+        let (kind, scope) = match outbox {
+            Some(t) => (t.kind, t.scope.as_str()),
+            None => ("", ""),
+        };
         let mut inv = self.scripts.cas.prepare_invoke();
         inv.key(self.key(key))
+            .key(self.outbox_key())
             .arg(expected)
             .arg(new)
             .arg(channel)
             .arg(payload)
-            .arg(ttl.map_or(0, ms));
+            .arg(ttl.map_or(0, ms))
+            .arg(kind)
+            .arg(scope);
         let swapped: i64 = self.run(inv.invoke_async(&mut c)).await?;
         Ok(swapped == 1)
     }
@@ -434,16 +454,27 @@ impl SharedState for RedisStore {
             .as_deref()
             .map(|ch| self.key(ch))
             .unwrap_or_default();
+        let (once_key, once_ms) = match &opts.once {
+            Some((key, ttl)) => (self.key(key), ms(*ttl)),
+            None => (self.key("once:unused"), 0),
+        };
+        let (kind, scope) = match &opts.outbox {
+            Some(t) => (t.kind, t.scope.as_str()),
+            None => ("", ""),
+        };
         let mut inv = self.scripts.log_append.prepare_invoke();
         inv.key(stream)
             .key(seq)
+            .key(once_key)
+            .key(self.outbox_key())
             .arg(payload)
             .arg(opts.max_len)
             .arg(opts.ttl.map_or(0, ms))
-            .arg(channel);
-        if let Some((key, ttl)) = &opts.once {
-            inv.key(self.key(key)).arg(ms(*ttl));
-        }
+            .arg(channel)
+            .arg(once_ms)
+            .arg(kind)
+            .arg(scope)
+            .arg(if opts.keep_seq { "1" } else { "0" });
         self.run(inv.invoke_async(&mut c)).await
     }
 
@@ -480,6 +511,29 @@ impl SharedState for RedisStore {
         Ok(v.unwrap_or(0))
     }
 
+    async fn log_restore(
+        &self,
+        log: &str,
+        entries: &[LogEntry],
+        last_seq: u64,
+        opts: &AppendOptions,
+    ) -> StoreResult<()> {
+        let mut c = self.conn();
+        let (stream, seq) = self.log_keys(log);
+        let mut inv = self.scripts.log_restore.prepare_invoke();
+        inv.key(stream)
+            .key(seq)
+            .arg(last_seq)
+            .arg(opts.max_len)
+            .arg(opts.ttl.map_or(0, ms))
+            .arg(if opts.keep_seq { "1" } else { "0" });
+        for e in entries {
+            inv.arg(e.seq).arg(&e.payload[..]);
+        }
+        let _: i64 = self.run(inv.invoke_async(&mut c)).await?;
+        Ok(())
+    }
+
     async fn log_remove(&self, log: &str, seq: u64) -> StoreResult<bool> {
         let mut c = self.conn();
         let (stream, _) = self.log_keys(log);
@@ -502,6 +556,40 @@ impl SharedState for RedisStore {
             self.pubsub.subscribe(self.key(channel)).await;
         }
         Ok(sub)
+    }
+
+    async fn outbox_add(&self, tag: &OutboxTag, data: &[u8]) -> StoreResult<()> {
+        let mut c = self.conn();
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.outbox_key())
+            .arg("*")
+            .arg("k")
+            .arg(tag.kind)
+            .arg("s")
+            .arg(&tag.scope)
+            .arg("q")
+            .arg(0)
+            .arg("d")
+            .arg(data);
+        let _: redis::Value = self.run(cmd.query_async(&mut c)).await?;
+        Ok(())
+    }
+
+    async fn outbox_take(
+        &self,
+        consumer: &str,
+        max: usize,
+        reclaim_after: Duration,
+    ) -> StoreResult<Vec<OutboxEntry>> {
+        outbox::take(self, consumer, max, reclaim_after).await
+    }
+
+    async fn outbox_ack(&self, ids: &[String]) -> StoreResult<()> {
+        outbox::ack(self, ids).await
+    }
+
+    async fn outbox_stats(&self) -> StoreResult<OutboxStats> {
+        outbox::stats(self).await
     }
 
     async fn close(&self) {
