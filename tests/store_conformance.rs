@@ -10,14 +10,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use streamedge::store::memory::MemoryStore;
 use streamedge::store::redis::RedisStore;
+use streamedge::store::outbox_file::FileOutbox;
 use streamedge::store::{
-    decode_log_publish, AppendOptions, PubSubEvent, SharedState, Subscription,
+    decode_log_publish, AppendOptions, LogEntry, OutboxTag, PubSubEvent, SharedState,
+    Subscription,
 };
 
 type Store = Arc<dyn SharedState>;
 
 async fn memory() -> Store {
-    Arc::new(MemoryStore::new())
+    let dir = std::env::temp_dir().join(format!("streamedge-conf-{}", uuid::Uuid::new_v4().simple()));
+    let outbox = FileOutbox::open(&dir).expect("local outbox");
+    Arc::new(MemoryStore::with_outbox(Arc::new(outbox), Duration::from_millis(100)))
 }
 
 async fn redis_with_prefix(prefix: &str) -> Store {
@@ -510,18 +514,18 @@ async fn sorted_index_pages_descending(s: Store) {
 async fn compare_and_swap_publishes_once(s: Store) {
     let mut sub = s.subscribe("cas-events").await.unwrap();
     assert!(
-        !s.compare_and_swap("k", b"x", b"y", None, None)
+        !s.compare_and_swap("k", b"x", b"y", None, None, None)
             .await
             .unwrap(),
         "missing key"
     );
     s.set("k", b"v1", None).await.unwrap();
     assert!(!s
-        .compare_and_swap("k", b"other", b"v2", None, Some(("cas-events", b"lost")))
+        .compare_and_swap("k", b"other", b"v2", None, Some(("cas-events", b"lost")), None)
         .await
         .unwrap());
     assert!(s
-        .compare_and_swap("k", b"v1", b"v2", None, Some(("cas-events", b"won")))
+        .compare_and_swap("k", b"v1", b"v2", None, Some(("cas-events", b"won")), None)
         .await
         .unwrap());
     assert_eq!(s.get("k").await.unwrap().as_deref(), Some(&b"v2"[..]));
@@ -538,6 +542,7 @@ async fn compare_and_swap_publishes_once(s: Store) {
                 format!("w{i}").as_bytes(),
                 None,
                 Some(("cas-events", b"race")),
+                None,
             )
             .await
             .unwrap()
@@ -553,7 +558,7 @@ async fn compare_and_swap_publishes_once(s: Store) {
     // A TTL on the new value.
     s.set("t", b"a", None).await.unwrap();
     assert!(s
-        .compare_and_swap("t", b"a", b"b", Some(Duration::from_millis(200)), None)
+        .compare_and_swap("t", b"a", b"b", Some(Duration::from_millis(200)), None, None)
         .await
         .unwrap());
     assert!(common::eventually(WAIT, || async { s.get("t").await.unwrap().is_none() }).await);
@@ -582,6 +587,138 @@ async fn maxima_and_distinct_counts(s: Store) {
         })
         .await
     );
+}
+
+// --- outbox ----------------------------------------------------------------------------------
+
+const RECLAIM: Duration = Duration::from_secs(60);
+
+async fn outbox_records_atomic_steps(s: Store) {
+    assert_eq!(s.outbox_stats().await.unwrap().depth, 0);
+    let tag = OutboxTag::new("chat", "stream-1");
+    let o = AppendOptions {
+        outbox: Some(tag.clone()),
+        ..Default::default()
+    };
+    assert_eq!(s.log_append("ob", b"m1", &o).await.unwrap(), 1);
+    assert_eq!(s.log_append("ob", b"m2", &o).await.unwrap(), 2);
+    // A swap records its new value only when it swaps.
+    let st = OutboxTag::new("stream", "stream-1");
+    s.set("rec", b"v1", None).await.unwrap();
+    assert!(!s
+        .compare_and_swap("rec", b"nope", b"v2", None, None, Some(&st))
+        .await
+        .unwrap());
+    assert!(s
+        .compare_and_swap("rec", b"v1", b"v2", None, None, Some(&st))
+        .await
+        .unwrap());
+    s.outbox_add(&OutboxTag::new("moderation", "stream-1"), b"{}")
+        .await
+        .unwrap();
+    let stats = s.outbox_stats().await.unwrap();
+    assert_eq!(stats.depth, 4);
+    assert!(stats.oldest_added_ms.is_some());
+    let got = s.outbox_take("w1", 10, RECLAIM).await.unwrap();
+    let summary: Vec<(String, String, u64, Vec<u8>)> = got
+        .iter()
+        .map(|e| (e.kind.clone(), e.scope.clone(), e.seq, e.data.to_vec()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("chat".into(), "stream-1".into(), 1, b"m1".to_vec()),
+            ("chat".into(), "stream-1".into(), 2, b"m2".to_vec()),
+            ("stream".into(), "stream-1".into(), 0, b"v2".to_vec()),
+            ("moderation".into(), "stream-1".into(), 0, b"{}".to_vec()),
+        ]
+    );
+    // Taken but not confirmed: still counted, not handed out again to the same reader.
+    assert_eq!(s.outbox_stats().await.unwrap().depth, 4);
+    assert!(s.outbox_take("w1", 10, RECLAIM).await.unwrap().is_empty());
+    let ids: Vec<String> = got.iter().map(|e| e.id.clone()).collect();
+    s.outbox_ack(&ids[..2]).await.unwrap();
+    assert_eq!(s.outbox_stats().await.unwrap().depth, 2);
+    s.outbox_ack(&ids[2..]).await.unwrap();
+    let stats = s.outbox_stats().await.unwrap();
+    assert_eq!(stats.depth, 0);
+    assert_eq!(stats.oldest_added_ms, None);
+}
+
+async fn outbox_hands_each_record_to_one_reader(s: Store) {
+    let tag = OutboxTag::new("chat", "s");
+    let o = AppendOptions {
+        outbox: Some(tag),
+        ..Default::default()
+    };
+    for i in 0..200 {
+        s.log_append("ob2", format!("m{i}").as_bytes(), &o)
+            .await
+            .unwrap();
+    }
+    let mut readers = Vec::new();
+    for r in 0..3 {
+        let s = s.clone();
+        readers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            loop {
+                let got = s.outbox_take(&format!("r{r}"), 7, RECLAIM).await.unwrap();
+                if got.is_empty() {
+                    return seen;
+                }
+                let ids: Vec<String> = got.iter().map(|e| e.id.clone()).collect();
+                seen.extend(got.into_iter().map(|e| e.seq));
+                s.outbox_ack(&ids).await.unwrap();
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for r in readers {
+        all.extend(r.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=200).collect::<Vec<u64>>());
+    assert_eq!(s.outbox_stats().await.unwrap().depth, 0);
+}
+
+async fn log_restore_continues_the_sequence(s: Store) {
+    let entries: Vec<LogEntry> = (8..=10)
+        .map(|i| LogEntry {
+            seq: i,
+            payload: Bytes::from(format!("old{i}")),
+        })
+        .collect();
+    let o = AppendOptions {
+        max_len: 2,
+        keep_seq: true,
+        ..Default::default()
+    };
+    s.log_restore("rl", &entries, 12, &o).await.unwrap();
+    assert_eq!(s.log_last_seq("rl").await.unwrap(), 12);
+    let got: Vec<u64> = s.log_after("rl", 0, 10).await.unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(got, vec![9, 10]);
+    assert_eq!(s.log_append("rl", b"new", &o).await.unwrap(), 13);
+    // Repeating it (another node racing) changes nothing.
+    s.log_restore("rl", &entries, 12, &o).await.unwrap();
+    assert_eq!(s.log_last_seq("rl").await.unwrap(), 13);
+    let got: Vec<u64> = s.log_after("rl", 0, 10).await.unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(got, vec![10, 13]);
+}
+
+async fn log_keep_seq_survives_expiry(s: Store) {
+    let o = AppendOptions {
+        ttl: Some(Duration::from_millis(300)),
+        keep_seq: true,
+        ..Default::default()
+    };
+    s.log_append("ks", b"a", &o).await.unwrap();
+    assert_eq!(s.log_append("ks", b"b", &o).await.unwrap(), 2);
+    assert!(
+        common::eventually(WAIT, || async { s.log_after("ks", 0, 10).await.unwrap().is_empty() })
+            .await,
+        "entries never expired"
+    );
+    assert_eq!(s.log_append("ks", b"c", &o).await.unwrap(), 3);
 }
 
 macro_rules! conformance {
@@ -627,7 +764,46 @@ conformance!(
     sorted_index_pages_descending,
     compare_and_swap_publishes_once,
     maxima_and_distinct_counts,
+    outbox_records_atomic_steps,
+    outbox_hands_each_record_to_one_reader,
+    log_restore_continues_the_sequence,
+    log_keep_seq_survives_expiry,
 );
+
+/// Records a writer took but never confirmed (its node died) go to another writer once
+/// they have been idle for the reclaim time.
+#[tokio::test]
+async fn redis_outbox_records_of_a_dead_reader_are_taken_over() {
+    let s = redis().await;
+    for i in 0..5 {
+        s.outbox_add(&OutboxTag::new("chat", "s"), format!("r{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    let dead = s.outbox_take("dead-node-0", 3, RECLAIM).await.unwrap();
+    assert_eq!(dead.len(), 3);
+    // Not yet idle long enough: the other reader gets only the untaken two.
+    let live = s.outbox_take("live-node-0", 10, Duration::from_millis(300)).await.unwrap();
+    assert_eq!(live.len(), 2);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut taken = Vec::new();
+    for _ in 0..5 {
+        taken.extend(s.outbox_take("live-node-0", 10, Duration::from_millis(300)).await.unwrap());
+        if dead.iter().all(|d| taken.iter().any(|t| t.id == d.id)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every record idle that long is handed out again (the live reader's own unconfirmed
+    // ones too: writing twice is harmless), so the dead reader's are among them.
+    let a: BTreeSet<String> = taken.iter().map(|e| e.id.clone()).collect();
+    let b: BTreeSet<String> = dead.iter().map(|e| e.id.clone()).collect();
+    assert!(a.is_superset(&b), "the dead reader's records were not taken over");
+    let all: Vec<String> = a.into_iter().chain(live.iter().map(|e| e.id.clone())).collect();
+    s.outbox_ack(&all).await.unwrap();
+    assert_eq!(s.outbox_stats().await.unwrap().depth, 0);
+    s.close().await;
+}
 
 /// Two Redis-backed nodes share state and see each other's publishes.
 #[tokio::test]
