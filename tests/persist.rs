@@ -1,0 +1,514 @@
+//! Persistence to PostgreSQL against real servers: the schema and its Row Level Security,
+//! zero loss through a PostgreSQL outage, a killed node and a restart without Redis,
+//! restoring after Redis lost its data, and session exports.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{NodeProcess, PgServer, RedisServer, TestNode};
+use reqwest::Method;
+use serde_json::{json, Value};
+use streamedge::config::{Config, Secret};
+use uuid::Uuid;
+
+const T: Duration = Duration::from_secs(60);
+
+fn persist_config(db: &str) -> Config {
+    let mut c = common::test_config();
+    c.persist.database_url = Secret::new(db);
+    c.persist.poll_interval = Duration::from_millis(20);
+    c.persist.retry_initial = Duration::from_millis(50);
+    c.persist.retry_max = Duration::from_millis(500);
+    c.persist.reclaim_after = Duration::from_secs(1);
+    c.chat.user_per_sec = 0.0;
+    c
+}
+
+fn persist_env(db: &str, redis_url: &str, prefix: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("STREAMEDGE_REDIS__URL", redis_url.to_string()),
+        ("STREAMEDGE_REDIS__KEY_PREFIX", prefix.to_string()),
+        ("STREAMEDGE_PERSIST__DATABASE_URL", db.to_string()),
+        ("STREAMEDGE_PERSIST__POLL_INTERVAL", "20ms".into()),
+        ("STREAMEDGE_PERSIST__RETRY_INITIAL", "50ms".into()),
+        ("STREAMEDGE_PERSIST__RETRY_MAX", "500ms".into()),
+        ("STREAMEDGE_PERSIST__RECLAIM_AFTER", "1s".into()),
+        ("STREAMEDGE_CHAT__USER_PER_SEC", "0".into()),
+    ]
+}
+
+async fn count(db: &str, sql: &str) -> i64 {
+    common::pg(db).await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Waits until `sql` (a count) returns `want`.
+async fn wait_count(db: &str, sql: &str, want: i64) {
+    let mut last = -1;
+    let ok = common::eventually(T, || {
+        let sql = sql.to_string();
+        let db = db.to_string();
+        async move {
+            let n = count(&db, &sql).await;
+            n == want
+        }
+    })
+    .await;
+    if !ok {
+        last = count(db, sql).await;
+    }
+    assert!(ok, "{sql}: {last}, wanted {want}");
+}
+
+/// Creates a stream as `seller` and starts its session.
+async fn live_stream(api: &str, seller: &str) -> Uuid {
+    let id = common::create_stream(&format!("{api}/v1/streams"), &common::seller(seller)).await;
+    let (st, body) = common::call(
+        Method::POST,
+        &format!("{api}/v1/streams/{id}/session/start"),
+        &common::seller(seller),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    id
+}
+
+/// Sends `n` messages numbered from `from`, each acknowledged.
+async fn send_many(ws: &mut common::Ws, from: usize, n: usize) -> Vec<u64> {
+    let mut seqs = Vec::with_capacity(n);
+    for i in from..from + n {
+        let ack = common::send_and_ack(ws, &format!("m{i}"), &format!("message {i}")).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        seqs.push(ack["seq"].as_u64().unwrap());
+    }
+    seqs
+}
+
+#[tokio::test]
+async fn migrate_cli_is_idempotent_and_row_level_security_holds() {
+    let server = common::database_url();
+    let name = format!("se_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    common::pg(&server)
+        .await
+        .batch_execute(&format!("create database {name}"))
+        .await
+        .unwrap();
+    let db = common::with_database(&server, &name);
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_streamedge"))
+            .args(["migrate", "--auth-shim", "--database-url", &db])
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied 20261122000000_streamedge_init"));
+    let second = run();
+    assert!(second.status.success());
+    assert_eq!(String::from_utf8_lossy(&second.stdout).trim(), "schema up to date");
+
+    let (seller_a, seller_b, buyer) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let (live, idle) = (Uuid::new_v4(), Uuid::new_v4());
+    let c = common::pg(&db).await;
+    c.batch_execute(&format!(
+        "insert into streams (id, owner_id, title, state, created_at, updated_at, record) values
+           ('{live}', '{seller_a}', 'live one', 'live', now(), now(), '{{}}'),
+           ('{idle}', '{seller_b}', 'idle one', 'idle', now(), now(), '{{}}');
+         insert into chat_messages (stream_id, seq, id, user_id, body, client_msg_id, sent_at, deleted_at) values
+           ('{live}', 1, gen_random_uuid(), 'u', 'visible', 'c1', now(), null),
+           ('{live}', 2, gen_random_uuid(), 'u', 'deleted', 'c2', now(), now()),
+           ('{idle}', 1, gen_random_uuid(), 'u', 'not live', 'c3', now(), null);
+         insert into viewer_stats values
+           (gen_random_uuid(), '{live}', '{seller_a}', 10, 20, 30, 1000, now()),
+           (gen_random_uuid(), '{idle}', '{seller_b}', 1, 2, 3, 1000, now());
+         insert into stream_sessions (id, stream_id, owner_id, state, started_at) values
+           (gen_random_uuid(), '{live}', '{seller_a}', 'live', now());"
+    ))
+    .await
+    .unwrap();
+
+    // Runs `sql` as a signed-in user with the given `sub`, the way PostgREST does.
+    async fn as_user(db: &str, role: &str, sub: Option<Uuid>, sql: &str) -> Result<i64, String> {
+        let mut c = common::pg(db).await;
+        let tx = c.transaction().await.unwrap();
+        tx.batch_execute(&format!("set local role {role}")).await.unwrap();
+        if let Some(sub) = sub {
+            tx.execute(
+                "select set_config('request.jwt.claims', $1, true)",
+                &[&json!({"sub": sub, "role": role}).to_string()],
+            )
+            .await
+            .unwrap();
+        }
+        match tx.query_one(sql, &[]).await {
+            Ok(r) => Ok(r.get(0)),
+            Err(e) => Err(e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_default()),
+        }
+    }
+    let n = |sql: &str| sql.to_string();
+    // A buyer: live streams and their visible chat; nobody's statistics or sessions.
+    assert_eq!(as_user(&db, "authenticated", Some(buyer), &n("select count(*) from streams")).await, Ok(1));
+    assert_eq!(
+        as_user(&db, "authenticated", Some(buyer), &n("select count(*) from chat_messages")).await,
+        Ok(1)
+    );
+    assert_eq!(as_user(&db, "authenticated", Some(buyer), &n("select count(*) from viewer_stats")).await, Ok(0));
+    assert_eq!(as_user(&db, "authenticated", Some(buyer), &n("select count(*) from stream_sessions")).await, Ok(0));
+    // A seller: their own statistics only, and their own idle stream's chat.
+    assert_eq!(as_user(&db, "authenticated", Some(seller_a), &n("select count(*) from viewer_stats")).await, Ok(1));
+    assert_eq!(
+        as_user(&db, "authenticated", Some(seller_a), &n("select sum(peak_viewers)::int8 from viewer_stats")).await,
+        Ok(10)
+    );
+    assert_eq!(as_user(&db, "authenticated", Some(seller_b), &n("select count(*) from chat_messages")).await, Ok(2));
+    assert_eq!(as_user(&db, "authenticated", Some(seller_a), &n("select count(*) from stream_sessions")).await, Ok(1));
+    // Signed out: nothing.
+    assert_eq!(as_user(&db, "anon", None, &n("select count(*) from streams")).await, Ok(0));
+    // Writes: refused for everyone but the service role.
+    let insert = format!(
+        "with i as (insert into chat_messages (stream_id, seq, id, user_id, body, client_msg_id, sent_at)
+           values ('{live}', 99, gen_random_uuid(), 'x', 'forged', 'f', now()) returning 1)
+         select count(*) from i"
+    );
+    assert_eq!(as_user(&db, "authenticated", Some(seller_a), &insert).await, Err("42501".into()));
+    assert_eq!(as_user(&db, "anon", None, &insert).await, Err("42501".into()));
+    let stats = format!(
+        "with i as (insert into viewer_stats values (gen_random_uuid(), '{live}', '{buyer}', 1, 1, 1, 1, now())
+           returning 1) select count(*) from i"
+    );
+    assert_eq!(as_user(&db, "authenticated", Some(buyer), &stats).await, Err("42501".into()));
+    assert_eq!(as_user(&db, "service_role", None, &insert).await, Ok(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_message_is_persisted_once_through_a_postgresql_outage() {
+    let mut pg = PgServer::start();
+    let db = common::fresh_database_on(&pg.url()).await;
+    let mut cfg = persist_config(&db);
+    cfg.redis.url = common::redis_url();
+    let node = TestNode::start(cfg).await;
+    let api = node.api_url("");
+    let stream = live_stream(&api, "seller-pg").await;
+    let (mut ws, _) = common::join_with(node.api, &stream, &common::buyer("talker")).await;
+
+    let mut seqs = send_many(&mut ws, 0, 100).await;
+    wait_count(&db, "select count(*) from chat_messages", 100).await;
+    pg.stop();
+    // Chat goes on while PostgreSQL is down.
+    seqs.extend(send_many(&mut ws, 100, 100).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pg.restart();
+    seqs.extend(send_many(&mut ws, 200, 100).await);
+    assert_eq!(seqs, (1..=300).collect::<Vec<u64>>());
+
+    wait_count(&db, "select count(*) from chat_messages", 300).await;
+    let c = common::pg(&db).await;
+    let r = c
+        .query_one(
+            "select count(distinct seq), min(seq), max(seq),
+                    count(*) filter (where body = 'message ' || (seq - 1)) from chat_messages",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2), r.get::<_, i64>(3)),
+        (300, 1, 300, 300)
+    );
+    // The stream and its session were persisted too.
+    wait_count(
+        &db,
+        &format!("select count(*) from streams where id = '{stream}' and state = 'live'"),
+        1,
+    )
+    .await;
+    wait_count(&db, "select count(*) from stream_sessions where state = 'live'", 1).await;
+    let metrics = reqwest::get(node.admin_url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("streamedge_persist_retries_total") && !l.ends_with(" 0")),
+        "no retries counted during the outage"
+    );
+    drop(ws);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_a_killed_node_took_are_persisted_by_another_node() {
+    let db = common::fresh_database().await;
+    let prefix = common::test_config().redis.key_prefix;
+    // Node A cannot reach PostgreSQL: its writers take records and hold them.
+    let unreachable = format!("postgres://postgres@127.0.0.1:{}/postgres", common::free_port());
+    let a = NodeProcess::spawn(&persist_env(&unreachable, &common::redis_url(), &prefix));
+    let stream = live_stream(&a.api_url(""), "seller-kill").await;
+    let (mut ws, _) = common::join_with(a.api, &stream, &common::buyer("talker")).await;
+    let seqs = send_many(&mut ws, 0, 50).await;
+    assert_eq!(seqs.len(), 50);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.signal("KILL");
+    drop(ws);
+    drop(a);
+    assert_eq!(count(&db, "select count(*) from chat_messages").await, 0);
+    // Node B shares Redis and reaches PostgreSQL: it takes the records over.
+    let b = NodeProcess::spawn(&persist_env(&db, &common::redis_url(), &prefix));
+    wait_count(&db, "select count(*) from chat_messages", 50).await;
+    wait_count(&db, "select count(distinct seq) from chat_messages", 50).await;
+    wait_count(&db, &format!("select count(*) from streams where id = '{stream}'"), 1).await;
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_the_local_outbox_is_replayed_after_a_crash() {
+    let mut pg = PgServer::start();
+    let db = common::fresh_database_on(&pg.url()).await;
+    pg.stop();
+    let outbox = std::env::temp_dir().join(format!("se-outbox-{}", Uuid::new_v4().simple()));
+    let env = vec![
+        ("STREAMEDGE_PERSIST__DATABASE_URL", db.clone()),
+        ("STREAMEDGE_PERSIST__LOCAL_OUTBOX_DIR", outbox.display().to_string()),
+        ("STREAMEDGE_PERSIST__POLL_INTERVAL", "20ms".to_string()),
+        ("STREAMEDGE_PERSIST__RETRY_MAX", "300ms".to_string()),
+        ("STREAMEDGE_CHAT__USER_PER_SEC", "0".to_string()),
+    ];
+    let node = NodeProcess::spawn(&env);
+    let stream = live_stream(&node.api_url(""), "seller-local").await;
+    let (mut ws, _) = common::join_with(node.api, &stream, &common::buyer("talker")).await;
+    let seqs = send_many(&mut ws, 0, 40).await;
+    assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
+    node.signal("KILL");
+    drop(ws);
+    drop(node);
+    pg.restart();
+    let node = NodeProcess::spawn(&env);
+    wait_count(&db, "select count(*) from chat_messages", 40).await;
+    wait_count(&db, &format!("select count(*) from streams where id = '{stream}'"), 1).await;
+    // Replayed once: the outbox is confirmed and a second restart writes nothing new.
+    common::eventually(T, || async {
+        reqwest::get(format!("http://{}/metrics", node.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .lines()
+            .any(|l| l == "streamedge_persist_outbox_depth 0")
+    })
+    .await;
+    drop(node);
+    let _node = NodeProcess::spawn(&env);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(&db, "select count(*) from chat_messages").await, 40);
+    let _ = std::fs::remove_dir_all(&outbox);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_loses_its_data_streams_history_bans_and_sequence_come_back() {
+    let mut redis = RedisServer::start();
+    let db = common::fresh_database().await;
+    let mut cfg = persist_config(&db);
+    cfg.redis.url = redis.url();
+    cfg.chat.history_size = 20;
+    let node = TestNode::start(cfg).await;
+    let api = node.api_url("");
+    let seller = common::seller("seller-restore");
+    let stream = live_stream(&api, "seller-restore").await;
+    let (mut ws, _) = common::join_with(node.api, &stream, &common::buyer("talker")).await;
+    send_many(&mut ws, 0, 30).await;
+    drop(ws);
+    let (st, _) = common::call(Method::PUT, &format!("{api}/v1/streams/{stream}/bans/spammer"), &seller, None).await;
+    assert_eq!(st, 200);
+    let (st, _) = common::call(Method::DELETE, &format!("{api}/v1/streams/{stream}/messages/5"), &seller, None).await;
+    assert_eq!(st, 204);
+    wait_count(&db, "select count(*) from chat_messages", 30).await;
+    wait_count(&db, "select count(*) from chat_messages where deleted_at is not null", 1).await;
+    wait_count(&db, "select count(*) from moderation_actions", 2).await;
+
+    // Redis restarts empty.
+    redis.stop();
+    redis.restart();
+    assert!(
+        common::eventually(T, || async {
+            reqwest::get(node.admin_url("/readyz")).await.is_ok_and(|r| r.status() == 200)
+        })
+        .await
+    );
+    let (st, body) = common::call(Method::GET, &format!("{api}/v1/streams/{stream}"), &seller, None).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["state"], "live");
+    assert_eq!(body["owner_id"], "seller-restore");
+
+    // History: the newest 20 from the restored shared history, older ones from PostgreSQL.
+    let mut seen = Vec::new();
+    let mut url = format!("{api}/v1/streams/{stream}/messages?limit=8");
+    loop {
+        let (st, page) = common::call(Method::GET, &url, &seller, None).await;
+        assert_eq!(st, 200, "{page}");
+        for m in page["messages"].as_array().unwrap() {
+            seen.push(m["seq"].as_u64().unwrap());
+            assert_eq!(m["body"], format!("message {}", m["seq"].as_u64().unwrap() - 1));
+        }
+        match page["next_before_seq"].as_u64() {
+            Some(b) => url = format!("{api}/v1/streams/{stream}/messages?limit=8&before_seq={b}"),
+            None => break,
+        }
+    }
+    let want: Vec<u64> = (1..=30).rev().filter(|s| *s != 5).collect();
+    assert_eq!(seen, want);
+
+    // The ban still holds, and numbering continues after 30.
+    let (mut spam, _) = common::join_with(node.api, &stream, &common::buyer("spammer")).await;
+    let refused = common::send_and_ack(&mut spam, "s1", "hello").await;
+    assert_eq!(refused["code"], "banned", "{refused}");
+    let (mut ws, welcome) = common::join_with(node.api, &stream, &common::buyer("talker")).await;
+    assert_eq!(welcome["last_seq"], 30);
+    let ack = common::send_and_ack(&mut ws, "after-flush", "still here").await;
+    assert_eq!(ack["seq"], 31, "{ack}");
+    wait_count(&db, "select count(*) from chat_messages", 31).await;
+    drop((ws, spam));
+    node.shutdown().await.unwrap();
+}
+
+/// Splits RFC 4180 CSV into records of fields.
+fn parse_csv(s: &str) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    let mut row = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => row.push(std::mem::take(&mut field)),
+            (false, '\r') => {}
+            (false, '\n') => {
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_streams_a_sessions_summary_and_transcript_as_json_and_csv() {
+    let db = common::fresh_database().await;
+    let mut cfg = persist_config(&db);
+    cfg.redis.url = common::redis_url();
+    let node = TestNode::start(cfg).await;
+    let api = node.api_url("");
+    let seller = common::seller("seller-export");
+    let stream = live_stream(&api, "seller-export").await;
+    let (mut ws, _) = common::join_with(node.api, &stream, &common::buyer("buyer, \"quoted\"")).await;
+    let n = 2500;
+    let body = |i: usize| format!("#{i}: a, b and \"c\"");
+    for i in 0..n {
+        common::send_text(
+            &mut ws,
+            &json!({"type": "send", "client_msg_id": format!("e{i}"), "body": body(i)}).to_string(),
+        )
+        .await;
+    }
+    // The last ack means every message is sequenced.
+    loop {
+        let f = common::next_json(&mut ws, T).await;
+        if f["type"] == "ack" && f["client_msg_id"] == format!("e{}", n - 1) {
+            break;
+        }
+    }
+    let (st, ended) = common::call(Method::POST, &format!("{api}/v1/streams/{stream}/session/end"), &seller, None).await;
+    assert_eq!(st, 200);
+    let session = ended["stream"]["session"]["id"].as_str().unwrap().to_string();
+    wait_count(&db, "select count(*) from chat_messages", n as i64).await;
+    // An operator edited one archived message in Supabase to span two lines.
+    common::pg(&db)
+        .await
+        .execute("update chat_messages set body = 'line one\nline two' where seq = 7", &[])
+        .await
+        .unwrap();
+    let export = |format: &str| {
+        let url = format!("{api}/v1/streams/{stream}/sessions/{session}/export?format={format}");
+        let seller = seller.clone();
+        async move {
+            let r = reqwest::Client::new().get(url).bearer_auth(seller).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let ctype = r.headers()["content-type"].to_str().unwrap().to_string();
+            (ctype, r.text().await.unwrap())
+        }
+    };
+    let (ctype, text) = export("json").await;
+    assert_eq!(ctype, "application/json");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["summary"]["session_id"], session);
+    assert_eq!(v["summary"]["chat_messages"], n);
+    let msgs = v["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), n);
+    for (i, m) in msgs.iter().enumerate() {
+        assert_eq!(m["seq"], i + 1);
+        if i + 1 != 7 {
+            assert_eq!(m["body"], body(i));
+        }
+        assert_eq!(m["user"], "buyer, \"quoted\"");
+    }
+    assert_eq!(msgs[6]["body"], "line one\nline two");
+
+    let (ctype, text) = export("csv").await;
+    assert!(ctype.starts_with("text/csv"));
+    let rows = parse_csv(&text);
+    assert_eq!(rows[0], vec!["seq", "id", "user_id", "sent_at", "deleted", "body"]);
+    assert_eq!(rows.len(), n + 1);
+    for (i, r) in rows[1..].iter().enumerate() {
+        assert_eq!(r.len(), 6, "{r:?}");
+        assert_eq!(r[0], (i + 1).to_string());
+        assert_eq!(r[2], "buyer, \"quoted\"");
+        let want = if i + 1 == 7 { "line one\nline two".to_string() } else { body(i) };
+        assert_eq!(r[5], want);
+    }
+
+    // Only the owner exports; formats are checked.
+    let (st, body) = common::call(
+        Method::GET,
+        &format!("{api}/v1/streams/{stream}/sessions/{session}/export?format=json"),
+        &common::buyer("someone"),
+        None,
+    )
+    .await;
+    assert_eq!((st, body["code"].as_str()), (403, Some("not_owner")));
+    let (st, body) = common::call(
+        Method::GET,
+        &format!("{api}/v1/streams/{stream}/sessions/{session}/export?format=xml"),
+        &seller,
+        None,
+    )
+    .await;
+    assert_eq!((st, body["code"].as_str()), (400, Some("invalid_format")));
+    let (st, body) = common::call(
+        Method::GET,
+        &format!("{api}/v1/streams/{stream}/sessions/{}/export", Uuid::new_v4()),
+        &seller,
+        None,
+    )
+    .await;
+    assert_eq!((st, body["code"].as_str()), (404, Some("session_not_found")));
+    // The summary and viewer statistics reached PostgreSQL.
+    wait_count(
+        &db,
+        &format!("select count(*) from viewer_stats where session_id = '{session}' and chat_messages = {n}"),
+        1,
+    )
+    .await;
+    wait_count(
+        &db,
+        &format!("select count(*) from stream_sessions where id = '{session}' and state = 'ended' and summary is not null"),
+        1,
+    )
+    .await;
+    drop(ws);
+    node.shutdown().await.unwrap();
+}
