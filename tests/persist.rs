@@ -39,7 +39,12 @@ fn persist_env(db: &str, redis_url: &str, prefix: &str) -> Vec<(&'static str, St
 }
 
 async fn count(db: &str, sql: &str) -> i64 {
-    common::pg(db).await.query_one(sql, &[]).await.unwrap().get(0)
+    common::pg(db)
+        .await
+        .query_one(sql, &[])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// Waits until `sql` (a count) returns `want`.
@@ -102,11 +107,20 @@ async fn migrate_cli_is_idempotent_and_row_level_security_holds() {
             .unwrap()
     };
     let first = run();
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    assert!(String::from_utf8_lossy(&first.stdout).contains("applied 20261122000000_streamedge_init"));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("applied 20261122000000_streamedge_init")
+    );
     let second = run();
     assert!(second.status.success());
-    assert_eq!(String::from_utf8_lossy(&second.stdout).trim(), "schema up to date");
+    assert_eq!(
+        String::from_utf8_lossy(&second.stdout).trim(),
+        "schema up to date"
+    );
 
     let (seller_a, seller_b, buyer) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let (live, idle) = (Uuid::new_v4(), Uuid::new_v4());
@@ -132,7 +146,9 @@ async fn migrate_cli_is_idempotent_and_row_level_security_holds() {
     async fn as_user(db: &str, role: &str, sub: Option<Uuid>, sql: &str) -> Result<i64, String> {
         let mut c = common::pg(db).await;
         let tx = c.transaction().await.unwrap();
-        tx.batch_execute(&format!("set local role {role}")).await.unwrap();
+        tx.batch_execute(&format!("set local role {role}"))
+            .await
+            .unwrap();
         if let Some(sub) = sub {
             tx.execute(
                 "select set_config('request.jwt.claims', $1, true)",
@@ -143,41 +159,122 @@ async fn migrate_cli_is_idempotent_and_row_level_security_holds() {
         }
         match tx.query_one(sql, &[]).await {
             Ok(r) => Ok(r.get(0)),
-            Err(e) => Err(e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_default()),
+            Err(e) => Err(e
+                .as_db_error()
+                .map(|d| d.code().code().to_string())
+                .unwrap_or_default()),
         }
     }
     let n = |sql: &str| sql.to_string();
     // A buyer: live streams and their visible chat; nobody's statistics or sessions.
-    assert_eq!(as_user(&db, "authenticated", Some(buyer), &n("select count(*) from streams")).await, Ok(1));
     assert_eq!(
-        as_user(&db, "authenticated", Some(buyer), &n("select count(*) from chat_messages")).await,
+        as_user(
+            &db,
+            "authenticated",
+            Some(buyer),
+            &n("select count(*) from streams")
+        )
+        .await,
         Ok(1)
     );
-    assert_eq!(as_user(&db, "authenticated", Some(buyer), &n("select count(*) from viewer_stats")).await, Ok(0));
-    assert_eq!(as_user(&db, "authenticated", Some(buyer), &n("select count(*) from stream_sessions")).await, Ok(0));
-    // A seller: their own statistics only, and their own idle stream's chat.
-    assert_eq!(as_user(&db, "authenticated", Some(seller_a), &n("select count(*) from viewer_stats")).await, Ok(1));
     assert_eq!(
-        as_user(&db, "authenticated", Some(seller_a), &n("select sum(peak_viewers)::int8 from viewer_stats")).await,
+        as_user(
+            &db,
+            "authenticated",
+            Some(buyer),
+            &n("select count(*) from chat_messages")
+        )
+        .await,
+        Ok(1)
+    );
+    assert_eq!(
+        as_user(
+            &db,
+            "authenticated",
+            Some(buyer),
+            &n("select count(*) from viewer_stats")
+        )
+        .await,
+        Ok(0)
+    );
+    assert_eq!(
+        as_user(
+            &db,
+            "authenticated",
+            Some(buyer),
+            &n("select count(*) from stream_sessions")
+        )
+        .await,
+        Ok(0)
+    );
+    // A seller: their own statistics only, and their own idle stream's chat.
+    assert_eq!(
+        as_user(
+            &db,
+            "authenticated",
+            Some(seller_a),
+            &n("select count(*) from viewer_stats")
+        )
+        .await,
+        Ok(1)
+    );
+    assert_eq!(
+        as_user(
+            &db,
+            "authenticated",
+            Some(seller_a),
+            &n("select sum(peak_viewers)::int8 from viewer_stats")
+        )
+        .await,
         Ok(10)
     );
-    assert_eq!(as_user(&db, "authenticated", Some(seller_b), &n("select count(*) from chat_messages")).await, Ok(2));
-    assert_eq!(as_user(&db, "authenticated", Some(seller_a), &n("select count(*) from stream_sessions")).await, Ok(1));
+    assert_eq!(
+        as_user(
+            &db,
+            "authenticated",
+            Some(seller_b),
+            &n("select count(*) from chat_messages")
+        )
+        .await,
+        Ok(2)
+    );
+    assert_eq!(
+        as_user(
+            &db,
+            "authenticated",
+            Some(seller_a),
+            &n("select count(*) from stream_sessions")
+        )
+        .await,
+        Ok(1)
+    );
     // Signed out: nothing.
-    assert_eq!(as_user(&db, "anon", None, &n("select count(*) from streams")).await, Ok(0));
+    assert_eq!(
+        as_user(&db, "anon", None, &n("select count(*) from streams")).await,
+        Ok(0)
+    );
     // Writes: refused for everyone but the service role.
     let insert = format!(
         "with i as (insert into chat_messages (stream_id, seq, id, user_id, body, client_msg_id, sent_at)
            values ('{live}', 99, gen_random_uuid(), 'x', 'forged', 'f', now()) returning 1)
          select count(*) from i"
     );
-    assert_eq!(as_user(&db, "authenticated", Some(seller_a), &insert).await, Err("42501".into()));
-    assert_eq!(as_user(&db, "anon", None, &insert).await, Err("42501".into()));
+    assert_eq!(
+        as_user(&db, "authenticated", Some(seller_a), &insert).await,
+        Err("42501".into())
+    );
+    assert_eq!(
+        as_user(&db, "anon", None, &insert).await,
+        Err("42501".into())
+    );
     let stats = format!(
         "with i as (insert into viewer_stats values (gen_random_uuid(), '{live}', '{buyer}', 1, 1, 1, 1, now())
            returning 1) select count(*) from i"
     );
-    assert_eq!(as_user(&db, "authenticated", Some(buyer), &stats).await, Err("42501".into()));
+    assert_eq!(
+        as_user(&db, "authenticated", Some(buyer), &stats).await,
+        Err("42501".into())
+    );
     assert_eq!(as_user(&db, "service_role", None, &insert).await, Ok(1));
 }
 
@@ -213,7 +310,12 @@ async fn every_acknowledged_message_is_persisted_once_through_a_postgresql_outag
         .await
         .unwrap();
     assert_eq!(
-        (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2), r.get::<_, i64>(3)),
+        (
+            r.get::<_, i64>(0),
+            r.get::<_, i64>(1),
+            r.get::<_, i64>(2),
+            r.get::<_, i64>(3)
+        ),
         (300, 1, 300, 300)
     );
     // The stream and its session were persisted too.
@@ -223,10 +325,22 @@ async fn every_acknowledged_message_is_persisted_once_through_a_postgresql_outag
         1,
     )
     .await;
-    wait_count(&db, "select count(*) from stream_sessions where state = 'live'", 1).await;
-    let metrics = reqwest::get(node.admin_url("/metrics")).await.unwrap().text().await.unwrap();
+    wait_count(
+        &db,
+        "select count(*) from stream_sessions where state = 'live'",
+        1,
+    )
+    .await;
+    let metrics = reqwest::get(node.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
-        metrics.lines().any(|l| l.starts_with("streamedge_persist_retries_total") && !l.ends_with(" 0")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("streamedge_persist_retries_total") && !l.ends_with(" 0")),
         "no retries counted during the outage"
     );
     drop(ws);
@@ -238,7 +352,10 @@ async fn records_a_killed_node_took_are_persisted_by_another_node() {
     let db = common::fresh_database().await;
     let prefix = common::test_config().redis.key_prefix;
     // Node A cannot reach PostgreSQL: its writers take records and hold them.
-    let unreachable = format!("postgres://postgres@127.0.0.1:{}/postgres", common::free_port());
+    let unreachable = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres",
+        common::free_port()
+    );
     let a = NodeProcess::spawn(&persist_env(&unreachable, &common::redis_url(), &prefix));
     let stream = live_stream(&a.api_url(""), "seller-kill").await;
     let (mut ws, _) = common::join_with(a.api, &stream, &common::buyer("talker")).await;
@@ -253,7 +370,12 @@ async fn records_a_killed_node_took_are_persisted_by_another_node() {
     let b = NodeProcess::spawn(&persist_env(&db, &common::redis_url(), &prefix));
     wait_count(&db, "select count(*) from chat_messages", 50).await;
     wait_count(&db, "select count(distinct seq) from chat_messages", 50).await;
-    wait_count(&db, &format!("select count(*) from streams where id = '{stream}'"), 1).await;
+    wait_count(
+        &db,
+        &format!("select count(*) from streams where id = '{stream}'"),
+        1,
+    )
+    .await;
     drop(b);
 }
 
@@ -265,7 +387,10 @@ async fn without_redis_the_local_outbox_is_replayed_after_a_crash() {
     let outbox = std::env::temp_dir().join(format!("se-outbox-{}", Uuid::new_v4().simple()));
     let env = vec![
         ("STREAMEDGE_PERSIST__DATABASE_URL", db.clone()),
-        ("STREAMEDGE_PERSIST__LOCAL_OUTBOX_DIR", outbox.display().to_string()),
+        (
+            "STREAMEDGE_PERSIST__LOCAL_OUTBOX_DIR",
+            outbox.display().to_string(),
+        ),
         ("STREAMEDGE_PERSIST__POLL_INTERVAL", "20ms".to_string()),
         ("STREAMEDGE_PERSIST__RETRY_MAX", "300ms".to_string()),
         ("STREAMEDGE_CHAT__USER_PER_SEC", "0".to_string()),
@@ -281,7 +406,12 @@ async fn without_redis_the_local_outbox_is_replayed_after_a_crash() {
     pg.restart();
     let node = NodeProcess::spawn(&env);
     wait_count(&db, "select count(*) from chat_messages", 40).await;
-    wait_count(&db, &format!("select count(*) from streams where id = '{stream}'"), 1).await;
+    wait_count(
+        &db,
+        &format!("select count(*) from streams where id = '{stream}'"),
+        1,
+    )
+    .await;
     // Replayed once: the outbox is confirmed and a second restart writes nothing new.
     common::eventually(T, || async {
         reqwest::get(format!("http://{}/metrics", node.admin))
@@ -315,12 +445,29 @@ async fn after_redis_loses_its_data_streams_history_bans_and_sequence_come_back(
     let (mut ws, _) = common::join_with(node.api, &stream, &common::buyer("talker")).await;
     send_many(&mut ws, 0, 30).await;
     drop(ws);
-    let (st, _) = common::call(Method::PUT, &format!("{api}/v1/streams/{stream}/bans/spammer"), &seller, None).await;
+    let (st, _) = common::call(
+        Method::PUT,
+        &format!("{api}/v1/streams/{stream}/bans/spammer"),
+        &seller,
+        None,
+    )
+    .await;
     assert_eq!(st, 200);
-    let (st, _) = common::call(Method::DELETE, &format!("{api}/v1/streams/{stream}/messages/5"), &seller, None).await;
+    let (st, _) = common::call(
+        Method::DELETE,
+        &format!("{api}/v1/streams/{stream}/messages/5"),
+        &seller,
+        None,
+    )
+    .await;
     assert_eq!(st, 204);
     wait_count(&db, "select count(*) from chat_messages", 30).await;
-    wait_count(&db, "select count(*) from chat_messages where deleted_at is not null", 1).await;
+    wait_count(
+        &db,
+        "select count(*) from chat_messages where deleted_at is not null",
+        1,
+    )
+    .await;
     wait_count(&db, "select count(*) from moderation_actions", 2).await;
 
     // Redis restarts empty.
@@ -328,11 +475,19 @@ async fn after_redis_loses_its_data_streams_history_bans_and_sequence_come_back(
     redis.restart();
     assert!(
         common::eventually(T, || async {
-            reqwest::get(node.admin_url("/readyz")).await.is_ok_and(|r| r.status() == 200)
+            reqwest::get(node.admin_url("/readyz"))
+                .await
+                .is_ok_and(|r| r.status() == 200)
         })
         .await
     );
-    let (st, body) = common::call(Method::GET, &format!("{api}/v1/streams/{stream}"), &seller, None).await;
+    let (st, body) = common::call(
+        Method::GET,
+        &format!("{api}/v1/streams/{stream}"),
+        &seller,
+        None,
+    )
+    .await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["state"], "live");
     assert_eq!(body["owner_id"], "seller-restore");
@@ -345,7 +500,10 @@ async fn after_redis_loses_its_data_streams_history_bans_and_sequence_come_back(
         assert_eq!(st, 200, "{page}");
         for m in page["messages"].as_array().unwrap() {
             seen.push(m["seq"].as_u64().unwrap());
-            assert_eq!(m["body"], format!("message {}", m["seq"].as_u64().unwrap() - 1));
+            assert_eq!(
+                m["body"],
+                format!("message {}", m["seq"].as_u64().unwrap() - 1)
+            );
         }
         match page["next_before_seq"].as_u64() {
             Some(b) => url = format!("{api}/v1/streams/{stream}/messages?limit=8&before_seq={b}"),
@@ -405,7 +563,8 @@ async fn export_streams_a_sessions_summary_and_transcript_as_json_and_csv() {
     let api = node.api_url("");
     let seller = common::seller("seller-export");
     let stream = live_stream(&api, "seller-export").await;
-    let (mut ws, _) = common::join_with(node.api, &stream, &common::buyer("buyer, \"quoted\"")).await;
+    let (mut ws, _) =
+        common::join_with(node.api, &stream, &common::buyer("buyer, \"quoted\"")).await;
     let n = 2500;
     let body = |i: usize| format!("#{i}: a, b and \"c\"");
     for i in 0..n {
@@ -422,21 +581,38 @@ async fn export_streams_a_sessions_summary_and_transcript_as_json_and_csv() {
             break;
         }
     }
-    let (st, ended) = common::call(Method::POST, &format!("{api}/v1/streams/{stream}/session/end"), &seller, None).await;
+    let (st, ended) = common::call(
+        Method::POST,
+        &format!("{api}/v1/streams/{stream}/session/end"),
+        &seller,
+        None,
+    )
+    .await;
     assert_eq!(st, 200);
-    let session = ended["stream"]["session"]["id"].as_str().unwrap().to_string();
+    let session = ended["stream"]["session"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     wait_count(&db, "select count(*) from chat_messages", n as i64).await;
     // An operator edited one archived message in Supabase to span two lines.
     common::pg(&db)
         .await
-        .execute("update chat_messages set body = 'line one\nline two' where seq = 7", &[])
+        .execute(
+            "update chat_messages set body = 'line one\nline two' where seq = 7",
+            &[],
+        )
         .await
         .unwrap();
     let export = |format: &str| {
         let url = format!("{api}/v1/streams/{stream}/sessions/{session}/export?format={format}");
         let seller = seller.clone();
         async move {
-            let r = reqwest::Client::new().get(url).bearer_auth(seller).send().await.unwrap();
+            let r = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(seller)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 200);
             let ctype = r.headers()["content-type"].to_str().unwrap().to_string();
             (ctype, r.text().await.unwrap())
@@ -461,13 +637,20 @@ async fn export_streams_a_sessions_summary_and_transcript_as_json_and_csv() {
     let (ctype, text) = export("csv").await;
     assert!(ctype.starts_with("text/csv"));
     let rows = parse_csv(&text);
-    assert_eq!(rows[0], vec!["seq", "id", "user_id", "sent_at", "deleted", "body"]);
+    assert_eq!(
+        rows[0],
+        vec!["seq", "id", "user_id", "sent_at", "deleted", "body"]
+    );
     assert_eq!(rows.len(), n + 1);
     for (i, r) in rows[1..].iter().enumerate() {
         assert_eq!(r.len(), 6, "{r:?}");
         assert_eq!(r[0], (i + 1).to_string());
         assert_eq!(r[2], "buyer, \"quoted\"");
-        let want = if i + 1 == 7 { "line one\nline two".to_string() } else { body(i) };
+        let want = if i + 1 == 7 {
+            "line one\nline two".to_string()
+        } else {
+            body(i)
+        };
         assert_eq!(r[5], want);
     }
 
@@ -490,12 +673,18 @@ async fn export_streams_a_sessions_summary_and_transcript_as_json_and_csv() {
     assert_eq!((st, body["code"].as_str()), (400, Some("invalid_format")));
     let (st, body) = common::call(
         Method::GET,
-        &format!("{api}/v1/streams/{stream}/sessions/{}/export", Uuid::new_v4()),
+        &format!(
+            "{api}/v1/streams/{stream}/sessions/{}/export",
+            Uuid::new_v4()
+        ),
         &seller,
         None,
     )
     .await;
-    assert_eq!((st, body["code"].as_str()), (404, Some("session_not_found")));
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (404, Some("session_not_found"))
+    );
     // The summary and viewer statistics reached PostgreSQL.
     wait_count(
         &db,

@@ -9,19 +9,22 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use streamedge::store::memory::MemoryStore;
-use streamedge::store::redis::RedisStore;
 use streamedge::store::outbox_file::FileOutbox;
+use streamedge::store::redis::RedisStore;
 use streamedge::store::{
-    decode_log_publish, AppendOptions, LogEntry, OutboxTag, PubSubEvent, SharedState,
-    Subscription,
+    decode_log_publish, AppendOptions, LogEntry, OutboxTag, PubSubEvent, SharedState, Subscription,
 };
 
 type Store = Arc<dyn SharedState>;
 
 async fn memory() -> Store {
-    let dir = std::env::temp_dir().join(format!("streamedge-conf-{}", uuid::Uuid::new_v4().simple()));
+    let dir =
+        std::env::temp_dir().join(format!("streamedge-conf-{}", uuid::Uuid::new_v4().simple()));
     let outbox = FileOutbox::open(&dir).expect("local outbox");
-    Arc::new(MemoryStore::with_outbox(Arc::new(outbox), Duration::from_millis(100)))
+    Arc::new(MemoryStore::with_outbox(
+        Arc::new(outbox),
+        Duration::from_millis(100),
+    ))
 }
 
 async fn redis_with_prefix(prefix: &str) -> Store {
@@ -521,7 +524,14 @@ async fn compare_and_swap_publishes_once(s: Store) {
     );
     s.set("k", b"v1", None).await.unwrap();
     assert!(!s
-        .compare_and_swap("k", b"other", b"v2", None, Some(("cas-events", b"lost")), None)
+        .compare_and_swap(
+            "k",
+            b"other",
+            b"v2",
+            None,
+            Some(("cas-events", b"lost")),
+            None
+        )
         .await
         .unwrap());
     assert!(s
@@ -558,7 +568,14 @@ async fn compare_and_swap_publishes_once(s: Store) {
     // A TTL on the new value.
     s.set("t", b"a", None).await.unwrap();
     assert!(s
-        .compare_and_swap("t", b"a", b"b", Some(Duration::from_millis(200)), None, None)
+        .compare_and_swap(
+            "t",
+            b"a",
+            b"b",
+            Some(Duration::from_millis(200)),
+            None,
+            None
+        )
         .await
         .unwrap());
     assert!(common::eventually(WAIT, || async { s.get("t").await.unwrap().is_none() }).await);
@@ -695,13 +712,25 @@ async fn log_restore_continues_the_sequence(s: Store) {
     };
     s.log_restore("rl", &entries, 12, &o).await.unwrap();
     assert_eq!(s.log_last_seq("rl").await.unwrap(), 12);
-    let got: Vec<u64> = s.log_after("rl", 0, 10).await.unwrap().iter().map(|e| e.seq).collect();
+    let got: Vec<u64> = s
+        .log_after("rl", 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
     assert_eq!(got, vec![9, 10]);
     assert_eq!(s.log_append("rl", b"new", &o).await.unwrap(), 13);
     // Repeating it (another node racing) changes nothing.
     s.log_restore("rl", &entries, 12, &o).await.unwrap();
     assert_eq!(s.log_last_seq("rl").await.unwrap(), 13);
-    let got: Vec<u64> = s.log_after("rl", 0, 10).await.unwrap().iter().map(|e| e.seq).collect();
+    let got: Vec<u64> = s
+        .log_after("rl", 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
     assert_eq!(got, vec![10, 13]);
 }
 
@@ -714,8 +743,10 @@ async fn log_keep_seq_survives_expiry(s: Store) {
     s.log_append("ks", b"a", &o).await.unwrap();
     assert_eq!(s.log_append("ks", b"b", &o).await.unwrap(), 2);
     assert!(
-        common::eventually(WAIT, || async { s.log_after("ks", 0, 10).await.unwrap().is_empty() })
-            .await,
+        common::eventually(WAIT, || async {
+            s.log_after("ks", 0, 10).await.unwrap().is_empty()
+        })
+        .await,
         "entries never expired"
     );
     assert_eq!(s.log_append("ks", b"c", &o).await.unwrap(), 3);
@@ -783,12 +814,19 @@ async fn redis_outbox_records_of_a_dead_reader_are_taken_over() {
     let dead = s.outbox_take("dead-node-0", 3, RECLAIM).await.unwrap();
     assert_eq!(dead.len(), 3);
     // Not yet idle long enough: the other reader gets only the untaken two.
-    let live = s.outbox_take("live-node-0", 10, Duration::from_millis(300)).await.unwrap();
+    let live = s
+        .outbox_take("live-node-0", 10, Duration::from_millis(300))
+        .await
+        .unwrap();
     assert_eq!(live.len(), 2);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let mut taken = Vec::new();
     for _ in 0..5 {
-        taken.extend(s.outbox_take("live-node-0", 10, Duration::from_millis(300)).await.unwrap());
+        taken.extend(
+            s.outbox_take("live-node-0", 10, Duration::from_millis(300))
+                .await
+                .unwrap(),
+        );
         if dead.iter().all(|d| taken.iter().any(|t| t.id == d.id)) {
             break;
         }
@@ -798,8 +836,14 @@ async fn redis_outbox_records_of_a_dead_reader_are_taken_over() {
     // ones too: writing twice is harmless), so the dead reader's are among them.
     let a: BTreeSet<String> = taken.iter().map(|e| e.id.clone()).collect();
     let b: BTreeSet<String> = dead.iter().map(|e| e.id.clone()).collect();
-    assert!(a.is_superset(&b), "the dead reader's records were not taken over");
-    let all: Vec<String> = a.into_iter().chain(live.iter().map(|e| e.id.clone())).collect();
+    assert!(
+        a.is_superset(&b),
+        "the dead reader's records were not taken over"
+    );
+    let all: Vec<String> = a
+        .into_iter()
+        .chain(live.iter().map(|e| e.id.clone()))
+        .collect();
     s.outbox_ack(&all).await.unwrap();
     assert_eq!(s.outbox_stats().await.unwrap().depth, 0);
     s.close().await;

@@ -128,10 +128,7 @@ pub async fn export(
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, stream = %source.stream, "export stopped: archive unreadable");
-                    return Some((
-                        Err(std::io::Error::other(e.to_string())),
-                        None,
-                    ));
+                    return Some((Err(std::io::Error::other(e.to_string())), None));
                 }
             };
             if page.is_empty() {
@@ -215,8 +212,7 @@ impl Source {
             if e.seq > self.upto || merged.contains_key(&e.seq) {
                 continue;
             }
-            if let Ok(m) = serde_json::from_slice::<crate::chat::model::StoredMessage>(&e.payload)
-            {
+            if let Ok(m) = serde_json::from_slice::<crate::chat::model::StoredMessage>(&e.payload) {
                 merged.insert(
                     e.seq,
                     ArchivedMessage {

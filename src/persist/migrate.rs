@@ -18,7 +18,10 @@ const LOCK_KEY: i64 = 0x5354_4544_4745;
 
 /// Applies the migrations not applied yet; returns their versions. With `auth_shim`, first
 /// creates the Supabase roles and `auth.uid()` when the `auth` schema is missing.
-pub async fn run(client: &mut tokio_postgres::Client, auth_shim: bool) -> anyhow::Result<Vec<String>> {
+pub async fn run(
+    client: &mut tokio_postgres::Client,
+    auth_shim: bool,
+) -> anyhow::Result<Vec<String>> {
     let tx = client.transaction().await?;
     tx.execute("select pg_advisory_xact_lock($1)", &[&LOCK_KEY])
         .await?;
@@ -83,7 +86,10 @@ mod tests {
             .map(|n| n.trim_end_matches(".sql").to_string())
             .collect();
         files.sort();
-        let embedded: Vec<String> = super::MIGRATIONS.iter().map(|(v, _)| v.to_string()).collect();
+        let embedded: Vec<String> = super::MIGRATIONS
+            .iter()
+            .map(|(v, _)| v.to_string())
+            .collect();
         assert_eq!(files, embedded);
     }
 }

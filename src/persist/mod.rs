@@ -158,7 +158,11 @@ impl Persistence {
         while !stop.is_cancelled() {
             let entries = match self
                 .store
-                .outbox_take(&consumer, self.cfg.batch_max_records, self.cfg.reclaim_after)
+                .outbox_take(
+                    &consumer,
+                    self.cfg.batch_max_records,
+                    self.cfg.reclaim_after,
+                )
                 .await
             {
                 Ok(e) => {
@@ -213,7 +217,11 @@ impl Persistence {
                         lag.record(now.saturating_sub(e.added_ms) as f64 / 1000.0);
                     }
                     if attempts > 0 {
-                        tracing::info!(attempts, records = entries.len(), "PostgreSQL write succeeded after retries");
+                        tracing::info!(
+                            attempts,
+                            records = entries.len(),
+                            "PostgreSQL write succeeded after retries"
+                        );
                     }
                     return true;
                 }

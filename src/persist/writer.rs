@@ -122,7 +122,10 @@ impl Batch {
     }
 
     /// Writes the batch in one transaction.
-    pub async fn write(&self, client: &mut tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    pub async fn write(
+        &self,
+        client: &mut tokio_postgres::Client,
+    ) -> Result<(), tokio_postgres::Error> {
         let tx = client.transaction().await?;
         if !self.chat.seq.is_empty() {
             let c = &self.chat;

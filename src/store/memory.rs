@@ -561,7 +561,8 @@ impl SharedState for MemoryStore {
         let l = inner.logs.entry(log.to_string()).or_default();
         l.last_seq = l.last_seq.max(last_seq);
         if l.entries.is_empty() {
-            l.entries.extend(entries.iter().filter(|e| e.seq <= l.last_seq).cloned());
+            l.entries
+                .extend(entries.iter().filter(|e| e.seq <= l.last_seq).cloned());
             if opts.max_len > 0 {
                 while l.entries.len() > opts.max_len {
                     l.entries.pop_front();

@@ -268,8 +268,8 @@ pub trait SharedState: Send + Sync + 'static {
 pub async fn from_config(config: &Config) -> StoreResult<Arc<dyn SharedState>> {
     if config.redis.url.is_empty() {
         if config.persist.enabled() {
-            let outbox = outbox_file::FileOutbox::open(&config.persist.local_outbox_dir)
-                .map_err(|e| {
+            let outbox =
+                outbox_file::FileOutbox::open(&config.persist.local_outbox_dir).map_err(|e| {
                     StoreError::Backend(format!(
                         "local outbox {}: {e}",
                         config.persist.local_outbox_dir.display()

@@ -142,7 +142,12 @@ pub fn rfc3339(ms: u64) -> String {
 /// Reads back what [`rfc3339`] writes (`YYYY-MM-DDTHH:MM:SS.mmmZ`) as Unix milliseconds.
 pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
     let b = s.as_bytes();
-    if b.len() != 24 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[19] != b'.' || b[23] != b'Z'
+    if b.len() != 24
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[19] != b'.'
+        || b[23] != b'Z'
     {
         return None;
     }
@@ -170,7 +175,13 @@ mod rfc3339_tests {
 
     #[test]
     fn round_trips() {
-        for ms in [0u64, 1, 951_782_400_123, 1_795_000_000_999, 4_102_444_800_000] {
+        for ms in [
+            0u64,
+            1,
+            951_782_400_123,
+            1_795_000_000_999,
+            4_102_444_800_000,
+        ] {
             assert_eq!(parse_rfc3339_ms(&rfc3339(ms)), Some(ms), "{}", rfc3339(ms));
         }
         assert_eq!(parse_rfc3339_ms("2026-11-22T02:14:05Z"), None);

@@ -187,7 +187,11 @@ impl StreamService {
                 .set_nx(&crate::rtc::routes::ban_key(id, user), b"1", *left)
                 .await?;
         }
-        if self.store.set_nx(&record_key(id), record.as_bytes(), None).await? {
+        if self
+            .store
+            .set_nx(&record_key(id), record.as_bytes(), None)
+            .await?
+        {
             let member = model::index_member(&stream);
             self.store.index_add(ALL_INDEX, &member).await?;
             self.store

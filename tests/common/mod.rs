@@ -562,7 +562,10 @@ pub fn database_url() -> String {
 /// `url` with its database name replaced.
 pub fn with_database(url: &str, db: &str) -> String {
     let (base, rest) = url.rsplit_once('/').expect("a database URL");
-    let query = rest.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+    let query = rest
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
     format!("{base}/{db}{query}")
 }
 
@@ -606,7 +609,11 @@ fn pg_bin(name: &str) -> PathBuf {
         return PathBuf::from(dir).join(name);
     }
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
         .unwrap_or_default();
     dirs.sort();
     dirs.pop()
@@ -661,7 +668,11 @@ impl PgServer {
             .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale"])
             .output()
             .expect("run initdb");
-        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut s = Self {
             port,
             dir,
@@ -758,10 +769,15 @@ pub async fn call(
     token: &str,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    let mut req = reqwest::Client::new().request(method, url).bearer_auth(token);
+    let mut req = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(token);
     if let Some(b) = body {
         req = req.json(&b);
     }
     let r = req.send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
+    (
+        r.status().as_u16(),
+        r.json().await.unwrap_or(serde_json::Value::Null),
+    )
 }

@@ -152,9 +152,7 @@ async fn take_inner(
             .arg(max);
         let reply: Value = store.run(cmd.query_async(&mut c)).await?;
         let (next, claimed) = match &reply {
-            Value::Array(parts) if parts.len() >= 2 => {
-                (text(&parts[0]), parse_entries(&parts[1])?)
-            }
+            Value::Array(parts) if parts.len() >= 2 => (text(&parts[0]), parse_entries(&parts[1])?),
             _ => return Err(StoreError::Backend("unexpected XAUTOCLAIM reply".into())),
         };
         {
@@ -168,7 +166,10 @@ async fn take_inner(
         }
         if !claimed.is_empty() {
             metrics::counter!("streamedge_persist_reclaimed_total").increment(claimed.len() as u64);
-            tracing::info!(records = claimed.len(), "outbox: took over records of a writer that stopped");
+            tracing::info!(
+                records = claimed.len(),
+                "outbox: took over records of a writer that stopped"
+            );
             return Ok(claimed);
         }
     }
@@ -218,7 +219,12 @@ pub(super) async fn stats(store: &RedisStore) -> StoreResult<OutboxStats> {
     let key = store.outbox_key();
     let mut pipe = redis::pipe();
     pipe.cmd("XLEN").arg(&key);
-    pipe.cmd("XRANGE").arg(&key).arg("-").arg("+").arg("COUNT").arg(1);
+    pipe.cmd("XRANGE")
+        .arg(&key)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1);
     let mut c = store.conn();
     let (depth, first): (u64, Value) = store
         .run(async move { pipe.query_async(&mut c).await })
@@ -229,4 +235,3 @@ pub(super) async fn stats(store: &RedisStore) -> StoreResult<OutboxStats> {
         oldest_added_ms: oldest,
     })
 }
-
