@@ -50,10 +50,19 @@ fn check_config_prints_effective_config_with_secrets_redacted() {
                 "redis://app:hunter2@10.1.2.3:6379/0",
             ),
             ("STREAMEDGE_WS__MAX_CONNECTIONS", "1234"),
+            (
+                "STREAMEDGE_PERSIST__DATABASE_URL",
+                "postgresql://postgres:hunter3@db.example.supabase.co:5432/postgres?sslmode=require",
+            ),
         ],
     );
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains("hunter2"), "password leaked:\n{out}");
+    assert!(!out.contains("hunter3"), "database password leaked:\n{out}");
+    assert!(
+        out.contains("postgresql://postgres:<redacted>@db.example.supabase.co:5432/postgres"),
+        "{out}"
+    );
     assert!(
         out.contains("redis://app:<redacted>@10.1.2.3:6379/0"),
         "{out}"

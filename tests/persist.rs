@@ -685,6 +685,31 @@ async fn export_streams_a_sessions_summary_and_transcript_as_json_and_csv() {
         (st, body["code"].as_str()),
         (404, Some("session_not_found"))
     );
+    let r = reqwest::get(format!(
+        "{api}/v1/streams/{stream}/sessions/{session}/export"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401);
+    let (st, body) = common::call(
+        Method::GET,
+        &format!("{api}/v1/streams/{stream}/sessions/not-a-uuid/export"),
+        &seller,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (400, Some("invalid_session_id"))
+    );
+    let (st, body) = common::call(
+        Method::GET,
+        &format!("{api}/v1/streams/{stream}/sessions/{session}/export?format=csv&extra=1"),
+        &seller,
+        None,
+    )
+    .await;
+    assert_eq!((st, body["code"].as_str()), (400, Some("invalid_query")));
     // The summary and viewer statistics reached PostgreSQL.
     wait_count(
         &db,

@@ -8,6 +8,7 @@ mod fanout;
 mod http1;
 mod idle;
 mod metrics;
+mod persist;
 mod report;
 mod storm;
 mod tokens;
@@ -31,6 +32,8 @@ enum Scenario {
     ChatFanout(fanout::Args),
     /// Load the RTC token endpoint with valid access tokens.
     Tokens(tokens::Args),
+    /// Chat rows per second written to PostgreSQL and the persistence lag.
+    Persist(persist::Args),
     /// (internal) a worker process of `idle`, driven over stdin/stdout.
     #[command(hide = true)]
     IdleWorker(idle::WorkerArgs),
@@ -46,6 +49,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Idle(a) => idle::run(a).await,
             Scenario::ConnectStorm(a) => storm::run(a).await,
             Scenario::Tokens(a) => tokens::run(a).await,
+            Scenario::Persist(a) => persist::run(a).await,
             Scenario::ChatFanout(a) => fanout::run(a).await,
             Scenario::IdleWorker(a) => idle::worker(a).await,
         }

@@ -429,7 +429,7 @@ impl Config {
         c.auth.jwt_secret = c.auth.jwt_secret.redacted();
         c.agora.app_certificate = c.agora.app_certificate.redacted();
         c.media.node_key = c.media.node_key.redacted();
-        c.persist.database_url = c.persist.database_url.redacted();
+        c.persist.database_url = Secret::new(redact_url_password(c.persist.database_url.expose()));
         c
     }
 }

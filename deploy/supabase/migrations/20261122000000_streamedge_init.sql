@@ -51,6 +51,8 @@ create table if not exists public.chat_messages (
   sent_at        timestamptz not null,
   -- Set when the stream's owner deleted the message (kept for the moderation record).
   deleted_at     timestamptz,
+  -- When the row was written (persistence lag = persisted_at - sent_at).
+  persisted_at   timestamptz not null default now(),
   -- One message per sequence number of a stream; the key also serves paging by seq.
   primary key (stream_id, seq)
 );
