@@ -40,9 +40,10 @@ pub struct Args {
     /// Concurrent producers.
     #[arg(long, default_value_t = 64)]
     pub producers: usize,
-    #[arg(long, default_value_t = 2)]
+    /// Writer tasks and batch size (the node's defaults: persist.writers, batch_max_records).
+    #[arg(long, default_value_t = 4)]
     pub writers: usize,
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 5000)]
     pub batch: usize,
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
