@@ -146,3 +146,59 @@ fn missing_config_file_exits_2() {
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/streamedge.toml"), "{err}");
 }
+
+#[test]
+fn persistence_settings_are_validated_naming_the_key() {
+    for (key, value, named) in [
+        (
+            "STREAMEDGE_PERSIST__DATABASE_URL",
+            "mysql://db/x",
+            "persist.database_url",
+        ),
+        ("STREAMEDGE_PERSIST__WRITERS", "8", "persist.writers"),
+        (
+            "STREAMEDGE_PERSIST__POLL_INTERVAL",
+            "0s",
+            "persist.poll_interval",
+        ),
+        (
+            "STREAMEDGE_PERSIST__OUTBOX_MAX_RECORDS",
+            "0",
+            "persist.outbox_max_records",
+        ),
+    ] {
+        let (code, _, err) = streamedge(&["check-config"], &[(key, value)]);
+        assert_eq!(code, 2, "{key}={value}: {err}");
+        assert!(err.contains(named), "{key}={value}: {err}");
+    }
+}
+
+#[test]
+fn migrate_needs_a_reachable_database() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_streamedge"))
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env_remove("STREAMEDGE_PERSIST__DATABASE_URL")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = run(&["migrate"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--database-url"), "{err}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (code, err) = run(&[
+        "migrate",
+        "--database-url",
+        &format!("postgres://postgres:secret-pw@127.0.0.1:{port}/postgres"),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("migrate failed"), "{err}");
+    assert!(!err.contains("secret-pw"), "password leaked: {err}");
+}
