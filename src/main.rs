@@ -10,6 +10,11 @@ use streamedge::server::{self, Listeners};
 /// Exit code for configuration errors (unknown key, bad value, unreadable file).
 const EXIT_CONFIG: u8 = 2;
 
+/// mimalloc instead of glibc malloc: request handling allocates and frees many small
+/// buffers across two worker threads; see docs/benchmarks.md ("RTC token endpoint").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "streamedge",

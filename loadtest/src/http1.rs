@@ -40,6 +40,26 @@ impl Conn {
 
     pub async fn send(&mut self, req: &[u8]) -> std::io::Result<Response> {
         self.tcp.write_all(req).await?;
+        self.response().await
+    }
+
+    /// Writes `reqs` already concatenated (HTTP/1.1 pipelining: one write, several
+    /// requests in flight) and reads their `n` responses, in order.
+    pub async fn send_pipelined(
+        &mut self,
+        reqs: &[u8],
+        n: usize,
+        mut on_response: impl FnMut(Response),
+    ) -> std::io::Result<()> {
+        self.tcp.write_all(reqs).await?;
+        for _ in 0..n {
+            on_response(self.response().await?);
+        }
+        Ok(())
+    }
+
+    /// Reads the next response.
+    async fn response(&mut self) -> std::io::Result<Response> {
         loop {
             if let Some((status, head_len, body_len)) = parse_head(&self.buf)? {
                 if self.buf.len() >= head_len + body_len {

@@ -25,6 +25,11 @@ pub struct Args {
     /// Concurrent keep-alive connections.
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
+    /// Requests in flight per connection (HTTP/1.1 pipelining: written together, answered
+    /// in order). 1 is one request per round trip, like a typical client; more measures
+    /// the node with the loopback round trip cost shared by several requests.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub pipeline: u16,
     /// Distinct users the requests are spread over.
     #[arg(long, default_value_t = 10_000)]
     pub users: usize,
@@ -42,6 +47,7 @@ pub struct Args {
 struct Report {
     scenario: &'static str,
     connections: usize,
+    pipeline: u16,
     seconds: f64,
     requests: u64,
     requests_per_second: f64,
@@ -84,6 +90,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let start = Instant::now();
     let measure_from = start + a.warmup;
     let stop_at = measure_from + a.duration;
+    let depth = usize::from(a.pipeline);
     let mut tasks = Vec::new();
     for w in 0..a.connections {
         let requests = requests.clone();
@@ -93,17 +100,34 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
             let mut conn = http1::Conn::connect(api).await?;
             let mut i = w;
+            let mut batch = Vec::new();
             loop {
                 let t0 = Instant::now();
                 if t0 >= stop_at {
                     break;
                 }
-                let resp = conn.send(&requests[i % requests.len()]).await?;
-                i += 64;
-                if t0 >= measure_from {
-                    report::record(&mut hist, t0.elapsed());
-                    *statuses.entry(resp.status).or_default() += 1;
+                if depth == 1 {
+                    let resp = conn.send(&requests[i % requests.len()]).await?;
+                    i += 64;
+                    if t0 >= measure_from {
+                        report::record(&mut hist, t0.elapsed());
+                        *statuses.entry(resp.status).or_default() += 1;
+                    }
+                    continue;
                 }
+                batch.clear();
+                for _ in 0..depth {
+                    batch.extend_from_slice(&requests[i % requests.len()]);
+                    i += 64;
+                }
+                // Each response's latency is from the batch's write to its arrival.
+                conn.send_pipelined(&batch, depth, |resp| {
+                    if t0 >= measure_from {
+                        report::record(&mut hist, t0.elapsed());
+                        *statuses.entry(resp.status).or_default() += 1;
+                    }
+                })
+                .await?;
             }
             anyhow::Ok((hist, statuses))
         }));
@@ -133,9 +157,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let total: u64 = statuses.values().sum();
     let lat = report::latency(&hist);
     println!(
-        "{} requests in {:.1}s: {:.0} req/s; latency ms p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}; statuses {:?}",
+        "{} requests in {:.1}s (pipeline {}): {:.0} req/s; latency ms p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}; statuses {:?}",
         total,
         secs,
+        a.pipeline,
         total as f64 / secs,
         lat.p50_ms,
         lat.p90_ms,
@@ -149,6 +174,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         &Report {
             scenario: "tokens",
             connections: a.connections,
+            pipeline: a.pipeline,
             seconds: secs,
             requests: total,
             requests_per_second: total as f64 / secs,

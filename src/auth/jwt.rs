@@ -14,6 +14,7 @@ use base64::Engine;
 use jsonwebtoken::errors::ErrorKind as JwtKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
+use super::hs256::{self, ClaimRules, Hs256Key};
 use super::jwks::{JwksCache, JwksError};
 use super::principal::{principal_from_claims, ClaimsError, Principal};
 
@@ -105,9 +106,14 @@ pub struct VerifierSettings {
 
 /// Verifies access tokens and maps them to principals.
 pub struct Verifier {
-    secret: Option<DecodingKey>,
+    /// The shared secret, HMAC state prepared (HS256 is checked by [`hs256`]).
+    secret: Option<Hs256Key>,
     jwks: Option<Arc<JwksCache>>,
     settings: VerifierSettings,
+    rules: ClaimRules,
+    /// `jsonwebtoken` validations for the JWKS algorithms, built once.
+    es256: Validation,
+    rs256: Validation,
 }
 
 #[derive(serde::Deserialize)]
@@ -126,10 +132,33 @@ impl Verifier {
         jwks: Option<Arc<JwksCache>>,
         settings: VerifierSettings,
     ) -> Self {
+        let rules = ClaimRules {
+            audience: settings.audience.clone(),
+            issuer: settings.issuer.clone(),
+            leeway_secs: settings.leeway.as_secs(),
+        };
+        let validation = |alg| {
+            let mut v = Validation::new(alg);
+            v.leeway = rules.leeway_secs;
+            v.validate_exp = true;
+            v.validate_nbf = true;
+            v.required_spec_claims = HashSet::from(["exp".to_string()]);
+            match &rules.audience {
+                Some(aud) => v.set_audience(&[aud]),
+                None => v.validate_aud = false,
+            }
+            if let Some(iss) = &rules.issuer {
+                v.set_issuer(&[iss]);
+            }
+            v
+        };
         Self {
-            secret: secret.map(DecodingKey::from_secret),
+            secret: secret.map(Hs256Key::new),
             jwks,
+            es256: validation(Algorithm::ES256),
+            rs256: validation(Algorithm::RS256),
             settings,
+            rules,
         }
     }
 
@@ -146,26 +175,27 @@ impl Verifier {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::Malformed);
         }
-        let parts: Vec<&str> = token.split('.').collect();
-        if parts.len() != 3 || parts[0].is_empty() || parts[1].is_empty() {
+        let mut parts = token.splitn(3, '.');
+        let (Some(head), Some(payload), Some(sig)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed);
+        };
+        if head.is_empty() || payload.is_empty() || sig.contains('.') {
             return Err(AuthError::Malformed);
         }
-        let header: RawHeader = b64(parts[0])
-            .ok()
-            .and_then(|h| serde_json::from_slice(&h).ok())
-            .ok_or(AuthError::Malformed)?;
-        if b64(parts[1]).is_err() {
-            return Err(AuthError::Malformed);
-        }
+        let header_json = b64(head).map_err(|_| AuthError::Malformed)?;
+        let header: RawHeader =
+            serde_json::from_slice(&header_json).map_err(|_| AuthError::Malformed)?;
+        let payload_json = b64(payload).map_err(|_| AuthError::Malformed)?;
         let alg = match header.alg.as_ref().and_then(|a| a.as_str()) {
             Some("HS256") => Algorithm::HS256,
             Some("ES256") => Algorithm::ES256,
             Some("RS256") => Algorithm::RS256,
             _ => return Err(AuthError::AlgNotAllowed),
         };
-        let signature = b64(parts[2]).map_err(|_| AuthError::Truncated)?;
+        let signature = b64(sig).map_err(|_| AuthError::Truncated)?;
 
-        let key = match alg {
+        let claims: serde_json::Value = match alg {
             Algorithm::HS256 => {
                 // An HS256 token naming a key of the JWKS is the public-key-as-HMAC-secret
                 // attack. (A kid the JWKS does not know may be a symmetric key's id.)
@@ -180,7 +210,15 @@ impl Verifier {
                 if signature.len() != 32 {
                     return Err(AuthError::Truncated);
                 }
-                self.secret.clone().ok_or(AuthError::AlgNotAllowed)?
+                let key = self.secret.as_ref().ok_or(AuthError::AlgNotAllowed)?;
+                let signing_input = &token[..head.len() + 1 + payload.len()];
+                if !key.verify(signing_input.as_bytes(), &signature) {
+                    return Err(AuthError::BadSignature);
+                }
+                let claims =
+                    serde_json::from_slice(&payload_json).map_err(|_| AuthError::Malformed)?;
+                hs256::validate(&claims, &self.rules, jsonwebtoken::get_current_timestamp())?;
+                claims
             }
             _ => {
                 let jwks = self.jwks.as_ref().ok_or(AuthError::AlgNotAllowed)?;
@@ -203,37 +241,15 @@ impl Verifier {
                 if expected_len.is_some_and(|n| signature.len() != n) || signature.len() < 64 {
                     return Err(AuthError::Truncated);
                 }
-                k.key
+                let v = match alg {
+                    Algorithm::ES256 => &self.es256,
+                    _ => &self.rs256,
+                };
+                decode_checked(token, &k.key, v)?
             }
         };
-
-        let mut v = Validation::new(alg);
-        v.leeway = self.settings.leeway.as_secs();
-        v.validate_exp = true;
-        v.validate_nbf = true;
-        v.required_spec_claims = HashSet::from(["exp".to_string()]);
-        match &self.settings.audience {
-            Some(aud) => v.set_audience(&[aud]),
-            None => v.validate_aud = false,
-        }
-        if let Some(iss) = &self.settings.issuer {
-            v.set_issuer(&[iss]);
-        }
-        let data =
-            jsonwebtoken::decode::<serde_json::Value>(token, &key, &v).map_err(|e| {
-                match e.kind() {
-                    JwtKind::ExpiredSignature => AuthError::Expired,
-                    JwtKind::ImmatureSignature => AuthError::NotYetValid,
-                    JwtKind::InvalidAudience => AuthError::WrongAudience,
-                    JwtKind::InvalidIssuer => AuthError::WrongIssuer,
-                    JwtKind::InvalidSignature => AuthError::BadSignature,
-                    JwtKind::InvalidAlgorithm => AuthError::AlgMismatch,
-                    JwtKind::MissingRequiredClaim(_) => AuthError::MissingClaim,
-                    _ => AuthError::Malformed,
-                }
-            })?;
         principal_from_claims(
-            &data.claims,
+            &claims,
             &self.settings.role_claim,
             self.settings.allow_anonymous,
         )
@@ -243,4 +259,24 @@ impl Verifier {
             ClaimsError::InvalidRole(_) => AuthError::InvalidRole,
         })
     }
+}
+
+/// `jsonwebtoken`'s verification (the JWKS algorithms), its errors mapped to ours.
+fn decode_checked(
+    token: &str,
+    key: &DecodingKey,
+    v: &Validation,
+) -> Result<serde_json::Value, AuthError> {
+    jsonwebtoken::decode::<serde_json::Value>(token, key, v)
+        .map(|data| data.claims)
+        .map_err(|e| match e.kind() {
+            JwtKind::ExpiredSignature => AuthError::Expired,
+            JwtKind::ImmatureSignature => AuthError::NotYetValid,
+            JwtKind::InvalidAudience => AuthError::WrongAudience,
+            JwtKind::InvalidIssuer => AuthError::WrongIssuer,
+            JwtKind::InvalidSignature => AuthError::BadSignature,
+            JwtKind::InvalidAlgorithm => AuthError::AlgMismatch,
+            JwtKind::MissingRequiredClaim(_) => AuthError::MissingClaim,
+            _ => AuthError::Malformed,
+        })
 }

@@ -4,6 +4,7 @@
 
 pub mod dev;
 pub mod extract;
+pub mod hs256;
 pub mod jwks;
 pub mod jwt;
 pub mod principal;

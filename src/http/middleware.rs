@@ -1,23 +1,32 @@
 //! The middleware every listener uses: a request id (`x-request-id`, taken from the client
 //! or generated) on every request, its response and its log span, plus request metrics.
+//!
+//! Request metrics are on every request's path, so they are kept cheap: the matched route
+//! rides back on the response (no shared slot to allocate), and the counter and histogram
+//! handles for each (route, method, status) are registered once and reused, instead of
+//! building and hashing a labelled key in the recorder on every request.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::Router;
+use metrics::{Counter, Histogram};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 /// Wraps a router with request ids, tracing and metrics. `listener` labels the metrics
 /// (`api` or `admin`).
 pub fn wrap(router: Router, listener: &'static str) -> Router {
+    let metrics = Arc::new(RequestMetrics::new(listener));
     router
         .route_layer(axum::middleware::from_fn(note_route))
         .layer(axum::middleware::from_fn(move |req, next| {
-            record_metrics(listener, req, next)
+            record_metrics(metrics.clone(), req, next)
         }))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -36,47 +45,92 @@ pub fn wrap(router: Router, listener: &'static str) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
-/// Where the routed request leaves its matched path for [`record_metrics`], which runs
-/// outside routing (so that unmatched requests are counted too).
-#[derive(Clone, Default)]
-struct RouteSlot(Arc<OnceLock<String>>);
+/// The matched route of a request, left on its response by [`note_route`] (which runs
+/// inside routing) for [`record_metrics`] (which runs outside it, so that unmatched
+/// requests are counted too).
+#[derive(Clone)]
+struct RouteLabel(MatchedPath);
 
 async fn note_route(req: Request, next: Next) -> Response {
-    if let (Some(slot), Some(path)) = (
-        req.extensions().get::<RouteSlot>(),
-        req.extensions().get::<MatchedPath>(),
-    ) {
-        let _ = slot.0.set(path.as_str().to_string());
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let mut resp = next.run(req).await;
+    if let Some(route) = route {
+        resp.extensions_mut().insert(RouteLabel(route));
     }
-    next.run(req).await
+    resp
 }
 
-async fn record_metrics(listener: &'static str, mut req: Request, next: Next) -> Response {
+async fn record_metrics(metrics: Arc<RequestMetrics>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let slot = RouteSlot::default();
-    req.extensions_mut().insert(slot.clone());
-    let method = req.method().as_str().to_string();
-    let resp = next.run(req).await;
-    let route = slot
-        .0
-        .get()
-        .cloned()
-        .unwrap_or_else(|| "unmatched".to_string());
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!(
-        "streamedge_http_requests_total",
-        "listener" => listener,
-        "route" => route.clone(),
-        "method" => method.clone(),
-        "status" => status,
-    )
-    .increment(1);
-    metrics::histogram!(
-        "streamedge_http_request_duration_seconds",
-        "listener" => listener,
-        "route" => route,
-        "method" => method,
-    )
-    .record(start.elapsed().as_secs_f64());
+    let method = req.method().clone();
+    let mut resp = next.run(req).await;
+    let route = resp.extensions_mut().remove::<RouteLabel>();
+    let route = route.as_ref().map_or("unmatched", |r| r.0.as_str());
+    metrics.record(route, &method, resp.status(), start.elapsed().as_secs_f64());
     resp
+}
+
+/// `streamedge_http_requests_total` and `streamedge_http_request_duration_seconds` of one
+/// listener, with their handles cached by route, method and status.
+struct RequestMetrics {
+    listener: &'static str,
+    by_route: RwLock<HashMap<Box<str>, Vec<Handles>>>,
+}
+
+/// The registered handles of one (route, method, status).
+struct Handles {
+    method: Method,
+    status: StatusCode,
+    requests: Counter,
+    duration: Histogram,
+}
+
+impl RequestMetrics {
+    fn new(listener: &'static str) -> Self {
+        Self {
+            listener,
+            by_route: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn record(&self, route: &str, method: &Method, status: StatusCode, seconds: f64) {
+        let hit = |h: &&Handles| h.status == status && h.method == method;
+        {
+            let by_route = self.by_route.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(h) = by_route.get(route).and_then(|v| v.iter().find(hit)) {
+                h.requests.increment(1);
+                h.duration.record(seconds);
+                return;
+            }
+        }
+        // First request of this kind: register with the recorder (which returns the same
+        // series for the same labels, so a race between two requests here is harmless).
+        let h = Handles {
+            method: method.clone(),
+            status,
+            requests: metrics::counter!(
+                "streamedge_http_requests_total",
+                "listener" => self.listener,
+                "route" => route.to_string(),
+                "method" => method.as_str().to_string(),
+                "status" => status.as_str().to_string(),
+            ),
+            duration: metrics::histogram!(
+                "streamedge_http_request_duration_seconds",
+                "listener" => self.listener,
+                "route" => route.to_string(),
+                "method" => method.as_str().to_string(),
+            ),
+        };
+        h.requests.increment(1);
+        h.duration.record(seconds);
+        let mut by_route = self.by_route.write().unwrap_or_else(|e| e.into_inner());
+        let entry = by_route.entry(route.into()).or_default();
+        if !entry
+            .iter()
+            .any(|e| e.status == status && e.method == method)
+        {
+            entry.push(h);
+        }
+    }
 }

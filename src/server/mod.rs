@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -164,7 +165,14 @@ pub async fn run(
     let api = tokio::spawn({
         let router = api_router(app.clone());
         let draining = draining.clone();
-        let listener = listeners.api;
+        // TCP_NODELAY: a response is one write, and Nagle's algorithm would hold the next
+        // one (a pipelined request's, or a WebSocket frame's) until the client's delayed
+        // ACK, ~40 ms later.
+        let listener = listeners.api.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         async move {
             axum::serve(
                 listener,
