@@ -87,6 +87,13 @@ pub fn validate(claims: &Value, rules: &ClaimRules, now: u64) -> Result<(), Auth
     let TryParse::Parsed(exp) = exp else {
         return Err(AuthError::MissingClaim);
     };
+    // A configured audience or issuer must be there (and readable): a token without one is
+    // refused.
+    for (want, name) in [(&rules.audience, "aud"), (&rules.issuer, "iss")] {
+        if want.is_some() && !matches!(string_or_set(claims, name), TryParse::Parsed(_)) {
+            return Err(AuthError::MissingClaim);
+        }
+    }
     if matches!(nbf, TryParse::FailedToParse) {
         return Err(AuthError::Malformed);
     }
@@ -136,6 +143,12 @@ mod tests {
         v.validate_exp = true;
         v.validate_nbf = true;
         v.required_spec_claims = HashSet::from(["exp".to_string()]);
+        if rules.audience.is_some() {
+            v.required_spec_claims.insert("aud".to_string());
+        }
+        if rules.issuer.is_some() {
+            v.required_spec_claims.insert("iss".to_string());
+        }
         match &rules.audience {
             Some(aud) => v.set_audience(&[aud]),
             None => v.validate_aud = false,

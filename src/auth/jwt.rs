@@ -143,6 +143,12 @@ impl Verifier {
             v.validate_exp = true;
             v.validate_nbf = true;
             v.required_spec_claims = HashSet::from(["exp".to_string()]);
+            if rules.audience.is_some() {
+                v.required_spec_claims.insert("aud".to_string());
+            }
+            if rules.issuer.is_some() {
+                v.required_spec_claims.insert("iss".to_string());
+            }
             match &rules.audience {
                 Some(aud) => v.set_audience(&[aud]),
                 None => v.validate_aud = false,
