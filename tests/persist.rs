@@ -343,6 +343,14 @@ async fn every_acknowledged_message_is_persisted_once_through_a_postgresql_outag
             .any(|l| l.starts_with("streamedge_persist_retries_total") && !l.ends_with(" 0")),
         "no retries counted during the outage"
     );
+    // The fan-out latency (publish to socket) is sampled.
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("streamedge_chat_publish_to_socket_seconds_count")
+                && !l.ends_with(" 0")
+        ),
+        "no publish-to-socket samples"
+    );
     drop(ws);
     node.shutdown().await.unwrap();
 }

@@ -60,6 +60,16 @@ where
     end
 }
 
+/// Metric handles, registered once (the writer runs per frame batch).
+static FRAMES_OUT: std::sync::LazyLock<metrics::Counter> =
+    std::sync::LazyLock::new(|| metrics::counter!("streamedge_ws_frames_out_total"));
+static FLUSHES: std::sync::LazyLock<metrics::Counter> =
+    std::sync::LazyLock::new(|| metrics::counter!("streamedge_ws_flushes_total"));
+static PUBLISH_TO_SOCKET: std::sync::LazyLock<metrics::Histogram> =
+    std::sync::LazyLock::new(|| metrics::histogram!("streamedge_chat_publish_to_socket_seconds"));
+static SAMPLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+const SAMPLE_EVERY: u64 = 8;
+
 async fn send_loop<K>(sink: &mut K, queue: &OutboundQueue, ping_every: Duration) -> ConnEnd
 where
     K: Sink<Message, Error = axum::Error> + Unpin,
@@ -69,7 +79,7 @@ where
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-                        close = queue.next_batch(&mut batch) => {
+                        (close, published) = queue.next_batch_published(&mut batch) => {
                 let n = batch.len() as u64;
                 // A client that does not read blocks the write; if its queue overflows
                 // meanwhile, give up on it at once rather than wait for the socket.
@@ -88,7 +98,7 @@ where
                     }
                 }
                 if n > 0 {
-                    metrics::counter!("streamedge_ws_frames_out_total").increment(n);
+                    FRAMES_OUT.increment(n);
                 }
                 if let Some(reason) = close {
                     let frame = CloseFrame { code: reason.code, reason: reason.reason.into() };
@@ -103,7 +113,13 @@ where
                         return ConnEnd::Closed(reason);
                     }
                 }
-                metrics::counter!("streamedge_ws_flushes_total").increment(1);
+                FLUSHES.increment(1);
+                if let Some(t) = published {
+                    // One batch in SAMPLE_EVERY: the metric stays cheap at 500k deliveries/s.
+                    if SAMPLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SAMPLE_EVERY == 0 {
+                        PUBLISH_TO_SOCKET.record(t.elapsed().as_secs_f64());
+                    }
+                }
             }
             _ = ping.tick() => {
                 if sink.send(Message::Ping(Default::default())).await.is_err() {

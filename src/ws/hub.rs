@@ -80,13 +80,28 @@ async fn deliver_chat(
     }
     if let Some(frame) = crate::chat::ChatService::frame(entry.seq, &entry.payload) {
         let started = std::time::Instant::now();
+        let published = published_at(&entry.payload, started);
         let frame: Utf8Bytes = frame.into();
-        let n = app.registry.deliver_chat(stream, entry.seq, &frame);
+        let n = app
+            .registry
+            .deliver_chat(stream, entry.seq, &frame, published);
         metrics::counter!("streamedge_chat_deliveries_total").increment(n as u64);
         metrics::histogram!("streamedge_chat_fanout_seconds")
             .record(started.elapsed().as_secs_f64());
     }
     entry.seq.max(last)
+}
+
+/// When a stored message was accepted (its `ts`, set by the node that sequenced it), as
+/// an instant of this node's clock: the start of the publish-to-socket latency. Node
+/// clocks must agree (NTP); millisecond precision.
+fn published_at(payload: &[u8], now: std::time::Instant) -> Option<std::time::Instant> {
+    const KEY: &[u8] = b"\"ts\":\"";
+    let at = payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let ts = std::str::from_utf8(payload.get(at..at + 24)?).ok()?;
+    let ts_ms = crate::streams::model::parse_rfc3339_ms(ts)?;
+    let age = crate::sessions::service::now_ms().saturating_sub(ts_ms);
+    now.checked_sub(std::time::Duration::from_millis(age))
 }
 
 /// Reads the log after `last` up to `until` and delivers it. Returns the new last.
@@ -96,7 +111,9 @@ async fn backfill(app: &AppState, stream: &Uuid, last: u64, until: u64) -> u64 {
             let mut last = last;
             for e in entries.into_iter().filter(|e| e.seq <= until) {
                 if let Some(frame) = crate::chat::ChatService::frame(e.seq, &e.payload) {
-                    app.registry.deliver_chat(stream, e.seq, &frame.into());
+                    let published = published_at(&e.payload, std::time::Instant::now());
+                    app.registry
+                        .deliver_chat(stream, e.seq, &frame.into(), published);
                 }
                 last = e.seq;
             }
@@ -198,5 +215,26 @@ async fn run(app: AppState, stream: Uuid, stop: CancellationToken) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn published_at_reads_the_message_timestamp() {
+        let now = Instant::now();
+        let ts = crate::streams::model::rfc3339(crate::sessions::service::now_ms() - 1500);
+        let payload =
+            format!(r#"{{"id":"x","user":"u","body":"b","ts":"{ts}","client_msg_id":"c"}}"#);
+        let t = super::published_at(payload.as_bytes(), now).unwrap();
+        let age = now - t;
+        assert!(
+            age >= Duration::from_millis(1400) && age <= Duration::from_millis(1700),
+            "{age:?}"
+        );
+        assert!(super::published_at(br#"{"ts":"garbage"}"#, now).is_none());
+        assert!(super::published_at(b"{}", now).is_none());
     }
 }

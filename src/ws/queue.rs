@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
@@ -46,6 +47,8 @@ struct State {
     frames: VecDeque<Utf8Bytes>,
     bytes: usize,
     close: Option<CloseReason>,
+    /// When the oldest queued chat frame was published (for the fan-out latency metric).
+    oldest_publish: Option<Instant>,
 }
 
 /// See the module documentation.
@@ -73,6 +76,16 @@ impl OutboundQueue {
     /// Queues a text frame. If it does not fit, the queue closes itself with
     /// [`close_code::SLOW_CONSUMER`] and the frame is refused.
     pub fn push(&self, frame: Utf8Bytes) -> Result<(), PushError> {
+        self.push_published(frame, None)
+    }
+
+    /// Queues a frame published at `published` (chat messages): the writer reports how
+    /// long it took from publishing to the socket.
+    pub fn push_published(
+        &self,
+        frame: Utf8Bytes,
+        published: Option<Instant>,
+    ) -> Result<(), PushError> {
         let mut st = self.state.lock().expect("queue lock");
         if st.close.is_some() {
             return Err(PushError::Closed);
@@ -99,6 +112,9 @@ impl OutboundQueue {
         }
         st.bytes += frame.len();
         st.frames.push_back(frame);
+        if st.oldest_publish.is_none() {
+            st.oldest_publish = published;
+        }
         drop(st);
         self.notify.notify_one();
         Ok(())
@@ -156,6 +172,15 @@ impl OutboundQueue {
     /// Takes everything queued into `out` and returns the close reason once the queue is
     /// closing (after its frames). Waits while there is nothing to do.
     pub async fn next_batch(&self, out: &mut Vec<Utf8Bytes>) -> Option<CloseReason> {
+        self.next_batch_published(out).await.0
+    }
+
+    /// [`Self::next_batch`], also returning when the batch's oldest chat frame was
+    /// published.
+    pub async fn next_batch_published(
+        &self,
+        out: &mut Vec<Utf8Bytes>,
+    ) -> (Option<CloseReason>, Option<Instant>) {
         loop {
             let notified = self.notify.notified();
             {
@@ -164,9 +189,10 @@ impl OutboundQueue {
                     out.extend(st.frames.drain(..));
                     st.bytes = 0;
                     let close = st.close.clone();
+                    let published = st.oldest_publish.take();
                     drop(st);
                     self.drained.notify_waiters();
-                    return close;
+                    return (close, published);
                 }
             }
             notified.await;

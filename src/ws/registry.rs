@@ -44,7 +44,7 @@ impl Conn {
 
     /// A live chat frame: queued if it is the next one for this connection (duplicates
     /// and stale frames are dropped), buffered while the connection catches up.
-    pub fn deliver(&self, seq: u64, frame: &Utf8Bytes) {
+    pub fn deliver(&self, seq: u64, frame: &Utf8Bytes, published: Option<std::time::Instant>) {
         let mut c = self.cursor.lock().expect("cursor lock");
         if let Some(buf) = c.buffer.as_mut() {
             if buf.len() >= MAX_CATCH_UP_BUFFER {
@@ -61,7 +61,7 @@ impl Conn {
         if seq > c.last_seq {
             c.last_seq = seq;
             drop(c);
-            let _ = self.queue.push(frame.clone());
+            let _ = self.queue.push_published(frame.clone(), published);
         }
     }
 
@@ -224,13 +224,19 @@ impl Registry {
 
     /// Hands a chat frame with sequence number `seq` to every connection of the stream,
     /// each of which takes it only if it is new to it.
-    pub fn deliver_chat(&self, stream: &Uuid, seq: u64, frame: &Utf8Bytes) -> usize {
+    pub fn deliver_chat(
+        &self,
+        stream: &Uuid,
+        seq: u64,
+        frame: &Utf8Bytes,
+        published: Option<std::time::Instant>,
+    ) -> usize {
         let streams = self.streams.read().expect("registry lock");
         let Some(conns) = streams.get(stream) else {
             return 0;
         };
         for c in conns.values() {
-            c.deliver(seq, frame);
+            c.deliver(seq, frame, published);
         }
         conns.len()
     }
@@ -310,15 +316,15 @@ mod tests {
         let q = Arc::new(OutboundQueue::new(1 << 20));
         let reg = r.register(r.try_admit().unwrap(), s, q.clone());
         // While catching up: live chat 5, 6 and an event arrive.
-        r.deliver_chat(&s, 5, &"m5".into());
+        r.deliver_chat(&s, 5, &"m5".into(), None);
         r.broadcast(&s, &"ev".into());
-        r.deliver_chat(&s, 6, &"m6".into());
+        r.deliver_chat(&s, 6, &"m6".into(), None);
         assert_eq!(q.queued_bytes(), 0, "held back during the catch-up");
         // History after 3 holds 4 and 5.
         reg.conn
             .finish_catch_up(3, vec![(4, "m4".into()), (5, "m5".into())]);
-        r.deliver_chat(&s, 6, &"m6".into()); // a duplicate
-        r.deliver_chat(&s, 7, &"m7".into());
+        r.deliver_chat(&s, 6, &"m6".into(), None); // a duplicate
+        r.deliver_chat(&s, 7, &"m7".into(), None);
         let mut out = Vec::new();
         q.next_batch(&mut out).await;
         let got: Vec<&str> = out.iter().map(|f| f.as_str()).collect();
