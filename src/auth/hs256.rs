@@ -120,13 +120,36 @@ pub fn validate(claims: &Value, rules: &ClaimRules, now: u64) -> Result<(), Auth
     Ok(())
 }
 
+/// The `jsonwebtoken` validation with the same rules as [`validate`] (ES256 and RS256
+/// tokens go through `jsonwebtoken`; its HS256 result is the reference in the tests).
+pub fn validation(alg: jsonwebtoken::Algorithm, rules: &ClaimRules) -> jsonwebtoken::Validation {
+    let mut v = jsonwebtoken::Validation::new(alg);
+    v.leeway = rules.leeway_secs;
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.required_spec_claims = std::collections::HashSet::from(["exp".to_string()]);
+    if rules.audience.is_some() {
+        v.required_spec_claims.insert("aud".to_string());
+    }
+    if rules.issuer.is_some() {
+        v.required_spec_claims.insert("iss".to_string());
+    }
+    match &rules.audience {
+        Some(aud) => v.set_audience(&[aud]),
+        None => v.validate_aud = false,
+    }
+    if let Some(iss) = &rules.issuer {
+        v.set_issuer(&[iss]);
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use jsonwebtoken::errors::ErrorKind as JwtKind;
-    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
     use serde_json::json;
-    use std::collections::HashSet;
 
     const SECRET: &[u8] = b"differential-test-secret";
 
@@ -138,24 +161,7 @@ mod tests {
             &EncodingKey::from_secret(SECRET),
         )
         .unwrap();
-        let mut v = Validation::new(Algorithm::HS256);
-        v.leeway = rules.leeway_secs;
-        v.validate_exp = true;
-        v.validate_nbf = true;
-        v.required_spec_claims = HashSet::from(["exp".to_string()]);
-        if rules.audience.is_some() {
-            v.required_spec_claims.insert("aud".to_string());
-        }
-        if rules.issuer.is_some() {
-            v.required_spec_claims.insert("iss".to_string());
-        }
-        match &rules.audience {
-            Some(aud) => v.set_audience(&[aud]),
-            None => v.validate_aud = false,
-        }
-        if let Some(iss) = &rules.issuer {
-            v.set_issuer(&[iss]);
-        }
+        let v = validation(Algorithm::HS256, rules);
         jsonwebtoken::decode::<Value>(&token, &DecodingKey::from_secret(SECRET), &v)
             .map(|_| ())
             .map_err(|e| match e.kind() {

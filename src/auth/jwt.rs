@@ -6,7 +6,6 @@
 //! against a JWKS key whose own algorithm matches — an HS256 token that names a JWKS key
 //! (the classic public-key-as-HMAC-secret attack) is refused as `token_alg_mismatch`.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,27 +136,7 @@ impl Verifier {
             issuer: settings.issuer.clone(),
             leeway_secs: settings.leeway.as_secs(),
         };
-        let validation = |alg| {
-            let mut v = Validation::new(alg);
-            v.leeway = rules.leeway_secs;
-            v.validate_exp = true;
-            v.validate_nbf = true;
-            v.required_spec_claims = HashSet::from(["exp".to_string()]);
-            if rules.audience.is_some() {
-                v.required_spec_claims.insert("aud".to_string());
-            }
-            if rules.issuer.is_some() {
-                v.required_spec_claims.insert("iss".to_string());
-            }
-            match &rules.audience {
-                Some(aud) => v.set_audience(&[aud]),
-                None => v.validate_aud = false,
-            }
-            if let Some(iss) = &rules.issuer {
-                v.set_issuer(&[iss]);
-            }
-            v
-        };
+        let validation = |alg| super::hs256::validation(alg, &rules);
         Self {
             secret: secret.map(Hs256Key::new),
             jwks,
