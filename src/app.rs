@@ -32,6 +32,8 @@ pub struct AppInner {
     pub rtc: Option<crate::rtc::RtcIssuer>,
     /// `None` when persistence is off.
     pub persist: Option<Arc<crate::persist::Persistence>>,
+    /// `None` unless `media.enabled`.
+    pub media: Option<Arc<crate::media::MediaService>>,
     pub trusted_proxies: Vec<IpNet>,
     pub node_id: String,
     /// Cancelled when the node starts shutting down.
@@ -109,6 +111,10 @@ impl AppState {
             streams,
             rtc: crate::rtc::RtcIssuer::from_config(&config),
             persist,
+            media: config
+                .media
+                .enabled
+                .then(|| Arc::new(crate::media::MediaService::new(config.media.clone()))),
             config,
             store,
             registry,

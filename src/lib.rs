@@ -9,6 +9,7 @@ pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod http;
+pub mod media;
 pub mod persist;
 pub mod rtc;
 pub mod server;

@@ -126,6 +126,19 @@ pub struct MediaConfig {
     pub node_key: Secret,
     #[serde(with = "humantime_serde")]
     pub token_ttl: Duration,
+    /// Local UDP address each media connection binds (`0.0.0.0:0`: every interface,
+    /// ephemeral ports; a concrete IP binds only it).
+    pub udp_addr: String,
+    /// Public IPs advertised instead of the local ones (the node behind 1:1 NAT).
+    pub public_ips: Vec<String>,
+    /// STUN/TURN URLs offered to clients in WHIP/WHEP `Link` headers.
+    pub ice_servers: Vec<String>,
+    /// Streams this node ingests at once, and viewers it serves at once.
+    pub max_publishers: usize,
+    pub max_viewers: usize,
+    /// Fewest time between two keyframe requests sent to a publisher per track.
+    #[serde(with = "humantime_serde")]
+    pub keyframe_interval: Duration,
 }
 
 impl Default for MediaConfig {
@@ -134,6 +147,12 @@ impl Default for MediaConfig {
             enabled: false,
             node_key: Secret::default(),
             token_ttl: Duration::from_secs(3600),
+            udp_addr: "0.0.0.0:0".into(),
+            public_ips: Vec::new(),
+            ice_servers: Vec::new(),
+            max_publishers: 16,
+            max_viewers: 500,
+            keyframe_interval: Duration::from_secs(1),
         }
     }
 }

@@ -115,6 +115,34 @@ pub fn api_router(app: AppState) -> Router {
             axum::routing::put(crate::chat::moderation::settings),
         )
         .route(
+            "/v1/streams/{stream_id}/whip",
+            axum::routing::post(crate::media::routes::whip)
+                .options(crate::media::routes::options)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    crate::media::routes::MAX_SDP_BYTES,
+                )),
+        )
+        .route(
+            "/v1/streams/{stream_id}/whep",
+            axum::routing::post(crate::media::routes::whep)
+                .options(crate::media::routes::options)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    crate::media::routes::MAX_SDP_BYTES,
+                )),
+        )
+        .route(
+            "/v1/streams/{stream_id}/whip/{resource}",
+            axum::routing::delete(crate::media::routes::delete)
+                .patch(crate::media::routes::patch)
+                .options(crate::media::routes::options),
+        )
+        .route(
+            "/v1/streams/{stream_id}/whep/{resource}",
+            axum::routing::delete(crate::media::routes::delete)
+                .patch(crate::media::routes::patch)
+                .options(crate::media::routes::options),
+        )
+        .route(
             "/v1/streams/{stream_id}/ws",
             get(crate::ws::routes::stream_ws),
         )
@@ -231,6 +259,9 @@ pub async fn run(
     );
     draining.cancel();
     app.registry.close_all();
+    if let Some(m) = &app.media {
+        m.close_all().await;
+    }
     app.registry.tracker().close();
     let drained = tokio::time::timeout(grace, async {
         let _ = api.await;

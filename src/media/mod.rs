@@ -1,0 +1,613 @@
+//! The node's own WebRTC media path: the seller publishes with WHIP (RFC 9725), buyers
+//! play with WHEP, and the node forwards RTP without transcoding (an SFU), using the
+//! `webrtc` crate (0.21).
+//!
+//! One [`Publication`] per stream holds the publisher's peer connection and, per received
+//! track, a broadcast channel that the track's reader task feeds once; every viewer's
+//! forwarding task subscribes to it and writes the same packets (only the SSRC rewritten)
+//! to its own local track. A viewer that falls behind by more than the channel holds is
+//! dropped — never the publisher. A joining viewer triggers a keyframe request (PLI)
+//! upstream, at most one per `media.keyframe_interval` per track.
+
+pub mod routes;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use tokio::sync::{broadcast, Notify};
+use uuid::Uuid;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
+    RTCPeerConnectionState,
+};
+
+use crate::config::MediaConfig;
+
+/// Packets a viewer may fall behind before it is dropped.
+const VIEWER_BUFFER_PACKETS: usize = 1024;
+/// How long an answer waits for ICE gathering.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a WHEP request waits for the publisher's tracks to appear.
+const TRACKS_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("invalid SDP offer: {0}")]
+    BadOffer(String),
+    #[error("the offer has no audio or video")]
+    NoMedia,
+    #[error("the node carries media.max_publishers publications")]
+    PublishersFull,
+    #[error("the node carries media.max_viewers viewers")]
+    ViewersFull,
+    #[error("the stream already has a publisher")]
+    AlreadyPublishing,
+    #[error("nobody publishes this stream")]
+    NotPublishing,
+    #[error("no such media session")]
+    NoSuchResource,
+    #[error("WebRTC failure: {0}")]
+    WebRtc(String),
+}
+
+fn webrtc_err(e: impl std::fmt::Display) -> MediaError {
+    MediaError::WebRtc(e.to_string())
+}
+
+/// What a WHIP or WHEP resource is.
+#[derive(Clone)]
+pub enum ResourceKind {
+    Publish,
+    View,
+}
+
+/// A WHIP or WHEP session.
+#[derive(Clone)]
+pub struct Resource {
+    pub id: String,
+    pub stream: Uuid,
+    pub user: String,
+    pub kind: ResourceKind,
+    pc: Arc<dyn PeerConnection>,
+}
+
+/// One forwarded track of a publication.
+struct Forwarded {
+    kind: RtpCodecKind,
+    codec: RTCRtpCodec,
+    tx: broadcast::Sender<rtp::Packet>,
+    remote: Arc<dyn TrackRemote>,
+    media_ssrc: u32,
+    last_pli: Mutex<Option<Instant>>,
+}
+
+/// A stream being published on this node.
+pub struct Publication {
+    pub stream: Uuid,
+    pub resource: String,
+    tracks: Mutex<Vec<Arc<Forwarded>>>,
+    tracks_changed: Notify,
+    /// Cancelled when the publisher's connection ends.
+    pub ended: tokio_util::sync::CancellationToken,
+}
+
+pub struct MediaService {
+    cfg: MediaConfig,
+    publications: Mutex<HashMap<Uuid, Arc<Publication>>>,
+    resources: Mutex<HashMap<String, Resource>>,
+    viewers: Arc<AtomicUsize>,
+}
+
+/// The answer to an offer, with the resource created for it.
+pub struct Answer {
+    pub resource: Resource,
+    pub sdp: String,
+}
+
+struct Handler {
+    gathered: Arc<Notify>,
+    state: tokio::sync::watch::Sender<RTCPeerConnectionState>,
+    on_track: Option<Arc<Publication>>,
+    keyframe_interval: Duration,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.notify_one();
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.state.send(state);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let Some(publication) = self.on_track.clone() else {
+            return;
+        };
+        let Some(media_ssrc) = track.ssrcs().await.first().copied() else {
+            return;
+        };
+        let Some(codec) = track.codec(media_ssrc).await else {
+            return;
+        };
+        let kind = if codec.mime_type.to_ascii_lowercase().starts_with("audio/") {
+            RtpCodecKind::Audio
+        } else {
+            RtpCodecKind::Video
+        };
+        let (tx, _) = broadcast::channel(VIEWER_BUFFER_PACKETS);
+        let fwd = Arc::new(Forwarded {
+            kind,
+            codec: codec.clone(),
+            tx: tx.clone(),
+            remote: track.clone(),
+            media_ssrc,
+            last_pli: Mutex::new(None),
+        });
+        publication.tracks.lock().unwrap().push(fwd.clone());
+        publication.tracks_changed.notify_waiters();
+        tracing::info!(stream = %publication.stream, codec = %codec.mime_type, ssrc = media_ssrc, "publisher track");
+        let ended = publication.ended.clone();
+        let keyframe_interval = self.keyframe_interval;
+        tokio::spawn(async move {
+            // One read per packet, handed to every viewer by the broadcast channel.
+            let packets_in = metrics::counter!("streamedge_media_packets_in_total");
+            let bytes_in = metrics::counter!("streamedge_media_bytes_in_total");
+            loop {
+                let ev = tokio::select! {
+                    _ = ended.cancelled() => break,
+                    ev = track.poll() => ev,
+                };
+                match ev {
+                    Some(TrackRemoteEvent::OnRtpPacket(p)) => {
+                        packets_in.increment(1);
+                        bytes_in.increment(p.payload.len() as u64);
+                        let _ = tx.send(p);
+                    }
+                    Some(TrackRemoteEvent::OnEnded) | None => break,
+                    Some(_) => {}
+                }
+            }
+            let _ = keyframe_interval;
+        });
+    }
+}
+
+fn now_state() -> (
+    tokio::sync::watch::Sender<RTCPeerConnectionState>,
+    tokio::sync::watch::Receiver<RTCPeerConnectionState>,
+) {
+    tokio::sync::watch::channel(RTCPeerConnectionState::New)
+}
+
+impl MediaService {
+    pub fn new(cfg: MediaConfig) -> Self {
+        Self {
+            cfg,
+            publications: Mutex::new(HashMap::new()),
+            resources: Mutex::new(HashMap::new()),
+            viewers: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub fn config(&self) -> &MediaConfig {
+        &self.cfg
+    }
+
+    pub fn publication(&self, stream: &Uuid) -> Option<Arc<Publication>> {
+        self.publications.lock().unwrap().get(stream).cloned()
+    }
+
+    pub fn resource(&self, id: &str) -> Option<Resource> {
+        self.resources.lock().unwrap().get(id).cloned()
+    }
+
+    pub fn viewer_count(&self) -> usize {
+        self.viewers.load(Ordering::Relaxed)
+    }
+
+    async fn peer_connection(
+        &self,
+        handler: Handler,
+    ) -> Result<Arc<dyn PeerConnection>, MediaError> {
+        let mut media = MediaEngine::default();
+        media.register_default_codecs().map_err(webrtc_err)?;
+        let registry =
+            register_default_interceptors(Registry::new(), &mut media).map_err(webrtc_err)?;
+        let mut setting = SettingEngineBuilder::new().with_include_loopback_candidate(true);
+        if !self.cfg.public_ips.is_empty() {
+            setting = setting.with_nat_1to1_ips(
+                self.cfg.public_ips.clone(),
+                rtc::peer_connection::transport::RTCIceCandidateType::Host,
+            );
+        }
+        let config = RTCConfigurationBuilder::new().build();
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(config)
+            .with_media_engine(media)
+            .with_setting_engine(setting.build())
+            .with_interceptor_registry(registry)
+            .with_handler(Arc::new(handler) as Arc<dyn PeerConnectionEventHandler>)
+            .with_udp_addrs(vec![self.cfg.udp_addr.clone()])
+            .build()
+            .await
+            .map_err(webrtc_err)?;
+        Ok(Arc::new(pc))
+    }
+
+    /// Answers `offer` on `pc`, waiting for ICE gathering so the answer holds every
+    /// candidate (no trickle needed).
+    async fn answer(
+        pc: &Arc<dyn PeerConnection>,
+        offer: &str,
+        gathered: &Notify,
+    ) -> Result<String, MediaError> {
+        let offer = RTCSessionDescription::offer(offer.to_string())
+            .map_err(|e| MediaError::BadOffer(e.to_string()))?;
+        pc.set_remote_description(offer)
+            .await
+            .map_err(|e| MediaError::BadOffer(e.to_string()))?;
+        let answer = pc
+            .create_answer(None)
+            .await
+            .map_err(|e| MediaError::BadOffer(e.to_string()))?;
+        let wait = gathered.notified();
+        pc.set_local_description(answer).await.map_err(webrtc_err)?;
+        let _ = tokio::time::timeout(GATHER_TIMEOUT, wait).await;
+        pc.local_description()
+            .await
+            .map(|d| d.sdp)
+            .ok_or_else(|| MediaError::WebRtc("no local description".into()))
+    }
+
+    /// WHIP: accepts a publisher's offer for `stream`.
+    pub async fn publish(
+        &self,
+        stream: Uuid,
+        user: &str,
+        offer: &str,
+    ) -> Result<
+        (
+            Answer,
+            Arc<Publication>,
+            tokio::sync::watch::Receiver<RTCPeerConnectionState>,
+        ),
+        MediaError,
+    > {
+        check_offer(offer)?;
+        {
+            let pubs = self.publications.lock().unwrap();
+            if pubs.contains_key(&stream) {
+                return Err(MediaError::AlreadyPublishing);
+            }
+            if pubs.len() >= self.cfg.max_publishers {
+                return Err(MediaError::PublishersFull);
+            }
+        }
+        let resource_id = Uuid::new_v4().simple().to_string();
+        let publication = Arc::new(Publication {
+            stream,
+            resource: resource_id.clone(),
+            tracks: Mutex::new(Vec::new()),
+            tracks_changed: Notify::new(),
+            ended: tokio_util::sync::CancellationToken::new(),
+        });
+        let gathered = Arc::new(Notify::new());
+        let (state_tx, state_rx) = now_state();
+        let pc = self
+            .peer_connection(Handler {
+                gathered: gathered.clone(),
+                state: state_tx,
+                on_track: Some(publication.clone()),
+                keyframe_interval: self.cfg.keyframe_interval,
+            })
+            .await?;
+        let sdp = match Self::answer(&pc, offer, &gathered).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = pc.close().await;
+                return Err(e);
+            }
+        };
+        {
+            let mut pubs = self.publications.lock().unwrap();
+            if pubs.contains_key(&stream) {
+                drop(pubs);
+                let pc = pc.clone();
+                tokio::spawn(async move { pc.close().await });
+                return Err(MediaError::AlreadyPublishing);
+            }
+            pubs.insert(stream, publication.clone());
+        }
+        let resource = Resource {
+            id: resource_id.clone(),
+            stream,
+            user: user.to_string(),
+            kind: ResourceKind::Publish,
+            pc,
+        };
+        self.resources
+            .lock()
+            .unwrap()
+            .insert(resource_id, resource.clone());
+        metrics::gauge!("streamedge_media_publishers")
+            .set(self.publications.lock().unwrap().len() as f64);
+        Ok((Answer { resource, sdp }, publication, state_rx))
+    }
+
+    /// WHEP: answers a viewer's offer with the stream's tracks.
+    pub async fn view(
+        self: &Arc<Self>,
+        stream: Uuid,
+        user: &str,
+        offer: &str,
+    ) -> Result<(Answer, tokio::sync::watch::Receiver<RTCPeerConnectionState>), MediaError> {
+        check_offer(offer)?;
+        let publication = self.publication(&stream).ok_or(MediaError::NotPublishing)?;
+        if self
+            .viewers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.cfg.max_viewers).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(MediaError::ViewersFull);
+        }
+        let guard = ViewerSlot(self.viewers.clone());
+        // The publisher's tracks arrive shortly after its connection is up.
+        let deadline = tokio::time::Instant::now() + TRACKS_TIMEOUT;
+        let tracks = loop {
+            let wait = publication.tracks_changed.notified();
+            let t = publication.tracks.lock().unwrap().clone();
+            if t.len() >= 2
+                || (!t.is_empty()
+                    && tokio::time::Instant::now() + Duration::from_millis(300) > deadline)
+            {
+                break t;
+            }
+            if tokio::time::timeout_at(deadline, wait).await.is_err() {
+                break publication.tracks.lock().unwrap().clone();
+            }
+        };
+        if tracks.is_empty() {
+            return Err(MediaError::NotPublishing);
+        }
+        let gathered = Arc::new(Notify::new());
+        let (state_tx, state_rx) = now_state();
+        let pc = self
+            .peer_connection(Handler {
+                gathered: gathered.clone(),
+                state: state_tx,
+                on_track: None,
+                keyframe_interval: self.cfg.keyframe_interval,
+            })
+            .await?;
+        let mut locals = Vec::new();
+        for fwd in &tracks {
+            let ssrc = rand_ssrc();
+            let label = format!("streamedge-{}", stream.simple());
+            let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                label.clone(),
+                format!(
+                    "{label}-{}",
+                    if fwd.kind == RtpCodecKind::Audio {
+                        "audio"
+                    } else {
+                        "video"
+                    }
+                ),
+                label,
+                fwd.kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: fwd.codec.clone(),
+                    ..Default::default()
+                }],
+            )));
+            pc.add_track(local.clone() as Arc<dyn TrackLocal>)
+                .await
+                .map_err(webrtc_err)?;
+            locals.push((fwd.clone(), local, ssrc));
+        }
+        let sdp = match Self::answer(&pc, offer, &gathered).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = pc.close().await;
+                return Err(e);
+            }
+        };
+        let resource_id = Uuid::new_v4().simple().to_string();
+        let resource = Resource {
+            id: resource_id.clone(),
+            stream,
+            user: user.to_string(),
+            kind: ResourceKind::View,
+            pc: pc.clone(),
+        };
+        self.resources
+            .lock()
+            .unwrap()
+            .insert(resource_id.clone(), resource.clone());
+        let stop = tokio_util::sync::CancellationToken::new();
+        for (fwd, local, ssrc) in locals {
+            let mut rx = fwd.tx.subscribe();
+            let stop = stop.clone();
+            let ended = publication.ended.clone();
+            let pc = pc.clone();
+            request_keyframe(&fwd, self.cfg.keyframe_interval).await;
+            let stop_on_lag = stop.clone();
+            tokio::spawn(async move {
+                let packets_out = metrics::counter!("streamedge_media_packets_out_total");
+                let bytes_out = metrics::counter!("streamedge_media_bytes_out_total");
+                loop {
+                    let got = tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = ended.cancelled() => break,
+                        r = rx.recv() => r,
+                    };
+                    match got {
+                        Ok(mut p) => {
+                            p.header.ssrc = ssrc;
+                            let n = p.payload.len() as u64;
+                            // Fails until the viewer's connection is up (the track is not
+                            // bound yet): those packets are skipped.
+                            if local.write_rtp(p).await.is_ok() {
+                                packets_out.increment(1);
+                                bytes_out.increment(n);
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            // Fell behind: dropped, never the publisher.
+                            metrics::counter!("streamedge_media_viewers_dropped_total")
+                                .increment(1);
+                            tracing::info!(missed, "WHEP viewer fell behind; dropping it");
+                            stop_on_lag.cancel();
+                            let _ = pc.close().await;
+                            break;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            });
+        }
+        // The slot is released when the viewer's session ends: its connection failed or
+        // closed, it fell behind, or the publish ended.
+        std::mem::forget(guard);
+        let me = self.clone();
+        let watch_stop = stop.clone();
+        let ended = publication.ended.clone();
+        let mut state = state_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let s = *state.borrow();
+                if matches!(
+                    s,
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+                ) {
+                    break;
+                }
+                tokio::select! {
+                    r = state.changed() => if r.is_err() { break },
+                    _ = ended.cancelled() => break,
+                    _ = watch_stop.cancelled() => break,
+                }
+            }
+            watch_stop.cancel();
+            let _ = me.remove(&resource_id).await;
+            me.viewers.fetch_sub(1, Ordering::SeqCst);
+            metrics::gauge!("streamedge_media_viewers")
+                .set(me.viewers.load(Ordering::SeqCst) as f64);
+        });
+        metrics::gauge!("streamedge_media_viewers").set(self.viewers.load(Ordering::SeqCst) as f64);
+        Ok((Answer { resource, sdp }, state_rx))
+    }
+
+    /// Ends a WHIP or WHEP session.
+    pub async fn remove(&self, id: &str) -> Result<Resource, MediaError> {
+        let r = self
+            .resources
+            .lock()
+            .unwrap()
+            .remove(id)
+            .ok_or(MediaError::NoSuchResource)?;
+        if let ResourceKind::Publish = r.kind {
+            let p = {
+                let mut pubs = self.publications.lock().unwrap();
+                match pubs.get(&r.stream) {
+                    Some(p) if p.resource == r.id => pubs.remove(&r.stream),
+                    _ => None,
+                }
+            };
+            if let Some(p) = p {
+                p.ended.cancel();
+            }
+            metrics::gauge!("streamedge_media_publishers")
+                .set(self.publications.lock().unwrap().len() as f64);
+        }
+        let _ = r.pc.close().await;
+        Ok(r)
+    }
+
+    /// Ends every session (shutdown).
+    pub async fn close_all(&self) {
+        let ids: Vec<String> = self.resources.lock().unwrap().keys().cloned().collect();
+        for id in ids {
+            let _ = self.remove(&id).await;
+        }
+    }
+}
+
+struct ViewerSlot(Arc<AtomicUsize>);
+
+impl Drop for ViewerSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn rand_ssrc() -> u32 {
+    let b = Uuid::new_v4().into_bytes();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]]) | 1
+}
+
+/// Asks the publisher for a keyframe (PLI), at most once per `interval` per track.
+async fn request_keyframe(fwd: &Forwarded, interval: Duration) {
+    {
+        let mut last = fwd.last_pli.lock().unwrap();
+        if last.is_some_and(|t| t.elapsed() < interval) {
+            return;
+        }
+        *last = Some(Instant::now());
+    }
+    if fwd.kind != RtpCodecKind::Video {
+        return;
+    }
+    metrics::counter!("streamedge_media_keyframe_requests_total").increment(1);
+    let _ = fwd
+        .remote
+        .write_rtcp(vec![Box::new(PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: fwd.media_ssrc,
+        })])
+        .await;
+}
+
+/// A cheap check before any WebRTC work: an SDP offer with at least one audio or video
+/// section.
+pub fn check_offer(sdp: &str) -> Result<(), MediaError> {
+    if !sdp.starts_with("v=0") {
+        return Err(MediaError::BadOffer(
+            "not an SDP session description".into(),
+        ));
+    }
+    if !sdp
+        .lines()
+        .any(|l| l.starts_with("m=audio ") || l.starts_with("m=video "))
+    {
+        return Err(MediaError::NoMedia);
+    }
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! WHIP (`POST /v1/streams/{stream_id}/whip`) and WHEP (`POST /v1/streams/{stream_id}/whep`)
+//! with their session resources (`DELETE`, `PATCH` → 405: the answer carries every
+//! candidate, so no trickle is needed) and CORS preflight.
+//!
+//! Both accept the node's media token (from the rtc-token endpoint, audience
+//! `streamedge-media`, bound to the stream) or a Supabase access token as `Bearer`.
+//! Publishing starts the session (or resumes it) and heartbeats it while the publisher's
+//! connection is up; a dropped publish stops the heartbeats, so the sweeper pauses and then
+//! ends the session as for any silent seller; `DELETE` pauses it at once.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+use uuid::Uuid;
+use webrtc::peer_connection::RTCPeerConnectionState;
+
+use super::MediaError;
+use crate::app::AppState;
+use crate::auth::extract::bearer;
+use crate::auth::AuthError;
+use crate::http::{ApiError, ErrorKind};
+use crate::rtc::service::{MediaClaims, MEDIA_AUDIENCE};
+use crate::sessions::model::Command;
+use crate::streams::routes::parse_stream_id;
+use crate::streams::StreamState;
+
+/// Largest SDP offer accepted.
+pub const MAX_SDP_BYTES: usize = 64 * 1024;
+
+impl From<MediaError> for ApiError {
+    fn from(e: MediaError) -> Self {
+        let msg = e.to_string();
+        match e {
+            MediaError::BadOffer(_) => ApiError::new(ErrorKind::Invalid, "invalid_sdp", msg),
+            MediaError::NoMedia => ApiError::new(ErrorKind::Invalid, "sdp_without_media", msg),
+            MediaError::PublishersFull | MediaError::ViewersFull => {
+                ApiError::new(ErrorKind::Unavailable, "media_full", msg).with_retry_after(5)
+            }
+            MediaError::AlreadyPublishing => {
+                ApiError::new(ErrorKind::Conflict, "already_publishing", msg)
+            }
+            MediaError::NotPublishing => ApiError::new(ErrorKind::NotFound, "not_publishing", msg),
+            MediaError::NoSuchResource => {
+                ApiError::new(ErrorKind::NotFound, "media_session_not_found", msg)
+            }
+            MediaError::WebRtc(_) => ApiError::internal(msg),
+        }
+    }
+}
+
+fn media_enabled(app: &AppState) -> Result<&std::sync::Arc<super::MediaService>, ApiError> {
+    app.media.as_ref().ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::NotFound,
+            "media_disabled",
+            "this node does not carry media (media.enabled = false)",
+        )
+    })
+}
+
+/// The caller: a media token for this stream, or a Supabase access token.
+async fn caller(app: &AppState, headers: &HeaderMap, stream: &Uuid) -> Result<String, ApiError> {
+    let token = bearer(headers)?.ok_or(AuthError::Missing)?;
+    let key = app.config.media.node_key.expose();
+    if !key.is_empty() {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_audience(&[MEDIA_AUDIENCE]);
+        v.leeway = app.config.auth.leeway.as_secs();
+        if let Ok(t) = decode::<MediaClaims>(token, &DecodingKey::from_secret(key.as_bytes()), &v) {
+            if t.claims.stream != stream.to_string() {
+                return Err(ApiError::new(
+                    ErrorKind::Forbidden,
+                    "wrong_stream",
+                    "the media token is for another stream",
+                ));
+            }
+            return Ok(t.claims.sub);
+        }
+    }
+    Ok(app.auth.verify(token).await?.user_id)
+}
+
+fn sdp_body(headers: &HeaderMap, body: &Bytes) -> Result<String, ApiError> {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ctype.trim().eq_ignore_ascii_case("application/sdp") {
+        return Err(ApiError::new(
+            ErrorKind::UnsupportedMediaType,
+            "unsupported_media_type",
+            "the offer must be application/sdp",
+        ));
+    }
+    if body.len() > MAX_SDP_BYTES {
+        return Err(ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            "payload_too_large",
+            format!("the offer is over {MAX_SDP_BYTES} bytes"),
+        ));
+    }
+    String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::new(ErrorKind::Invalid, "invalid_sdp", "the offer is not UTF-8"))
+}
+
+fn created(app: &AppState, path: String, sdp: String) -> Response {
+    let mut r = (StatusCode::CREATED, sdp).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&path) {
+        h.insert(header::LOCATION, v);
+    }
+    for url in &app.config.media.ice_servers {
+        if let Ok(v) = HeaderValue::from_str(&format!("<{url}>; rel=\"ice-server\"")) {
+            h.append(header::LINK, v);
+        }
+    }
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Location, Link"),
+    );
+    r
+}
+
+/// `POST /v1/streams/{stream_id}/whip` (the stream's seller).
+pub async fn whip(
+    State(app): State<AppState>,
+    Path(stream_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let media = media_enabled(&app)?;
+    let id = parse_stream_id(&stream_id)?;
+    let user = caller(&app, &headers, &id).await?;
+    let offer = sdp_body(&headers, &body)?;
+    let stream = app.streams.get(&id).await?;
+    if stream.owner_id != user {
+        return Err(ApiError::new(
+            ErrorKind::Forbidden,
+            "not_owner",
+            "only the stream's seller can publish",
+        ));
+    }
+    if stream.state == StreamState::Ended {
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            "stream_ended",
+            "the stream has ended",
+        ));
+    }
+    let (answer, publication, mut state) = media.publish(id, &user, &offer).await?;
+    // Publishing makes the session live.
+    let cmd = match stream.state {
+        StreamState::Idle => Some(Command::Start),
+        StreamState::Paused => Some(Command::Resume),
+        _ => None,
+    };
+    if let Some(cmd) = cmd {
+        if let Err(e) = app.sessions.command(&id, &user, cmd).await {
+            let _ = media.remove(&answer.resource.id).await;
+            return Err(e.into());
+        }
+    }
+    // Heartbeat while the publisher's connection is up; a failed connection ends the
+    // publish (its viewers with it) and the heartbeats, so the sweeper pauses the session.
+    let every = (app.config.session.heartbeat_timeout / 3).max(Duration::from_millis(100));
+    let owner = user.clone();
+    let ended = publication.ended.clone();
+    let resource = answer.resource.id.clone();
+    let app2 = app.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = ended.cancelled() => break,
+                _ = tick.tick() => {
+                    let s = *state.borrow();
+                    match s {
+                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => break,
+                        RTCPeerConnectionState::Disconnected => {}
+                        _ => {
+                            let _ = app2.sessions.command(&id, &owner, Command::Heartbeat).await;
+                        }
+                    }
+                }
+                r = state.changed() => if r.is_err() { break },
+            }
+        }
+        if let Some(m) = &app2.media {
+            if m.remove(&resource).await.is_ok() {
+                tracing::info!(stream = %id, resource = %resource, "WHIP publish ended (connection lost)");
+            }
+        }
+    });
+    metrics::counter!("streamedge_media_sessions_total", "kind" => "whip").increment(1);
+    tracing::info!(stream = %id, resource = %answer.resource.id, "WHIP publish started");
+    Ok(created(
+        &app,
+        format!("/v1/streams/{id}/whip/{}", answer.resource.id),
+        answer.sdp,
+    ))
+}
+
+/// `POST /v1/streams/{stream_id}/whep` (any signed-in viewer).
+pub async fn whep(
+    State(app): State<AppState>,
+    Path(stream_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let media = media_enabled(&app)?;
+    let id = parse_stream_id(&stream_id)?;
+    let user = caller(&app, &headers, &id).await?;
+    let offer = sdp_body(&headers, &body)?;
+    let stream = app.streams.get(&id).await?;
+    if stream.owner_id != user
+        && app
+            .store
+            .get(&crate::rtc::routes::ban_key(&id, &user))
+            .await?
+            .is_some()
+    {
+        return Err(ApiError::new(
+            ErrorKind::Forbidden,
+            "banned",
+            "you are banned from this stream",
+        ));
+    }
+    let (answer, _state) = media.view(id, &user, &offer).await?;
+    metrics::counter!("streamedge_media_sessions_total", "kind" => "whep").increment(1);
+    Ok(created(
+        &app,
+        format!("/v1/streams/{id}/whep/{}", answer.resource.id),
+        answer.sdp,
+    ))
+}
+
+/// `DELETE /v1/streams/{stream_id}/whip/{resource}` and `.../whep/{resource}`: only the
+/// user who created the session.
+pub async fn delete(
+    State(app): State<AppState>,
+    Path((stream_id, resource)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let media = media_enabled(&app)?;
+    let id = parse_stream_id(&stream_id)?;
+    let user = caller(&app, &headers, &id).await?;
+    let r = media
+        .resource(&resource)
+        .filter(|r| r.stream == id)
+        .ok_or(MediaError::NoSuchResource)?;
+    if r.user != user {
+        return Err(ApiError::new(
+            ErrorKind::Forbidden,
+            "not_owner",
+            "only the session's creator can end it",
+        ));
+    }
+    let r = media.remove(&resource).await?;
+    if let super::ResourceKind::Publish = r.kind {
+        // The seller stopped publishing: the session pauses at once.
+        let _ = app.sessions.command(&id, &user, Command::Pause).await;
+    }
+    Ok(StatusCode::OK)
+}
+
+/// `PATCH` on a session: trickle ICE and ICE restarts are not supported (the answer holds
+/// every candidate), which RFC 9725 answers with 405.
+pub async fn patch() -> Response {
+    let mut r = ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        "method_not_allowed",
+        "trickle ICE and ICE restarts are not supported: the answer carries every candidate",
+    )
+    .into_response();
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("DELETE"));
+    r
+}
+
+/// CORS preflight for the WHIP/WHEP endpoints, with `Accept-Post`.
+pub async fn options() -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    let h = r.headers_mut();
+    h.insert("accept-post", HeaderValue::from_static("application/sdp"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, DELETE, PATCH, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, Content-Type"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Location, Link"),
+    );
+    r
+}

@@ -1,0 +1,486 @@
+//! WHIP ingest and WHEP playback with the `webrtc` crate as the real peer on both sides: a
+//! publisher sends synthetic VP8 and Opus RTP, three viewers receive the same payloads in
+//! order; DELETE tears it down and the session follows; bad requests get clear errors.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::TestNode;
+use reqwest::Method;
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use streamedge::config::Secret;
+use tokio::sync::{mpsc, Notify};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
+};
+
+const T: Duration = Duration::from_secs(20);
+
+struct Client {
+    gathered: Arc<Notify>,
+    /// (mime type, payload) of every received packet.
+    packets: Option<mpsc::UnboundedSender<(String, Bytes)>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Client {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.notify_one();
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let Some(tx) = self.packets.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
+            let mime = track
+                .codec(ssrc)
+                .await
+                .map(|c| c.mime_type)
+                .unwrap_or_default();
+            while let Some(ev) = track.poll().await {
+                match ev {
+                    TrackRemoteEvent::OnRtpPacket(p) => {
+                        let _ = tx.send((mime.to_ascii_lowercase(), p.payload.clone()));
+                    }
+                    TrackRemoteEvent::OnEnded => break,
+                    _ => {}
+                }
+            }
+        });
+    }
+}
+
+async fn peer(
+    packets: Option<mpsc::UnboundedSender<(String, Bytes)>>,
+) -> (Arc<dyn PeerConnection>, Arc<Notify>) {
+    let mut media = MediaEngine::default();
+    media.register_default_codecs().unwrap();
+    let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
+    let gathered = Arc::new(Notify::new());
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media)
+        .with_setting_engine(
+            SettingEngineBuilder::new()
+                .with_include_loopback_candidate(true)
+                .build(),
+        )
+        .with_interceptor_registry(registry)
+        .with_handler(Arc::new(Client {
+            gathered: gathered.clone(),
+            packets,
+        }) as Arc<dyn PeerConnectionEventHandler>)
+        .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+        .build()
+        .await
+        .unwrap();
+    (Arc::new(pc), gathered)
+}
+
+/// Creates the offer and waits for gathering, so it holds the candidates.
+async fn offer(pc: &Arc<dyn PeerConnection>, gathered: &Notify) -> String {
+    let o = pc.create_offer(None).await.unwrap();
+    let wait = gathered.notified();
+    pc.set_local_description(o).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
+    pc.local_description().await.unwrap().sdp
+}
+
+fn local_track(
+    kind: RtpCodecKind,
+    mime: &str,
+    clock: u32,
+    channels: u16,
+    ssrc: u32,
+) -> Arc<TrackLocalStaticRTP> {
+    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        "pub".into(),
+        format!("pub-{mime}"),
+        "pub".into(),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: RTCRtpCodec {
+                mime_type: mime.into(),
+                clock_rate: clock,
+                channels,
+                ..Default::default()
+            },
+            ..Default::default()
+        }],
+    )))
+}
+
+/// POSTs an SDP offer; returns status, Location and body.
+async fn post_sdp(url: &str, token: &str, sdp: &str) -> (u16, Option<String>, String) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/sdp")
+        .body(sdp.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let loc = r
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, loc, r.text().await.unwrap())
+}
+
+fn media_config() -> streamedge::config::Config {
+    let mut c = common::test_config();
+    c.media.enabled = true;
+    c.media.node_key = Secret::new("test-media-node-key-0123456789abcdef");
+    c.media.udp_addr = "127.0.0.1:0".into();
+    c.media.ice_servers = vec!["stun:stun.example.net:3478".into()];
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_publisher_reaches_three_whep_viewers_and_delete_tears_down() {
+    let node = TestNode::start(media_config()).await;
+    let api = node.api_url("");
+    let seller = common::seller("seller-media");
+    let stream = common::create_stream(&format!("{api}/v1/streams"), &seller).await;
+
+    // The publisher: a VP8 and an Opus track.
+    let (pub_pc, pub_gathered) = peer(None).await;
+    let video = local_track(RtpCodecKind::Video, "video/VP8", 90000, 0, 1111);
+    let audio = local_track(RtpCodecKind::Audio, "audio/opus", 48000, 2, 2222);
+    pub_pc
+        .add_track(video.clone() as Arc<dyn TrackLocal>)
+        .await
+        .unwrap();
+    pub_pc
+        .add_track(audio.clone() as Arc<dyn TrackLocal>)
+        .await
+        .unwrap();
+    let sdp = offer(&pub_pc, &pub_gathered).await;
+    let r = reqwest::Client::new()
+        .post(format!("{api}/v1/streams/{stream}/whip"))
+        .bearer_auth(&seller)
+        .header("content-type", "application/sdp")
+        .body(sdp)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["content-type"], "application/sdp");
+    let link = r.headers()["link"].to_str().unwrap().to_string();
+    assert_eq!(link, "<stun:stun.example.net:3478>; rel=\"ice-server\"");
+    let whip_resource = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(whip_resource.starts_with(&format!("/v1/streams/{stream}/whip/")));
+    let answer = r.text().await.unwrap();
+    assert!(answer.contains("a=candidate"), "{answer}");
+    pub_pc
+        .set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+        .await
+        .unwrap();
+
+    // Publishing made the session live.
+    let (_, s) = common::call(
+        Method::GET,
+        &format!("{api}/v1/streams/{stream}"),
+        &seller,
+        None,
+    )
+    .await;
+    assert_eq!(s["state"], "live");
+
+    // Packets flow from here on: payload = a counter, so order and content are checkable.
+    let sending = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sender = {
+        let (video, audio, sending) = (video.clone(), audio.clone(), sending.clone());
+        tokio::spawn(async move {
+            let mut i: u32 = 0;
+            while sending.load(std::sync::atomic::Ordering::Relaxed) {
+                for (t, pt, ssrc, tick) in
+                    [(&video, 96u8, 1111u32, 3000u32), (&audio, 111, 2222, 960)]
+                {
+                    let p = rtp::Packet {
+                        header: rtp::Header {
+                            version: 2,
+                            payload_type: pt,
+                            sequence_number: i as u16,
+                            timestamp: i.wrapping_mul(tick),
+                            ssrc,
+                            marker: true,
+                            ..Default::default()
+                        },
+                        payload: Bytes::from(format!("pkt-{i:08}").into_bytes()),
+                    };
+                    let _ = t.write_rtp(p).await;
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    // Three viewers.
+    let mut viewers = Vec::new();
+    for v in 0..3 {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (pc, gathered) = peer(Some(tx)).await;
+        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+            pc.add_transceiver_from_kind(
+                kind,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .unwrap();
+        }
+        let sdp = offer(&pc, &gathered).await;
+        let buyer = common::buyer(&format!("viewer-{v}"));
+        let (st, loc, answer) =
+            post_sdp(&format!("{api}/v1/streams/{stream}/whep"), &buyer, &sdp).await;
+        assert_eq!(st, 201, "{answer}");
+        pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+            .await
+            .unwrap();
+        viewers.push((pc, rx, loc.unwrap(), buyer));
+    }
+
+    // Each viewer receives both tracks: the payloads are the publisher's, in order.
+    for (_, rx, _, _) in viewers.iter_mut() {
+        let mut last: std::collections::HashMap<String, u32> = Default::default();
+        let mut got = std::collections::HashMap::<String, usize>::new();
+        let deadline = tokio::time::Instant::now() + T;
+        while got.get("video/vp8").copied().unwrap_or(0) < 30
+            || got.get("audio/opus").copied().unwrap_or(0) < 30
+        {
+            let (mime, payload) = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .expect("viewer did not receive 30 packets per track in time")
+                .unwrap();
+            let text = std::str::from_utf8(&payload).unwrap();
+            let n: u32 = text.strip_prefix("pkt-").unwrap().parse().unwrap();
+            if let Some(prev) = last.get(&mime) {
+                assert!(n > *prev, "{mime}: {n} after {prev}");
+            }
+            last.insert(mime.clone(), n);
+            *got.entry(mime).or_default() += 1;
+        }
+    }
+    let metrics = reqwest::get(node.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("streamedge_media_viewers 3"), "{metrics}");
+    assert!(metrics.contains("streamedge_media_publishers 1"));
+
+    // A viewer cannot end another's session or the publish.
+    let (st, body) = common::call(
+        Method::DELETE,
+        &format!("{api}{}", viewers[0].2),
+        &viewers[1].3,
+        None,
+    )
+    .await;
+    assert_eq!((st, body["code"].as_str()), (403, Some("not_owner")));
+    let (st, _) = common::call(
+        Method::DELETE,
+        &format!("{api}{whip_resource}"),
+        &viewers[1].3,
+        None,
+    )
+    .await;
+    assert_eq!(st, 403);
+    // One viewer leaves.
+    let (st, _) = common::call(
+        Method::DELETE,
+        &format!("{api}{}", viewers[0].2),
+        &viewers[0].3,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    // The publisher stops: everything is torn down and the session pauses.
+    let (st, _) = common::call(
+        Method::DELETE,
+        &format!("{api}{whip_resource}"),
+        &seller,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    sending.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = sender.await;
+    let (_, s) = common::call(
+        Method::GET,
+        &format!("{api}/v1/streams/{stream}"),
+        &seller,
+        None,
+    )
+    .await;
+    assert_eq!(s["state"], "paused");
+    assert!(
+        common::eventually(T, || async {
+            let m = reqwest::get(node.admin_url("/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            m.contains("streamedge_media_viewers 0") && m.contains("streamedge_media_publishers 0")
+        })
+        .await,
+        "viewers or publisher left dangling"
+    );
+    let (st, body) = common::call(
+        Method::DELETE,
+        &format!("{api}{whip_resource}"),
+        &seller,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (404, Some("media_session_not_found"))
+    );
+    for (pc, ..) in viewers {
+        let _ = pc.close().await;
+    }
+    let _ = pub_pc.close().await;
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_whip_and_whep_requests_get_clear_errors() {
+    let node = TestNode::start(media_config()).await;
+    let api = node.api_url("");
+    let seller = common::seller("seller-bad");
+    let stream = common::create_stream(&format!("{api}/v1/streams"), &seller).await;
+    let whip = format!("{api}/v1/streams/{stream}/whip");
+    let whep = format!("{api}/v1/streams/{stream}/whep");
+
+    let code = |st: u16, body: &str| {
+        (
+            st,
+            serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v["code"].as_str().map(String::from)),
+        )
+    };
+    let (st, _, b) = post_sdp(&whip, &seller, "this is not sdp").await;
+    assert_eq!(code(st, &b), (400, Some("invalid_sdp".into())));
+    let no_media = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
+    let (st, _, b) = post_sdp(&whip, &seller, no_media).await;
+    assert_eq!(code(st, &b), (400, Some("sdp_without_media".into())));
+    let garbage_media =
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n";
+    let (st, _, b) = post_sdp(&whip, &seller, garbage_media).await;
+    assert_eq!(code(st, &b), (400, Some("invalid_sdp".into())), "{b}");
+    // A buyer trying to publish.
+    let (st, _, b) = post_sdp(&whip, &common::buyer("b"), no_media).await;
+    assert_eq!(code(st, &b), (403, Some("not_owner".into())));
+    let (pc, gathered) = peer(None).await;
+    pc.add_transceiver_from_kind(RtpCodecKind::Video, None)
+        .await
+        .unwrap();
+    let good = offer(&pc, &gathered).await;
+    let (st, _, b) = post_sdp(&whip, &common::buyer("b"), &good).await;
+    assert_eq!(code(st, &b), (403, Some("not_owner".into())));
+    // An unknown stream, a missing token, a wrong content type, an oversized offer.
+    let (st, _, b) = post_sdp(
+        &format!("{api}/v1/streams/{}/whip", uuid::Uuid::new_v4()),
+        &seller,
+        &good,
+    )
+    .await;
+    assert_eq!(code(st, &b), (404, Some("stream_not_found".into())));
+    let r = reqwest::Client::new()
+        .post(&whip)
+        .header("content-type", "application/sdp")
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = reqwest::Client::new()
+        .post(&whip)
+        .bearer_auth(&seller)
+        .header("content-type", "text/plain")
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let big = format!("{good}{}", "a=x-pad:".repeat(10_000));
+    let (st, _, _) = post_sdp(&whip, &seller, &big).await;
+    assert_eq!(st, 413);
+    // WHEP before anyone publishes.
+    let (st, _, b) = post_sdp(&whep, &common::buyer("b"), &good).await;
+    assert_eq!(code(st, &b), (404, Some("not_publishing".into())));
+    // PATCH is refused as RFC 9725 says for servers without trickle ICE.
+    let r = reqwest::Client::new()
+        .patch(format!("{whip}/whatever"))
+        .bearer_auth(&seller)
+        .header("content-type", "application/trickle-ice-sdpfrag")
+        .body("a=candidate:1 1 udp 1 127.0.0.1 9 typ host")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    // CORS preflight advertises the offer type.
+    let r = reqwest::Client::new()
+        .request(Method::OPTIONS, &whip)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["accept-post"], "application/sdp");
+    // Nothing was left behind by the refused requests.
+    let m = reqwest::get(node.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!m.contains("streamedge_media_publishers 1"));
+    let _ = pc.close().await;
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn media_endpoints_are_absent_when_media_is_disabled() {
+    let node = TestNode::start(common::test_config()).await;
+    let api = node.api_url("");
+    let seller = common::seller("s");
+    let stream = common::create_stream(&format!("{api}/v1/streams"), &seller).await;
+    let (st, _, b) = post_sdp(&format!("{api}/v1/streams/{stream}/whip"), &seller, "v=0").await;
+    assert_eq!(st, 404, "{b}");
+    assert!(b.contains("media_disabled"));
+    node.shutdown().await.unwrap();
+}
