@@ -111,10 +111,13 @@ impl AppState {
             streams,
             rtc: crate::rtc::RtcIssuer::from_config(&config),
             persist,
-            media: config
-                .media
-                .enabled
-                .then(|| Arc::new(crate::media::MediaService::new(config.media.clone()))),
+            media: config.media.enabled.then(|| {
+                Arc::new(crate::media::MediaService::new(
+                    config.media.clone(),
+                    store.clone(),
+                    node_id.clone(),
+                ))
+            }),
             config,
             store,
             registry,

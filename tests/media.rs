@@ -484,3 +484,160 @@ async fn media_endpoints_are_absent_when_media_is_disabled() {
     assert!(b.contains("media_disabled"));
     node.shutdown().await.unwrap();
 }
+
+/// Publishes a VP8 + Opus offer through WHIP; returns the peer, its tracks and the resource.
+async fn start_publisher(
+    api: &str,
+    stream: &uuid::Uuid,
+    seller: &str,
+) -> (
+    Arc<dyn PeerConnection>,
+    Vec<(Arc<TrackLocalStaticRTP>, u8, u32)>,
+    String,
+) {
+    let (pc, gathered) = peer(None).await;
+    let video = local_track(RtpCodecKind::Video, "video/VP8", 90000, 0, 3333);
+    let audio = local_track(RtpCodecKind::Audio, "audio/opus", 48000, 2, 4444);
+    pc.add_track(video.clone() as Arc<dyn TrackLocal>)
+        .await
+        .unwrap();
+    pc.add_track(audio.clone() as Arc<dyn TrackLocal>)
+        .await
+        .unwrap();
+    let sdp = offer(&pc, &gathered).await;
+    let (st, loc, answer) =
+        post_sdp(&format!("{api}/v1/streams/{stream}/whip"), seller, &sdp).await;
+    assert_eq!(st, 201, "{answer}");
+    pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+        .await
+        .unwrap();
+    (
+        pc,
+        vec![(video, 96, 3333), (audio, 111, 4444)],
+        loc.unwrap(),
+    )
+}
+
+/// Starts a WHEP viewer; returns its peer, received packets and resource.
+async fn start_viewer(
+    api: &str,
+    stream: &uuid::Uuid,
+    token: &str,
+) -> (
+    Arc<dyn PeerConnection>,
+    mpsc::UnboundedReceiver<(String, Bytes)>,
+    String,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (pc, gathered) = peer(Some(tx)).await;
+    for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+        pc.add_transceiver_from_kind(
+            kind,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    }
+    let sdp = offer(&pc, &gathered).await;
+    let (st, loc, answer) = post_sdp(&format!("{api}/v1/streams/{stream}/whep"), token, &sdp).await;
+    assert_eq!(st, 201, "{answer}");
+    pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+        .await
+        .unwrap();
+    (pc, rx, loc.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_on_another_node_is_served_through_a_relay() {
+    let mut cfg = media_config();
+    cfg.redis.url = common::redis_url();
+    let mut cfg_b = cfg.clone();
+    cfg_b.server.node_id = format!("{}-b", cfg.server.node_id);
+    let a = TestNode::start(cfg).await;
+    let b = TestNode::start(cfg_b).await;
+    let (api_a, api_b) = (a.api_url(""), b.api_url(""));
+    let seller = common::seller("seller-relay");
+    let stream = common::create_stream(&format!("{api_a}/v1/streams"), &seller).await;
+    let (pub_pc, tracks, whip) = start_publisher(&api_a, &stream, &seller).await;
+    let sending = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sender = {
+        let sending = sending.clone();
+        tokio::spawn(async move {
+            let mut i: u32 = 0;
+            while sending.load(std::sync::atomic::Ordering::Relaxed) {
+                for (t, pt, ssrc) in &tracks {
+                    let p = rtp::Packet {
+                        header: rtp::Header {
+                            version: 2,
+                            payload_type: *pt,
+                            sequence_number: i as u16,
+                            timestamp: i.wrapping_mul(960),
+                            ssrc: *ssrc,
+                            marker: true,
+                            ..Default::default()
+                        },
+                        payload: Bytes::from(format!("pkt-{i:08}").into_bytes()),
+                    };
+                    let _ = t.write_rtp(p).await;
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    // The viewer asks node B, which never saw the publisher.
+    let buyer = common::buyer("edge-viewer");
+    let (view_pc, mut rx, whep) = start_viewer(&api_b, &stream, &buyer).await;
+    let mut counts = std::collections::HashMap::<String, usize>::new();
+    let mut last = std::collections::HashMap::<String, u32>::new();
+    let deadline = tokio::time::Instant::now() + T;
+    while counts.get("video/vp8").copied().unwrap_or(0) < 30
+        || counts.get("audio/opus").copied().unwrap_or(0) < 30
+    {
+        let (mime, payload) = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("the edge viewer received too little")
+            .unwrap();
+        let n: u32 = std::str::from_utf8(&payload)
+            .unwrap()
+            .strip_prefix("pkt-")
+            .unwrap()
+            .parse()
+            .unwrap();
+        if let Some(prev) = last.get(&mime) {
+            assert!(n > *prev, "{mime}: {n} after {prev}");
+        }
+        last.insert(mime.clone(), n);
+        *counts.entry(mime).or_default() += 1;
+    }
+    // A second viewer on B shares the same relay.
+    let (view2_pc, mut rx2, _) =
+        start_viewer(&api_b, &stream, &common::buyer("edge-viewer-2")).await;
+    tokio::time::timeout(T, rx2.recv())
+        .await
+        .expect("second edge viewer got nothing")
+        .unwrap();
+    // The publish ends on A: the relay and B's viewers end with it.
+    let (st, _) = common::call(Method::DELETE, &format!("{api_a}{whip}"), &seller, None).await;
+    assert_eq!(st, 200);
+    sending.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = sender.await;
+    assert!(
+        common::eventually(T, || async {
+            common::call(Method::DELETE, &format!("{api_b}{whep}"), &buyer, None)
+                .await
+                .0
+                == 404
+        })
+        .await,
+        "the edge viewer outlived the publish"
+    );
+    for pc in [view_pc, view2_pc, pub_pc] {
+        let _ = pc.close().await;
+    }
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}

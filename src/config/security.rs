@@ -133,6 +133,9 @@ pub struct MediaConfig {
     pub public_ips: Vec<String>,
     /// STUN/TURN URLs offered to clients in WHIP/WHEP `Link` headers.
     pub ice_servers: Vec<String>,
+    /// The base URL other nodes reach this node's API at, to relay streams it ingests
+    /// (empty: `http://` + the API listener's address).
+    pub advertise_url: String,
     /// Streams this node ingests at once, and viewers it serves at once.
     pub max_publishers: usize,
     pub max_viewers: usize,
@@ -150,6 +153,7 @@ impl Default for MediaConfig {
             udp_addr: "0.0.0.0:0".into(),
             public_ips: Vec::new(),
             ice_servers: Vec::new(),
+            advertise_url: String::new(),
             max_publishers: 16,
             max_viewers: 500,
             keyframe_interval: Duration::from_secs(1),

@@ -39,6 +39,8 @@ use webrtc::peer_connection::{
 };
 
 use crate::config::MediaConfig;
+use crate::rtc::service::{MediaClaims, MEDIA_AUDIENCE};
+use crate::store::SharedState;
 
 /// Packets a viewer may fall behind before it is dropped.
 const VIEWER_BUFFER_PACKETS: usize = 1024;
@@ -72,10 +74,12 @@ fn webrtc_err(e: impl std::fmt::Display) -> MediaError {
 }
 
 /// What a WHIP or WHEP resource is.
-#[derive(Clone)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum ResourceKind {
     Publish,
     View,
+    /// This node pulling a stream from the node that ingests it (the edge pattern).
+    Relay,
 }
 
 /// A WHIP or WHEP session.
@@ -86,6 +90,8 @@ pub struct Resource {
     pub user: String,
     pub kind: ResourceKind,
     pc: Arc<dyn PeerConnection>,
+    /// For a relay: the WHEP resource on the origin node.
+    remote: Option<String>,
 }
 
 /// One forwarded track of a publication.
@@ -113,6 +119,25 @@ pub struct MediaService {
     publications: Mutex<HashMap<Uuid, Arc<Publication>>>,
     resources: Mutex<HashMap<String, Resource>>,
     viewers: Arc<AtomicUsize>,
+    store: Arc<dyn SharedState>,
+    node_id: String,
+    /// One relay being set up at a time.
+    relaying: tokio::sync::Mutex<()>,
+    http: reqwest::Client,
+}
+
+/// Where a stream is ingested, in the shared state (`media:ingest:{stream}`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Ingest {
+    node: String,
+    url: String,
+}
+
+/// Shortest life of an ingest record without a refresh (the publish heartbeat renews it).
+pub const INGEST_TTL: Duration = Duration::from_secs(15);
+
+fn ingest_key(stream: &Uuid) -> String {
+    format!("media:ingest:{stream}")
 }
 
 /// The answer to an offer, with the resource created for it.
@@ -201,13 +226,213 @@ fn now_state() -> (
 }
 
 impl MediaService {
-    pub fn new(cfg: MediaConfig) -> Self {
+    pub fn new(cfg: MediaConfig, store: Arc<dyn SharedState>, node_id: String) -> Self {
         Self {
             cfg,
             publications: Mutex::new(HashMap::new()),
             resources: Mutex::new(HashMap::new()),
             viewers: Arc::new(AtomicUsize::new(0)),
+            store,
+            node_id,
+            relaying: tokio::sync::Mutex::new(()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("HTTP client"),
         }
+    }
+
+    /// Records (or refreshes) this node as the stream's ingest, for other nodes' relays.
+    pub async fn announce(&self, stream: &Uuid, ttl: Duration) {
+        let rec = Ingest {
+            node: self.node_id.clone(),
+            url: self.cfg.advertise_url.clone(),
+        };
+        let json = serde_json::to_vec(&rec).expect("ingest serialises");
+        if let Err(e) = self
+            .store
+            .set(&ingest_key(stream), &json, Some(ttl.max(INGEST_TTL)))
+            .await
+        {
+            tracing::warn!(%stream, error = %e, "ingest not announced");
+        }
+    }
+
+    async fn withdraw(&self, stream: &Uuid) {
+        let key = ingest_key(stream);
+        if let Ok(Some(raw)) = self.store.get(&key).await {
+            if let Ok(rec) = serde_json::from_slice::<Ingest>(&raw) {
+                if rec.node == self.node_id {
+                    let _ = self.store.delete(&key).await;
+                }
+            }
+        }
+    }
+
+    /// A media token this node presents to another node (nodes share `media.node_key`).
+    fn internal_token(&self, stream: &Uuid) -> String {
+        let now = crate::sessions::service::now_ms() / 1000;
+        let claims = MediaClaims {
+            sub: format!("node:{}", self.node_id),
+            stream: stream.to_string(),
+            role: "relay".into(),
+            aud: MEDIA_AUDIENCE.into(),
+            iat: now,
+            exp: now + 300,
+        };
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(self.cfg.node_key.expose().as_bytes()),
+        )
+        .expect("HS256 encoding")
+    }
+
+    /// The stream's publication on this node: the local publish, or a relay pulling it
+    /// from the node that ingests it.
+    async fn publication_or_relay(
+        self: &Arc<Self>,
+        stream: &Uuid,
+    ) -> Result<Arc<Publication>, MediaError> {
+        if let Some(p) = self.publication(stream) {
+            return Ok(p);
+        }
+        let _one = self.relaying.lock().await;
+        if let Some(p) = self.publication(stream) {
+            return Ok(p);
+        }
+        let raw = self
+            .store
+            .get(&ingest_key(stream))
+            .await
+            .map_err(webrtc_err)?
+            .ok_or(MediaError::NotPublishing)?;
+        let ingest: Ingest = serde_json::from_slice(&raw).map_err(webrtc_err)?;
+        if ingest.node == self.node_id || ingest.url.is_empty() {
+            return Err(MediaError::NotPublishing);
+        }
+        self.relay(*stream, &ingest).await
+    }
+
+    /// Pulls `stream` from its ingest node over WebRTC (WHEP with an internal token) and
+    /// fans it out here like a local publish.
+    async fn relay(
+        self: &Arc<Self>,
+        stream: Uuid,
+        ingest: &Ingest,
+    ) -> Result<Arc<Publication>, MediaError> {
+        let resource_id = format!("relay{}", Uuid::new_v4().simple());
+        let publication = Arc::new(Publication {
+            stream,
+            resource: resource_id.clone(),
+            tracks: Mutex::new(Vec::new()),
+            tracks_changed: Notify::new(),
+            ended: tokio_util::sync::CancellationToken::new(),
+        });
+        let gathered = Arc::new(Notify::new());
+        let (state_tx, mut state_rx) = now_state();
+        let pc = self
+            .peer_connection(Handler {
+                gathered: gathered.clone(),
+                state: state_tx,
+                on_track: Some(publication.clone()),
+                keyframe_interval: self.cfg.keyframe_interval,
+            })
+            .await?;
+        let result = async {
+            for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+                pc.add_transceiver_from_kind(
+                    kind,
+                    Some(rtc::rtp_transceiver::RTCRtpTransceiverInit {
+                        direction: rtc::rtp_transceiver::RTCRtpTransceiverDirection::Recvonly,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .map_err(webrtc_err)?;
+            }
+            let offer = pc.create_offer(None).await.map_err(webrtc_err)?;
+            let wait = gathered.notified();
+            pc.set_local_description(offer).await.map_err(webrtc_err)?;
+            let _ = tokio::time::timeout(GATHER_TIMEOUT, wait).await;
+            let sdp = pc
+                .local_description()
+                .await
+                .ok_or_else(|| MediaError::WebRtc("no local description".into()))?
+                .sdp;
+            let origin = ingest.url.trim_end_matches('/');
+            let r = self
+                .http
+                .post(format!("{origin}/v1/streams/{stream}/whep"))
+                .bearer_auth(self.internal_token(&stream))
+                .header("content-type", "application/sdp")
+                .body(sdp)
+                .send()
+                .await
+                .map_err(webrtc_err)?;
+            if r.status().as_u16() == 404 {
+                return Err(MediaError::NotPublishing);
+            }
+            if r.status().as_u16() != 201 {
+                return Err(MediaError::WebRtc(format!(
+                    "origin answered {}",
+                    r.status()
+                )));
+            }
+            let location = r
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(|l| format!("{origin}{l}"));
+            let answer = r.text().await.map_err(webrtc_err)?;
+            pc.set_remote_description(RTCSessionDescription::answer(answer).map_err(webrtc_err)?)
+                .await
+                .map_err(webrtc_err)?;
+            Ok(location)
+        }
+        .await;
+        let remote = match result {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = pc.close().await;
+                return Err(e);
+            }
+        };
+        self.publications
+            .lock()
+            .unwrap()
+            .insert(stream, publication.clone());
+        self.resources.lock().unwrap().insert(
+            resource_id.clone(),
+            Resource {
+                id: resource_id.clone(),
+                stream,
+                user: format!("node:{}", self.node_id),
+                kind: ResourceKind::Relay,
+                pc,
+                remote,
+            },
+        );
+        metrics::counter!("streamedge_media_relays_total").increment(1);
+        tracing::info!(%stream, origin = %ingest.node, "relaying a stream from its ingest node");
+        // The relay ends with its connection (the origin's publish ended, or it failed).
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let s = *state_rx.borrow();
+                if matches!(
+                    s,
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+                ) {
+                    break;
+                }
+                if state_rx.changed().await.is_err() {
+                    break;
+                }
+            }
+            let _ = me.remove(&resource_id).await;
+        });
+        Ok(publication)
     }
 
     pub fn config(&self) -> &MediaConfig {
@@ -345,6 +570,7 @@ impl MediaService {
             user: user.to_string(),
             kind: ResourceKind::Publish,
             pc,
+            remote: None,
         };
         self.resources
             .lock()
@@ -363,7 +589,7 @@ impl MediaService {
         offer: &str,
     ) -> Result<(Answer, tokio::sync::watch::Receiver<RTCPeerConnectionState>), MediaError> {
         check_offer(offer)?;
-        let publication = self.publication(&stream).ok_or(MediaError::NotPublishing)?;
+        let publication = self.publication_or_relay(&stream).await?;
         if self
             .viewers
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
@@ -446,6 +672,7 @@ impl MediaService {
             user: user.to_string(),
             kind: ResourceKind::View,
             pc: pc.clone(),
+            remote: None,
         };
         self.resources
             .lock()
@@ -533,7 +760,7 @@ impl MediaService {
             .unwrap()
             .remove(id)
             .ok_or(MediaError::NoSuchResource)?;
-        if let ResourceKind::Publish = r.kind {
+        if matches!(r.kind, ResourceKind::Publish | ResourceKind::Relay) {
             let p = {
                 let mut pubs = self.publications.lock().unwrap();
                 match pubs.get(&r.stream) {
@@ -543,6 +770,18 @@ impl MediaService {
             };
             if let Some(p) = p {
                 p.ended.cancel();
+            }
+            if r.kind == ResourceKind::Publish {
+                self.withdraw(&r.stream).await;
+            }
+            if let Some(url) = &r.remote {
+                // Best effort: the origin also ends it when the connection closes.
+                let _ = self
+                    .http
+                    .delete(url)
+                    .bearer_auth(self.internal_token(&r.stream))
+                    .send()
+                    .await;
             }
             metrics::gauge!("streamedge_media_publishers")
                 .set(self.publications.lock().unwrap().len() as f64);

@@ -156,6 +156,8 @@ pub async fn whip(
         ));
     }
     let (answer, publication, mut state) = media.publish(id, &user, &offer).await?;
+    let every = (app.config.session.heartbeat_timeout / 3).max(Duration::from_millis(100));
+    media.announce(&id, every * 3).await;
     // Publishing makes the session live.
     let cmd = match stream.state {
         StreamState::Idle => Some(Command::Start),
@@ -170,7 +172,6 @@ pub async fn whip(
     }
     // Heartbeat while the publisher's connection is up; a failed connection ends the
     // publish (its viewers with it) and the heartbeats, so the sweeper pauses the session.
-    let every = (app.config.session.heartbeat_timeout / 3).max(Duration::from_millis(100));
     let owner = user.clone();
     let ended = publication.ended.clone();
     let resource = answer.resource.id.clone();
@@ -187,6 +188,9 @@ pub async fn whip(
                         RTCPeerConnectionState::Disconnected => {}
                         _ => {
                             let _ = app2.sessions.command(&id, &owner, Command::Heartbeat).await;
+                            if let Some(m) = &app2.media {
+                                m.announce(&id, every * 3).await;
+                            }
                         }
                     }
                 }

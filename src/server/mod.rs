@@ -160,6 +160,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let metrics = crate::telemetry::metrics::install();
+    let mut config = config;
+    if config.media.enabled && config.media.advertise_url.is_empty() {
+        let addr = listeners.api.local_addr()?;
+        if addr.ip().is_unspecified() {
+            tracing::warn!("media.advertise_url is empty and the API listens on every interface: other nodes cannot relay this node's streams; set media.advertise_url");
+        }
+        config.media.advertise_url = format!("http://{addr}");
+    }
     let config = Arc::new(config);
     let node_id = node_id(&config);
     let store: Arc<dyn SharedState> = store::from_config(&config).await?;
