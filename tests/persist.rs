@@ -461,6 +461,8 @@ async fn after_redis_loses_its_data_streams_history_bans_and_sequence_come_back(
     )
     .await;
     assert_eq!(st, 200);
+    // Message 5 is older than the shared history (20): deleting it needs the archive.
+    wait_count(&db, "select count(*) from chat_messages", 30).await;
     let (st, _) = common::call(
         Method::DELETE,
         &format!("{api}/v1/streams/{stream}/messages/5"),
