@@ -24,6 +24,39 @@ pub fn source_addr(target: &SocketAddr, i: usize) -> Option<SocketAddr> {
     }
 }
 
+/// Connects from `source` (if given), sets TCP_NODELAY and upgrades to WebSocket, asking
+/// for `subprotocol` if given. Errors are `kind: detail` strings (see [`error_kind`]).
+pub async fn connect(
+    target: SocketAddr,
+    url: &str,
+    source: Option<SocketAddr>,
+    subprotocol: Option<&str>,
+) -> Result<Ws, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    if let Some(src) = source {
+        socket.bind(src).map_err(|e| format!("bind: {e}"))?;
+    }
+    let tcp = socket
+        .connect(target)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    tcp.set_nodelay(true).ok();
+    let mut req = url.into_client_request().map_err(|e| format!("url: {e}"))?;
+    if let Some(p) = subprotocol {
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            p.parse().map_err(|_| "url: bad subprotocol".to_string())?,
+        );
+    }
+    let (ws, _) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(r) => format!("http {}", r.status()),
+            other => format!("handshake: {other}"),
+        })?;
+    Ok(ws)
+}
+
 /// Connects, upgrades and waits for the node's `welcome` frame. Returns the socket and
 /// the time from starting the TCP connect to receiving `welcome`.
 pub async fn open(
@@ -34,24 +67,7 @@ pub async fn open(
 ) -> Result<(Ws, Duration), String> {
     let started = Instant::now();
     let work = async {
-        let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
-        if let Some(src) = source {
-            socket.bind(src).map_err(|e| format!("bind: {e}"))?;
-        }
-        let tcp = socket
-            .connect(target)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        tcp.set_nodelay(true).ok();
-        let mut req = url.into_client_request().map_err(|e| format!("url: {e}"))?;
-        req.headers_mut()
-            .insert("sec-websocket-protocol", "streamedge.v1".parse().unwrap());
-        let (mut ws, _) = tokio_tungstenite::client_async(req, tcp)
-            .await
-            .map_err(|e| match e {
-                tokio_tungstenite::tungstenite::Error::Http(r) => format!("http {}", r.status()),
-                other => format!("handshake: {other}"),
-            })?;
+        let mut ws = connect(target, url, source, Some("streamedge.v1")).await?;
         loop {
             match ws.next().await {
                 Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => break,

@@ -2,6 +2,9 @@
 //! total rate R. Every message carries its send time; each viewer measures
 //! publish-to-deliver latency and checks its sequence: gaps, duplicates and out-of-order
 //! deliveries are counted (all must be 0).
+//!
+//! `--protocol` runs the same workload against a peer (nats-server, a plain WebSocket
+//! relay) through the adapters in `proto`; there, ordering is checked per sender.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,11 +19,16 @@ use streamedge::auth::Role;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::conn::token;
+use crate::proto::{Delivery, Protocol};
 use crate::{conn, http1, report};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// API listeners of the nodes (viewers and senders are spread over them).
+    /// The server's protocol: streamedge, or a peer measured side by side.
+    #[arg(long, value_enum, default_value = "streamedge")]
+    pub protocol: Protocol,
+    /// API listeners of the nodes (viewers and senders are spread over them); for a
+    /// peer, its WebSocket listener.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8080")]
     pub api: Vec<SocketAddr>,
     /// The nodes' `auth.jwt_secret` (default: the development secret).
@@ -45,6 +53,7 @@ pub struct Args {
 #[derive(Serialize)]
 struct Report {
     scenario: &'static str,
+    protocol: Protocol,
     nodes: usize,
     viewers: usize,
     senders: usize,
@@ -54,6 +63,9 @@ struct Report {
     deliveries: u64,
     expected_deliveries: u64,
     deliveries_per_second: f64,
+    /// Seconds from the first send to the last delivery (a server that falls behind
+    /// delivers its backlog after `seconds`).
+    last_delivery_seconds: f64,
     latency: report::Latency,
     gaps: u64,
     duplicates: u64,
@@ -67,17 +79,6 @@ fn now_us() -> u64 {
         .as_micros() as u64
 }
 
-/// `"seq":N` and the timestamp at the start of `"body":"t<µs>:` in a message frame.
-fn parse_message(text: &str) -> Option<(u64, u64)> {
-    let seq = text.split("\"seq\":").nth(1)?;
-    let seq: u64 = seq[..seq.find(|c: char| !c.is_ascii_digit())?]
-        .parse()
-        .ok()?;
-    let body = text.split("\"body\":\"t").nth(1)?;
-    let ts: u64 = body[..body.find(':')?].parse().ok()?;
-    Some((seq, ts))
-}
-
 #[derive(Default)]
 struct Counters {
     deliveries: AtomicU64,
@@ -86,8 +87,22 @@ struct Counters {
     ooo: AtomicU64,
 }
 
-pub async fn run(a: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(!a.api.is_empty() && a.senders > 0 && a.rate > 0.0);
+/// Checks one delivery against the last sequence seen on its sequence (0: none yet).
+fn check_sequence(counters: &Counters, last: &mut u64, seq: u64) {
+    if *last != 0 {
+        if seq == *last {
+            counters.dups.fetch_add(1, Ordering::Relaxed);
+        } else if seq < *last {
+            counters.ooo.fetch_add(1, Ordering::Relaxed);
+        } else if seq > *last + 1 {
+            counters.gaps.fetch_add(seq - *last - 1, Ordering::Relaxed);
+        }
+    }
+    *last = (*last).max(seq);
+}
+
+/// Creates the stream on the first node (streamedge only); returns its id.
+async fn create_stream(a: &Args) -> anyhow::Result<String> {
     let first = a.api[0];
     let mut c = http1::Conn::connect(first).await?;
     let seller = token(&a.jwt_secret, "fanout-seller", Role::Seller);
@@ -102,10 +117,21 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(resp.status == 201, "create stream: {}", resp.status);
     let stream: serde_json::Value = serde_json::from_slice(&resp.body)?;
-    let stream = stream["id"].as_str().unwrap_or_default().to_string();
+    Ok(stream["id"].as_str().unwrap_or_default().to_string())
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(!a.api.is_empty() && a.senders > 0 && a.rate > 0.0);
+    let proto = a.protocol;
+    let stream = if proto == Protocol::Streamedge {
+        create_stream(&a).await?
+    } else {
+        String::new()
+    };
+    let sequences = proto.sequences(a.senders);
 
     let counters = Arc::new(Counters::default());
-    let (hist_tx, mut hist_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (hist_tx, mut hist_rx) = tokio::sync::mpsc::unbounded_channel::<(_, Option<Instant>)>();
     let stop = tokio_util_like::Stop::new();
     eprintln!(
         "connecting {} viewers over {} node(s)",
@@ -119,53 +145,57 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             "ws://{api}/v1/streams/{stream}/ws?access_token={}",
             token(&a.jwt_secret, &format!("viewer-{i}"), Role::Buyer)
         );
-        let (ws, _) = conn::open(
-            api,
-            &url,
-            conn::source_addr(&api, i),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("viewer {i}: {e}"))?;
+        let mut ws = proto
+            .open_viewer(api, &url, conn::source_addr(&api, i))
+            .await
+            .map_err(|e| anyhow::anyhow!("viewer {i}: {e}"))?;
         let counters = counters.clone();
         let hist_tx = hist_tx.clone();
         let stop = stop.clone();
         viewers.push(tokio::spawn(async move {
-            let mut ws = ws;
             let mut hist = report::histogram();
-            let mut last = 0u64;
+            let mut decoder = proto.decoder();
+            let mut delivered = Vec::new();
+            // The last sequence seen on each checked sequence (0: none yet).
+            let mut last = vec![0u64; sequences];
+            let mut last_at = None;
+            // One stop future for the task's life, not one (and a cloned watch receiver)
+            // per received frame.
+            let stopped = stop.wait();
+            tokio::pin!(stopped);
             loop {
                 let msg = tokio::select! {
-                    _ = stop.wait() => break,
+                    _ = &mut stopped => break,
                     m = ws.next() => m,
                 };
-                let Some(Ok(Message::Text(t))) = msg else {
-                    if matches!(msg, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
+                let msg = match msg {
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(m)) => m,
+                };
+                let mut reply = None;
+                decoder.feed(&msg, &mut delivered, &mut reply);
+                if let Some(r) = reply {
+                    if ws.send(r).await.is_err() {
                         break;
                     }
-                    continue;
-                };
-                if !t.starts_with(r#"{"type":"message""#) {
+                }
+                if delivered.is_empty() {
                     continue;
                 }
-                let Some((seq, ts)) = parse_message(&t) else {
-                    continue;
-                };
                 let now = now_us();
-                report::record(&mut hist, Duration::from_micros(now.saturating_sub(ts)));
-                counters.deliveries.fetch_add(1, Ordering::Relaxed);
-                if last != 0 {
-                    if seq == last {
-                        counters.dups.fetch_add(1, Ordering::Relaxed);
-                    } else if seq < last {
-                        counters.ooo.fetch_add(1, Ordering::Relaxed);
-                    } else if seq > last + 1 {
-                        counters.gaps.fetch_add(seq - last - 1, Ordering::Relaxed);
-                    }
+                counters
+                    .deliveries
+                    .fetch_add(delivered.len() as u64, Ordering::Relaxed);
+                last_at = Some(Instant::now());
+                for Delivery { stream, seq, ts_us } in delivered.drain(..) {
+                    report::record(&mut hist, Duration::from_micros(now.saturating_sub(ts_us)));
+                    let Some(last) = last.get_mut(stream) else {
+                        continue;
+                    };
+                    check_sequence(&counters, last, seq);
                 }
-                last = last.max(seq);
             }
-            let _ = hist_tx.send(hist);
+            let _ = hist_tx.send((hist, last_at));
         }));
     }
     drop(hist_tx);
@@ -183,7 +213,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             "ws://{api}/v1/streams/{stream}/ws?access_token={}",
             token(&a.jwt_secret, &format!("sender-{s}"), Role::Buyer)
         );
-        let (ws, _) = conn::open(api, &url, None, Duration::from_secs(30))
+        let ws = proto
+            .open_sender(api, &url)
             .await
             .map_err(|e| anyhow::anyhow!("sender {s}: {e}"))?;
         let (mut tx, mut rx) = ws.split();
@@ -191,16 +222,20 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         let sent = sent.clone();
         let duration = a.duration;
         senders.push(tokio::spawn(async move {
+            // Senders only read to keep their sockets drained (streamedge echoes messages to
+            // them; a NATS server only PINGs every two minutes, longer than any run).
             let drain = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
             let interval = Duration::from_secs_f64(1.0 / per_sender);
             let mut next = tokio::time::Instant::now();
-            let mut i = 0u64;
+            let mut i = 1u64;
             while started.elapsed() < duration {
                 tokio::time::sleep_until(next).await;
                 next += interval;
-                let body = format!("t{}:{pad}", now_us());
-                let f = format!(r#"{{"type":"send","client_msg_id":"s{s}-{i}","body":"{body}"}}"#);
-                if tx.send(Message::Text(f.into())).await.is_err() {
+                if tx
+                    .send(proto.publish_frame(s, i, now_us(), &pad))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 sent.fetch_add(1, Ordering::Relaxed);
@@ -237,8 +272,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     progress.abort();
     report::end_progress();
     let mut hist = report::histogram();
-    while let Some(h) = hist_rx.recv().await {
+    let mut last_delivery = Duration::ZERO;
+    while let Some((h, at)) = hist_rx.recv().await {
         hist.add(&h)?;
+        if let Some(at) = at {
+            last_delivery = last_delivery.max(at.saturating_duration_since(started));
+        }
     }
     for v in viewers {
         let _ = v.await;
@@ -247,6 +286,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let deliveries = counters.deliveries.load(Ordering::Relaxed);
     let rep = Report {
         scenario: "chat-fanout",
+        protocol: proto,
         nodes: a.api.len(),
         viewers: a.viewers,
         senders: a.senders,
@@ -256,6 +296,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         deliveries,
         expected_deliveries: expected,
         deliveries_per_second: deliveries as f64 / secs,
+        last_delivery_seconds: last_delivery.as_secs_f64(),
         latency: lat.clone(),
         gaps: counters.gaps.load(Ordering::Relaxed),
         duplicates: counters.dups.load(Ordering::Relaxed),
@@ -294,10 +335,19 @@ mod tokio_util_like {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn parses_message_frames() {
-        let f = r#"{"type":"message","seq":42,"id":"x","user":"u","body":"t1700000000000000:xxxx","ts":"…"}"#;
-        assert_eq!(super::parse_message(f), Some((42, 1_700_000_000_000_000)));
-        assert_eq!(super::parse_message(r#"{"type":"message","seq":1}"#), None);
+    fn sequence_check_counts_gaps_duplicates_and_reordering() {
+        let c = Counters::default();
+        let mut last = 0;
+        for seq in [5, 6, 6, 9, 7, 10] {
+            check_sequence(&c, &mut last, seq);
+        }
+        // 6 twice: one duplicate; 6 -> 9: two missing; 7 after 9: reordered.
+        assert_eq!(c.dups.load(Ordering::Relaxed), 1);
+        assert_eq!(c.gaps.load(Ordering::Relaxed), 2);
+        assert_eq!(c.ooo.load(Ordering::Relaxed), 1);
+        assert_eq!(last, 10);
     }
 }

@@ -9,6 +9,7 @@ mod http1;
 mod idle;
 mod metrics;
 mod persist;
+mod proto;
 mod report;
 mod storm;
 mod tokens;
