@@ -665,6 +665,14 @@ impl MediaService {
                 return Err(e);
             }
         };
+        // Payload types are per session: each forwarded codec gets the viewer's number.
+        let locals: Vec<_> = locals
+            .into_iter()
+            .map(|(fwd, local, ssrc)| {
+                let pt = negotiated_pt(&sdp, fwd.kind, &fwd.codec);
+                (fwd, local, ssrc, pt)
+            })
+            .collect();
         let resource_id = Uuid::new_v4().simple().to_string();
         let resource = Resource {
             id: resource_id.clone(),
@@ -679,16 +687,17 @@ impl MediaService {
             .unwrap()
             .insert(resource_id.clone(), resource.clone());
         let stop = tokio_util::sync::CancellationToken::new();
-        for (fwd, local, ssrc) in locals {
+        for (fwd, local, ssrc, pt) in locals {
             let mut rx = fwd.tx.subscribe();
             let stop = stop.clone();
             let ended = publication.ended.clone();
             let pc = pc.clone();
-            request_keyframe(&fwd, self.cfg.keyframe_interval).await;
             let stop_on_lag = stop.clone();
+            let keyframe_interval = self.cfg.keyframe_interval;
             tokio::spawn(async move {
                 let packets_out = metrics::counter!("streamedge_media_packets_out_total");
                 let bytes_out = metrics::counter!("streamedge_media_bytes_out_total");
+                let mut bound = false;
                 loop {
                     let got = tokio::select! {
                         _ = stop.cancelled() => break,
@@ -698,12 +707,36 @@ impl MediaService {
                     match got {
                         Ok(mut p) => {
                             p.header.ssrc = ssrc;
+                            if let Some(pt) = pt {
+                                p.header.payload_type = pt;
+                            }
+                            // The publisher's header extensions (mid, ids negotiated on its
+                            // own session) mean nothing to the viewer: dropped.
+                            p.header.extension = false;
+                            p.header.extensions.clear();
+                            p.header.extensions_padding = 0;
                             let n = p.payload.len() as u64;
                             // Fails until the viewer's connection is up (the track is not
                             // bound yet): those packets are skipped.
                             if local.write_rtp(p).await.is_ok() {
                                 packets_out.increment(1);
                                 bytes_out.increment(n);
+                                if !bound {
+                                    // The viewer can decode from the next keyframe on: ask
+                                    // now, and again shortly in case that one was lost.
+                                    bound = true;
+                                    let fwd = fwd.clone();
+                                    tokio::spawn(async move {
+                                        for wait in [0u64, 1000, 3000] {
+                                            tokio::time::sleep(Duration::from_millis(wait)).await;
+                                            request_keyframe(
+                                                &fwd,
+                                                keyframe_interval.min(Duration::from_millis(900)),
+                                            )
+                                            .await;
+                                        }
+                                    });
+                                }
                             }
                         }
                         Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -834,6 +867,60 @@ async fn request_keyframe(fwd: &Forwarded, interval: Duration) {
         .await;
 }
 
+/// The payload type `sdp` (an answer) gives `codec` in its first section of `kind`.
+pub fn negotiated_pt(sdp: &str, kind: RtpCodecKind, codec: &RTCRtpCodec) -> Option<u8> {
+    let want_kind = if kind == RtpCodecKind::Audio {
+        "m=audio "
+    } else {
+        "m=video "
+    };
+    let name = codec.mime_type.split('/').nth(1)?.to_ascii_lowercase();
+    let mut in_section = false;
+    let mut candidates: Vec<(u8, String)> = Vec::new();
+    let mut fmtp: HashMap<u8, String> = HashMap::new();
+    for line in sdp.lines() {
+        if line.starts_with("m=") {
+            if in_section {
+                break;
+            }
+            in_section = line.starts_with(want_kind);
+            continue;
+        }
+        if !in_section {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("a=rtpmap:") {
+            let (pt, enc) = rest.split_once(' ')?;
+            let (enc_name, clock) = enc.split_once('/').unwrap_or((enc, ""));
+            let clock_ok = clock
+                .split('/')
+                .next()
+                .and_then(|c| c.parse::<u32>().ok())
+                .is_none_or(|c| c == codec.clock_rate);
+            if enc_name.eq_ignore_ascii_case(&name) && clock_ok {
+                if let Ok(pt) = pt.parse() {
+                    candidates.push((pt, enc_name.to_string()));
+                }
+            }
+        } else if let Some(rest) = line.strip_prefix("a=fmtp:") {
+            if let Some((pt, params)) = rest.split_once(' ') {
+                if let Ok(pt) = pt.parse() {
+                    fmtp.insert(pt, params.to_string());
+                }
+            }
+        }
+    }
+    // Same format parameters first (H.264 profiles), else the first of that name.
+    candidates
+        .iter()
+        .find(|(pt, _)| {
+            !codec.sdp_fmtp_line.is_empty()
+                && fmtp.get(pt).is_some_and(|f| *f == codec.sdp_fmtp_line)
+        })
+        .or(candidates.first())
+        .map(|(pt, _)| *pt)
+}
+
 /// A cheap check before any WebRTC work: an SDP offer with at least one audio or video
 /// section.
 pub fn check_offer(sdp: &str) -> Result<(), MediaError> {
@@ -849,4 +936,46 @@ pub fn check_offer(sdp: &str) -> Result<(), MediaError> {
         return Err(MediaError::NoMedia);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_types_come_from_the_viewers_answer() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 100 102 104\r\na=rtpmap:100 VP8/90000\r\n\
+                   a=rtpmap:102 H264/90000\r\na=fmtp:102 profile-level-id=42001f\r\n\
+                   a=rtpmap:104 H264/90000\r\na=fmtp:104 profile-level-id=42e01f\r\n";
+        let codec = |mime: &str, clock: u32, fmtp: &str| RTCRtpCodec {
+            mime_type: mime.into(),
+            clock_rate: clock,
+            sdp_fmtp_line: fmtp.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            negotiated_pt(sdp, RtpCodecKind::Video, &codec("video/VP8", 90000, "")),
+            Some(100)
+        );
+        assert_eq!(
+            negotiated_pt(sdp, RtpCodecKind::Audio, &codec("audio/opus", 48000, "")),
+            Some(111)
+        );
+        assert_eq!(
+            negotiated_pt(
+                sdp,
+                RtpCodecKind::Video,
+                &codec("video/H264", 90000, "profile-level-id=42e01f")
+            ),
+            Some(104)
+        );
+        assert_eq!(
+            negotiated_pt(sdp, RtpCodecKind::Video, &codec("video/AV1", 90000, "")),
+            None
+        );
+        assert!(check_offer("v=0\r\nm=video 9 x 96\r\n").is_ok());
+        assert!(matches!(check_offer("v=0\r\n"), Err(MediaError::NoMedia)));
+        assert!(matches!(check_offer("hello"), Err(MediaError::BadOffer(_))));
+    }
 }

@@ -289,7 +289,27 @@ pub async fn patch() -> Response {
     r
 }
 
-/// CORS preflight for the WHIP/WHEP endpoints, with `Accept-Post`.
+/// CORS for the WHIP/WHEP endpoints: browsers on any origin publish and play (the
+/// access token, not the origin, is what authorises).
+pub fn cors() -> tower_http::cors::CorsLayer {
+    use axum::http::Method;
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([Method::POST, Method::DELETE, Method::PATCH, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([header::LOCATION, header::LINK])
+        .max_age(Duration::from_secs(600))
+}
+
+/// Every response of the WHIP/WHEP endpoints (CORS preflights included) says what they
+/// accept.
+pub async fn accept_post(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert("accept-post", HeaderValue::from_static("application/sdp"));
+    r
+}
+
+/// A plain `OPTIONS` (no CORS preflight) on the WHIP/WHEP endpoints: `Accept-Post`.
 pub async fn options() -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
     let h = r.headers_mut();
