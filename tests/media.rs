@@ -214,82 +214,20 @@ async fn whip_publisher_reaches_three_whep_viewers_and_delete_tears_down() {
     assert_eq!(s["state"], "live");
 
     // Packets flow from here on: payload = a counter, so order and content are checkable.
-    let sending = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let sender = {
-        let (video, audio, sending) = (video.clone(), audio.clone(), sending.clone());
-        tokio::spawn(async move {
-            let mut i: u32 = 0;
-            while sending.load(std::sync::atomic::Ordering::Relaxed) {
-                for (t, pt, ssrc, tick) in
-                    [(&video, 96u8, 1111u32, 3000u32), (&audio, 111, 2222, 960)]
-                {
-                    let p = rtp::Packet {
-                        header: rtp::Header {
-                            version: 2,
-                            payload_type: pt,
-                            sequence_number: i as u16,
-                            timestamp: i.wrapping_mul(tick),
-                            ssrc,
-                            marker: true,
-                            ..Default::default()
-                        },
-                        payload: Bytes::from(format!("pkt-{i:08}").into_bytes()),
-                    };
-                    let _ = t.write_rtp(p).await;
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let (sending, sender) =
+        send_packets(vec![(video.clone(), 96, 1111), (audio.clone(), 111, 2222)]);
 
     // Three viewers.
     let mut viewers = Vec::new();
     for v in 0..3 {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (pc, gathered) = peer(Some(tx)).await;
-        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
-            pc.add_transceiver_from_kind(
-                kind,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Recvonly,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .unwrap();
-        }
-        let sdp = offer(&pc, &gathered).await;
         let buyer = common::buyer(&format!("viewer-{v}"));
-        let (st, loc, answer) =
-            post_sdp(&format!("{api}/v1/streams/{stream}/whep"), &buyer, &sdp).await;
-        assert_eq!(st, 201, "{answer}");
-        pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
-            .await
-            .unwrap();
-        viewers.push((pc, rx, loc.unwrap(), buyer));
+        let (pc, rx, loc) = start_viewer(&api, &stream, &buyer).await;
+        viewers.push((pc, rx, loc, buyer));
     }
 
     // Each viewer receives both tracks: the payloads are the publisher's, in order.
     for (_, rx, _, _) in viewers.iter_mut() {
-        let mut last: std::collections::HashMap<String, u32> = Default::default();
-        let mut got = std::collections::HashMap::<String, usize>::new();
-        let deadline = tokio::time::Instant::now() + T;
-        while got.get("video/vp8").copied().unwrap_or(0) < 30
-            || got.get("audio/opus").copied().unwrap_or(0) < 30
-        {
-            let (mime, payload) = tokio::time::timeout_at(deadline, rx.recv())
-                .await
-                .expect("viewer did not receive 30 packets per track in time")
-                .unwrap();
-            let text = std::str::from_utf8(&payload).unwrap();
-            let n: u32 = text.strip_prefix("pkt-").unwrap().parse().unwrap();
-            if let Some(prev) = last.get(&mime) {
-                assert!(n > *prev, "{mime}: {n} after {prev}");
-            }
-            last.insert(mime.clone(), n);
-            *got.entry(mime).or_default() += 1;
-        }
+        expect_ordered_packets(rx, 30).await;
     }
     let metrics = reqwest::get(node.admin_url("/metrics"))
         .await
@@ -569,57 +507,11 @@ async fn a_viewer_on_another_node_is_served_through_a_relay() {
     let seller = common::seller("seller-relay");
     let stream = common::create_stream(&format!("{api_a}/v1/streams"), &seller).await;
     let (pub_pc, tracks, whip) = start_publisher(&api_a, &stream, &seller).await;
-    let sending = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let sender = {
-        let sending = sending.clone();
-        tokio::spawn(async move {
-            let mut i: u32 = 0;
-            while sending.load(std::sync::atomic::Ordering::Relaxed) {
-                for (t, pt, ssrc) in &tracks {
-                    let p = rtp::Packet {
-                        header: rtp::Header {
-                            version: 2,
-                            payload_type: *pt,
-                            sequence_number: i as u16,
-                            timestamp: i.wrapping_mul(960),
-                            ssrc: *ssrc,
-                            marker: true,
-                            ..Default::default()
-                        },
-                        payload: Bytes::from(format!("pkt-{i:08}").into_bytes()),
-                    };
-                    let _ = t.write_rtp(p).await;
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let (sending, sender) = send_packets(tracks);
     // The viewer asks node B, which never saw the publisher.
     let buyer = common::buyer("edge-viewer");
     let (view_pc, mut rx, whep) = start_viewer(&api_b, &stream, &buyer).await;
-    let mut counts = std::collections::HashMap::<String, usize>::new();
-    let mut last = std::collections::HashMap::<String, u32>::new();
-    let deadline = tokio::time::Instant::now() + T;
-    while counts.get("video/vp8").copied().unwrap_or(0) < 30
-        || counts.get("audio/opus").copied().unwrap_or(0) < 30
-    {
-        let (mime, payload) = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .expect("the edge viewer received too little")
-            .unwrap();
-        let n: u32 = std::str::from_utf8(&payload)
-            .unwrap()
-            .strip_prefix("pkt-")
-            .unwrap()
-            .parse()
-            .unwrap();
-        if let Some(prev) = last.get(&mime) {
-            assert!(n > *prev, "{mime}: {n} after {prev}");
-        }
-        last.insert(mime.clone(), n);
-        *counts.entry(mime).or_default() += 1;
-    }
+    expect_ordered_packets(&mut rx, 30).await;
     // A second viewer on B shares the same relay.
     let (view2_pc, mut rx2, _) =
         start_viewer(&api_b, &stream, &common::buyer("edge-viewer-2")).await;
@@ -647,4 +539,64 @@ async fn a_viewer_on_another_node_is_served_through_a_relay() {
     }
     b.shutdown().await.unwrap();
     a.shutdown().await.unwrap();
+}
+
+/// Sends numbered packets on the tracks every 10 ms until the flag is cleared.
+fn send_packets(
+    tracks: Vec<(Arc<TrackLocalStaticRTP>, u8, u32)>,
+) -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let sending = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = sending.clone();
+    let task = tokio::spawn(async move {
+        let mut i: u32 = 0;
+        while flag.load(std::sync::atomic::Ordering::Relaxed) {
+            for (t, pt, ssrc) in &tracks {
+                let p = rtp::Packet {
+                    header: rtp::Header {
+                        version: 2,
+                        payload_type: *pt,
+                        sequence_number: i as u16,
+                        timestamp: i.wrapping_mul(960),
+                        ssrc: *ssrc,
+                        marker: true,
+                        ..Default::default()
+                    },
+                    payload: Bytes::from(format!("pkt-{i:08}").into_bytes()),
+                };
+                let _ = t.write_rtp(p).await;
+            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    (sending, task)
+}
+
+/// Waits for `n` packets of each track, checking they are the publisher's, in order.
+async fn expect_ordered_packets(rx: &mut mpsc::UnboundedReceiver<(String, Bytes)>, n: usize) {
+    let mut last = std::collections::HashMap::<String, u32>::new();
+    let mut got = std::collections::HashMap::<String, usize>::new();
+    let deadline = tokio::time::Instant::now() + T;
+    while got.get("video/vp8").copied().unwrap_or(0) < n
+        || got.get("audio/opus").copied().unwrap_or(0) < n
+    {
+        let (mime, payload) = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("a viewer received too little: {got:?}"))
+            .unwrap();
+        let seq: u32 = std::str::from_utf8(&payload)
+            .unwrap()
+            .strip_prefix("pkt-")
+            .unwrap()
+            .parse()
+            .unwrap();
+        if let Some(prev) = last.get(&mime) {
+            assert!(seq > *prev, "{mime}: {seq} after {prev}");
+        }
+        last.insert(mime.clone(), seq);
+        *got.entry(mime).or_default() += 1;
+    }
 }

@@ -28,6 +28,31 @@ use crate::sessions::model::Command;
 use crate::streams::routes::parse_stream_id;
 use crate::streams::StreamState;
 
+/// The WHIP and WHEP routes: offers (with their body limit), session resources, and CORS
+/// with `Accept-Post` on every response.
+pub fn router() -> axum::Router<AppState> {
+    use axum::routing::{delete as delete_route, post};
+    let mut r = axum::Router::new();
+    for (kind, offer) in [("whip", post(whip)), ("whep", post(whep))] {
+        r = r
+            .route(
+                &format!("/v1/streams/{{stream_id}}/{kind}"),
+                offer
+                    .options(options)
+                    .layer(axum::extract::DefaultBodyLimit::max(MAX_SDP_BYTES)),
+            )
+            .route(
+                &format!("/v1/streams/{{stream_id}}/{kind}/{{resource}}"),
+                delete_route(delete).patch(patch).options(options),
+            );
+    }
+    r.layer(
+        tower::ServiceBuilder::new()
+            .layer(axum::middleware::map_response(accept_post))
+            .layer(cors()),
+    )
+}
+
 /// Largest SDP offer accepted.
 pub const MAX_SDP_BYTES: usize = 64 * 1024;
 

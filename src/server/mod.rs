@@ -114,50 +114,7 @@ pub fn api_router(app: AppState) -> Router {
             "/v1/streams/{stream_id}/chat-settings",
             axum::routing::put(crate::chat::moderation::settings),
         )
-        .route(
-            "/v1/streams/{stream_id}/whip",
-            axum::routing::post(crate::media::routes::whip)
-                .options(crate::media::routes::options)
-                .layer(
-                    tower::ServiceBuilder::new()
-                        .layer(axum::middleware::map_response(
-                            crate::media::routes::accept_post,
-                        ))
-                        .layer(crate::media::routes::cors())
-                        .layer(axum::extract::DefaultBodyLimit::max(
-                            crate::media::routes::MAX_SDP_BYTES,
-                        )),
-                ),
-        )
-        .route(
-            "/v1/streams/{stream_id}/whep",
-            axum::routing::post(crate::media::routes::whep)
-                .options(crate::media::routes::options)
-                .layer(
-                    tower::ServiceBuilder::new()
-                        .layer(axum::middleware::map_response(
-                            crate::media::routes::accept_post,
-                        ))
-                        .layer(crate::media::routes::cors())
-                        .layer(axum::extract::DefaultBodyLimit::max(
-                            crate::media::routes::MAX_SDP_BYTES,
-                        )),
-                ),
-        )
-        .route(
-            "/v1/streams/{stream_id}/whip/{resource}",
-            axum::routing::delete(crate::media::routes::delete)
-                .patch(crate::media::routes::patch)
-                .options(crate::media::routes::options)
-                .layer(crate::media::routes::cors()),
-        )
-        .route(
-            "/v1/streams/{stream_id}/whep/{resource}",
-            axum::routing::delete(crate::media::routes::delete)
-                .patch(crate::media::routes::patch)
-                .options(crate::media::routes::options)
-                .layer(crate::media::routes::cors()),
-        )
+        .merge(crate::media::routes::router())
         .route(
             "/v1/streams/{stream_id}/ws",
             get(crate::ws::routes::stream_ws),
