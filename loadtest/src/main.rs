@@ -7,6 +7,7 @@ mod conn;
 mod fanout;
 mod http1;
 mod idle;
+mod media;
 mod metrics;
 mod persist;
 mod proto;
@@ -35,6 +36,8 @@ enum Scenario {
     Tokens(tokens::Args),
     /// Chat rows per second written to PostgreSQL and the persistence lag.
     Persist(persist::Args),
+    /// WHEP viewers of one WHIP stream: loss per viewer and the node's CPU per viewer.
+    Media(media::Args),
     /// (internal) a worker process of `idle`, driven over stdin/stdout.
     #[command(hide = true)]
     IdleWorker(idle::WorkerArgs),
@@ -51,6 +54,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::ConnectStorm(a) => storm::run(a).await,
             Scenario::Tokens(a) => tokens::run(a).await,
             Scenario::Persist(a) => persist::run(a).await,
+            Scenario::Media(a) => media::run(a).await,
             Scenario::ChatFanout(a) => fanout::run(a).await,
             Scenario::IdleWorker(a) => idle::worker(a).await,
         }
