@@ -109,7 +109,9 @@ fn main() -> ExitCode {
         Command::Token(TokenCommand::Mint { dev, .. } | TokenCommand::Inspect { dev, .. }) => *dev,
         Command::Version | Command::Migrate { .. } => false,
     };
-    let mut config = match config::load(&ConfigSource::from_process(cli.config)) {
+    // Development values are filled in before the cross-key checks (e.g. media.enabled
+    // with --dev gets the development media key).
+    let mut config = match config::load_unvalidated(&ConfigSource::from_process(cli.config)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("streamedge: configuration error: {e}");
@@ -121,6 +123,10 @@ fn main() -> ExitCode {
     } else {
         Vec::new()
     };
+    if let Err(e) = config.validate() {
+        eprintln!("streamedge: configuration error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     match command {
         Command::CheckConfig { .. } => check_config(&config),
         Command::Serve { .. } => serve(config, dev, dev_changes),

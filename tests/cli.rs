@@ -202,3 +202,14 @@ fn migrate_needs_a_reachable_database() {
     assert!(err.contains("migrate failed"), "{err}");
     assert!(!err.contains("secret-pw"), "password leaked: {err}");
 }
+
+#[test]
+fn dev_mode_fills_development_values_before_validating() {
+    let env = [("STREAMEDGE_MEDIA__ENABLED", "true")];
+    let (code, _, err) = streamedge(&["check-config"], &env);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("media.node_key"), "{err}");
+    let (code, out, err) = streamedge(&["check-config", "--dev"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("enabled = true"), "{out}");
+}

@@ -55,6 +55,14 @@ impl ConfigSource {
 
 /// Loads and validates the configuration.
 pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
+    let config = load_unvalidated(source)?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Loads the configuration without the cross-key checks of [`Config::validate`] (for
+/// `--dev`, which fills development values in before validating).
+pub fn load_unvalidated(source: &ConfigSource) -> Result<Config, ConfigError> {
     let mut table = match &source.file {
         Some(path) => read_file(path)?,
         None => toml::Table::new(),
@@ -86,7 +94,6 @@ pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
             Err(e) => return Err(e),
         }
     };
-    config.validate()?;
     Ok(config)
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use load::{load, ConfigError, ConfigSource, ENV_PREFIX};
+pub use load::{load, load_unvalidated, ConfigError, ConfigSource, ENV_PREFIX};
 pub use persist::PersistConfig;
 pub use security::{
     AgoraConfig, AuthConfig, ChatConfig, MediaConfig, RateLimitConfig, RouteLimit, Secret,
