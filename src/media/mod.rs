@@ -108,6 +108,8 @@ struct Forwarded {
 pub struct Publication {
     pub stream: Uuid,
     pub resource: String,
+    /// Audio and video sections the publisher offered: tracks to wait for.
+    expected_tracks: AtomicUsize,
     tracks: Mutex<Vec<Arc<Forwarded>>>,
     tracks_changed: Notify,
     /// Cancelled when the publisher's connection ends.
@@ -325,6 +327,8 @@ impl MediaService {
         let publication = Arc::new(Publication {
             stream,
             resource: resource_id.clone(),
+            // Set from the origin's answer (it may carry only audio or only video).
+            expected_tracks: AtomicUsize::new(1),
             tracks: Mutex::new(Vec::new()),
             tracks_changed: Notify::new(),
             ended: tokio_util::sync::CancellationToken::new(),
@@ -385,6 +389,9 @@ impl MediaService {
                 .and_then(|v| v.to_str().ok())
                 .map(|l| format!("{origin}{l}"));
             let answer = r.text().await.map_err(webrtc_err)?;
+            publication
+                .expected_tracks
+                .store(sending_sections(&answer).max(1), Ordering::Relaxed);
             pc.set_remote_description(RTCSessionDescription::answer(answer).map_err(webrtc_err)?)
                 .await
                 .map_err(webrtc_err)?;
@@ -533,6 +540,7 @@ impl MediaService {
         let publication = Arc::new(Publication {
             stream,
             resource: resource_id.clone(),
+            expected_tracks: AtomicUsize::new(media_sections(offer)),
             tracks: Mutex::new(Vec::new()),
             tracks_changed: Notify::new(),
             ended: tokio_util::sync::CancellationToken::new(),
@@ -605,10 +613,7 @@ impl MediaService {
         let tracks = loop {
             let wait = publication.tracks_changed.notified();
             let t = publication.tracks.lock().unwrap().clone();
-            if t.len() >= 2
-                || (!t.is_empty()
-                    && tokio::time::Instant::now() + Duration::from_millis(300) > deadline)
-            {
+            if t.len() >= publication.expected_tracks.load(Ordering::Relaxed).max(1) {
                 break t;
             }
             if tokio::time::timeout_at(deadline, wait).await.is_err() {
@@ -921,6 +926,30 @@ pub fn negotiated_pt(sdp: &str, kind: RtpCodecKind, codec: &RTCRtpCodec) -> Opti
         .map(|(pt, _)| *pt)
 }
 
+/// Audio and video sections of an answer that send media (`sendonly` / `sendrecv`).
+fn sending_sections(sdp: &str) -> usize {
+    let mut n = 0;
+    let mut in_media = false;
+    let mut sends = false;
+    for l in sdp.lines() {
+        if l.starts_with("m=") {
+            n += usize::from(in_media && sends);
+            in_media = l.starts_with("m=audio ") || l.starts_with("m=video ");
+            sends = false;
+        } else if l == "a=sendonly" || l == "a=sendrecv" {
+            sends = true;
+        }
+    }
+    n + usize::from(in_media && sends)
+}
+
+/// Audio and video sections of an SDP.
+fn media_sections(sdp: &str) -> usize {
+    sdp.lines()
+        .filter(|l| l.starts_with("m=audio ") || l.starts_with("m=video "))
+        .count()
+}
+
 /// A cheap check before any WebRTC work: an SDP offer with at least one audio or video
 /// section.
 pub fn check_offer(sdp: &str) -> Result<(), MediaError> {
@@ -974,6 +1003,9 @@ mod tests {
             negotiated_pt(sdp, RtpCodecKind::Video, &codec("video/AV1", 90000, "")),
             None
         );
+        let answer = "v=0\r\nm=audio 9 x 111\r\na=recvonly\r\nm=video 9 x 96\r\na=sendonly\r\n";
+        assert_eq!(sending_sections(answer), 1);
+        assert_eq!(media_sections(answer), 2);
         assert!(check_offer("v=0\r\nm=video 9 x 96\r\n").is_ok());
         assert!(matches!(check_offer("v=0\r\n"), Err(MediaError::NoMedia)));
         assert!(matches!(check_offer("hello"), Err(MediaError::BadOffer(_))));
