@@ -343,6 +343,18 @@ async fn every_acknowledged_message_is_persisted_once_through_a_postgresql_outag
             .any(|l| l.starts_with("streamedge_persist_retries_total") && !l.ends_with(" 0")),
         "no retries counted during the outage"
     );
+    // Persistence lag and batch sizes are recorded.
+    for name in [
+        "streamedge_persist_lag_seconds_count",
+        "streamedge_persist_batch_records_count",
+    ] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(name) && !l.ends_with(" 0")),
+            "{name} missing"
+        );
+    }
     // The fan-out latency (publish to socket) is sampled.
     assert!(
         metrics.lines().any(

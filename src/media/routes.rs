@@ -154,6 +154,32 @@ fn created(app: &AppState, path: String, sdp: String) -> Response {
     r
 }
 
+/// What WHIP and WHEP requests share: the stream, the caller and the offer.
+struct OfferRequest {
+    id: Uuid,
+    user: String,
+    offer: String,
+    stream: crate::streams::model::Stream,
+}
+
+async fn offer_request(
+    app: &AppState,
+    stream_id: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<OfferRequest, ApiError> {
+    let id = parse_stream_id(stream_id)?;
+    let user = caller(app, headers, &id).await?;
+    let offer = sdp_body(headers, body)?;
+    let stream = app.streams.get(&id).await?;
+    Ok(OfferRequest {
+        id,
+        user,
+        offer,
+        stream,
+    })
+}
+
 /// `POST /v1/streams/{stream_id}/whip` (the stream's seller).
 pub async fn whip(
     State(app): State<AppState>,
@@ -162,10 +188,12 @@ pub async fn whip(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let media = media_enabled(&app)?;
-    let id = parse_stream_id(&stream_id)?;
-    let user = caller(&app, &headers, &id).await?;
-    let offer = sdp_body(&headers, &body)?;
-    let stream = app.streams.get(&id).await?;
+    let OfferRequest {
+        id,
+        user,
+        offer,
+        stream,
+    } = offer_request(&app, &stream_id, &headers, &body).await?;
     if stream.owner_id != user {
         return Err(ApiError::new(
             ErrorKind::Forbidden,
@@ -245,10 +273,12 @@ pub async fn whep(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let media = media_enabled(&app)?;
-    let id = parse_stream_id(&stream_id)?;
-    let user = caller(&app, &headers, &id).await?;
-    let offer = sdp_body(&headers, &body)?;
-    let stream = app.streams.get(&id).await?;
+    let OfferRequest {
+        id,
+        user,
+        offer,
+        stream,
+    } = offer_request(&app, &stream_id, &headers, &body).await?;
     if stream.owner_id != user
         && app
             .store

@@ -211,10 +211,12 @@ impl Persistence {
                         metrics::counter!("streamedge_persist_records_written_total", "kind" => *kind)
                             .increment(*n);
                     }
+                    // One sample per batch, its oldest record: the exporter keeps every
+                    // sample until a scrape, and 50,000 a second would pile up.
                     let now = crate::sessions::service::now_ms();
-                    let lag = metrics::histogram!("streamedge_persist_lag_seconds");
-                    for e in entries {
-                        lag.record(now.saturating_sub(e.added_ms) as f64 / 1000.0);
+                    if let Some(oldest) = entries.iter().map(|e| e.added_ms).min() {
+                        metrics::histogram!("streamedge_persist_lag_seconds")
+                            .record(now.saturating_sub(oldest) as f64 / 1000.0);
                     }
                     if attempts > 0 {
                         tracing::info!(
