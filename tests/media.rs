@@ -37,7 +37,11 @@ struct Client {
     gathered: Arc<Notify>,
     /// (mime type, payload) of every received packet.
     packets: Option<mpsc::UnboundedSender<(String, Bytes)>>,
+    /// Every received track.
+    remotes: Remotes,
 }
+
+type Remotes = Arc<std::sync::Mutex<Vec<Arc<dyn TrackRemote>>>>;
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Client {
@@ -48,6 +52,7 @@ impl PeerConnectionEventHandler for Client {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        self.remotes.lock().unwrap().push(track.clone());
         let Some(tx) = self.packets.clone() else {
             return;
         };
@@ -74,9 +79,23 @@ impl PeerConnectionEventHandler for Client {
 async fn peer(
     packets: Option<mpsc::UnboundedSender<(String, Bytes)>>,
 ) -> (Arc<dyn PeerConnection>, Arc<Notify>) {
+    peer_with(packets, Remotes::default()).await
+}
+
+/// A peer that also hands keyframe requests it receives to its local tracks (the same
+/// interceptor the node uses), and records its received tracks in `remotes`.
+async fn peer_with(
+    packets: Option<mpsc::UnboundedSender<(String, Bytes)>>,
+    remotes: Remotes,
+) -> (Arc<dyn PeerConnection>, Arc<Notify>) {
     let mut media = MediaEngine::default();
     media.register_default_codecs().unwrap();
-    let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
+    let registry = register_default_interceptors(Registry::new(), &mut media)
+        .unwrap()
+        .with(
+            streamedge::media::feedback::slot(),
+            streamedge::media::feedback::KeyframeRequestTap::default(),
+        );
     let gathered = Arc::new(Notify::new());
     let pc = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
@@ -90,6 +109,7 @@ async fn peer(
         .with_handler(Arc::new(Client {
             gathered: gathered.clone(),
             packets,
+            remotes,
         }) as Arc<dyn PeerConnectionEventHandler>)
         .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
         .build()
@@ -473,8 +493,24 @@ async fn start_viewer(
     mpsc::UnboundedReceiver<(String, Bytes)>,
     String,
 ) {
+    let (pc, rx, loc, _) = start_viewer_with(api, stream, token, Remotes::default()).await;
+    (pc, rx, loc)
+}
+
+/// [`start_viewer`], recording the received tracks; also returns the answer.
+async fn start_viewer_with(
+    api: &str,
+    stream: &uuid::Uuid,
+    token: &str,
+    remotes: Remotes,
+) -> (
+    Arc<dyn PeerConnection>,
+    mpsc::UnboundedReceiver<(String, Bytes)>,
+    String,
+    String,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let (pc, gathered) = peer(Some(tx)).await;
+    let (pc, gathered) = peer_with(Some(tx), remotes).await;
     for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
         pc.add_transceiver_from_kind(
             kind,
@@ -489,10 +525,10 @@ async fn start_viewer(
     let sdp = offer(&pc, &gathered).await;
     let (st, loc, answer) = post_sdp(&format!("{api}/v1/streams/{stream}/whep"), token, &sdp).await;
     assert_eq!(st, 201, "{answer}");
-    pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+    pc.set_remote_description(RTCSessionDescription::answer(answer.clone()).unwrap())
         .await
         .unwrap();
-    (pc, rx, loc.unwrap())
+    (pc, rx, loc.unwrap(), answer)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -599,4 +635,190 @@ async fn expect_ordered_packets(rx: &mut mpsc::UnboundedReceiver<(String, Bytes)
         last.insert(mime.clone(), seq);
         *got.entry(mime).or_default() += 1;
     }
+}
+
+/// Ports of the host candidates in an SDP.
+fn candidate_ports(sdp: &str) -> Vec<u16> {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .filter_map(|c| c.split_whitespace().nth(5)?.parse().ok())
+        .collect()
+}
+
+/// The value of an unlabelled gauge or counter in a Prometheus text page.
+async fn metric(url: &str, name: &str) -> f64 {
+    let page = reqwest::get(url).await.unwrap().text().await.unwrap();
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyframe_requests_travel_upstream_and_edge_ports_come_from_the_range() {
+    let mut cfg = media_config();
+    cfg.redis.url = common::redis_url();
+    cfg.media.keyframe_interval = Duration::from_millis(10);
+    let mut cfg_b = cfg.clone();
+    cfg_b.server.node_id = format!("{}-b", cfg.server.node_id);
+    // Node B binds its media connections on a port range, and drops idle relays fast.
+    let lo = common::free_port().clamp(20_000, 60_000);
+    cfg_b.media.udp_port_range = format!("{lo}-{}", lo + 7);
+    cfg_b.media.relay_idle_timeout = Duration::from_secs(1);
+    let a = TestNode::start(cfg).await;
+    let b = TestNode::start(cfg_b).await;
+    let (api_a, api_b) = (a.api_url(""), b.api_url(""));
+    let seller = common::seller("seller-pli");
+    let stream = common::create_stream(&format!("{api_a}/v1/streams"), &seller).await;
+    let (pub_pc, tracks, whip) = start_publisher(&api_a, &stream, &seller).await;
+    // Count the keyframe requests reaching the publisher's video track.
+    let video = tracks[0].0.clone();
+    let plis = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = plis.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = video.poll().await {
+            if let webrtc::media_stream::track_local::TrackLocalEvent::OnRtcpPacket(p) = ev {
+                let n = p
+                    .iter()
+                    .filter(|p| streamedge::media::feedback::is_keyframe_request(p.as_ref()))
+                    .count();
+                seen.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let (sending, sender) = send_packets(tracks);
+    let buyer = common::buyer("pli-viewer");
+    let remotes = Remotes::default();
+    let (view_pc, mut rx, whep, answer) =
+        start_viewer_with(&api_b, &stream, &buyer, remotes.clone()).await;
+    let ports = candidate_ports(&answer);
+    assert!(!ports.is_empty(), "{answer}");
+    assert!(
+        ports.iter().all(|p| (lo..=lo + 7).contains(p)),
+        "node B answered with ports {ports:?}, outside {lo}-{}",
+        lo + 7
+    );
+    expect_ordered_packets(&mut rx, 20).await;
+    // The viewer and B's relay to A each hold a port of the range.
+    let metrics_b = b.admin_url("/metrics");
+    assert_eq!(
+        metric(&metrics_b, "streamedge_media_udp_ports_leased").await,
+        2.0
+    );
+
+    // Joining viewers cause at most three requests each on each node (at bind, +1 s,
+    // +3 s): six here. A viewer asking for keyframes must push the count past that.
+    let received: Vec<_> = remotes.lock().unwrap().clone();
+    let mut remote = None;
+    for t in received {
+        if t.kind().await == RtpCodecKind::Video {
+            remote = Some(t);
+        }
+    }
+    let remote = remote.expect("the viewer got a video track");
+    let media_ssrc = remote.ssrcs().await[0];
+    let asked = common::eventually(T, || {
+        let remote = remote.clone();
+        let plis = plis.clone();
+        async move {
+            let _ = remote
+                .write_rtcp(vec![Box::new(
+                    rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+                        sender_ssrc: 1,
+                        media_ssrc,
+                    },
+                )])
+                .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            plis.load(std::sync::atomic::Ordering::SeqCst) > 6
+        }
+    })
+    .await;
+    assert!(
+        asked,
+        "the viewer's keyframe requests did not reach the publisher ({} arrived)",
+        plis.load(std::sync::atomic::Ordering::SeqCst)
+    );
+
+    // The viewer leaves: its port comes back at once, the idle relay's soon after.
+    let (st, _) = common::call(Method::DELETE, &format!("{api_b}{whep}"), &buyer, None).await;
+    assert_eq!(st, 200);
+    assert!(
+        common::eventually(T, || async {
+            metric(&metrics_b, "streamedge_media_udp_ports_leased").await == 0.0
+        })
+        .await,
+        "the idle relay kept its port: {}",
+        reqwest::get(&metrics_b)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("streamedge_media"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // A new viewer on B opens a new relay and still gets the stream.
+    let (view2_pc, mut rx2, _) =
+        start_viewer(&api_b, &stream, &common::buyer("pli-viewer-2")).await;
+    expect_ordered_packets(&mut rx2, 10).await;
+
+    let (st, _) = common::call(Method::DELETE, &format!("{api_a}{whip}"), &seller, None).await;
+    assert_eq!(st, 200);
+    sending.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = sender.await;
+    for pc in [view_pc, view2_pc, pub_pc] {
+        let _ = pc.close().await;
+    }
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_port_range_answers_503_until_a_session_ends() {
+    let mut cfg = media_config();
+    let port = common::free_port();
+    cfg.media.udp_port_range = format!("{port}-{port}");
+    let node = TestNode::start(cfg).await;
+    let api = node.api_url("");
+    let seller = common::seller("seller-ports");
+    let stream = common::create_stream(&format!("{api}/v1/streams"), &seller).await;
+    let (pub_pc, tracks, whip) = start_publisher(&api, &stream, &seller).await;
+    let (sending, sender) = send_packets(tracks);
+    // The only port is the publisher's: a viewer is refused, with a hint when to retry.
+    let (pc, gathered) = peer(None).await;
+    pc.add_transceiver_from_kind(
+        RtpCodecKind::Video,
+        Some(RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Recvonly,
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
+    let sdp = offer(&pc, &gathered).await;
+    let r = reqwest::Client::new()
+        .post(format!("{api}/v1/streams/{stream}/whep"))
+        .bearer_auth(common::buyer("too-many"))
+        .header("content-type", "application/sdp")
+        .body(sdp)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "media_full", "{body}");
+    // The publish ends: its port is free again for the next publish.
+    let (st, _) = common::call(Method::DELETE, &format!("{api}{whip}"), &seller, None).await;
+    assert_eq!(st, 200);
+    sending.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = sender.await;
+    let _ = pub_pc.close().await;
+    let (pub2, _, _) = start_publisher(&api, &stream, &seller).await;
+    for pc in [pc, pub2] {
+        let _ = pc.close().await;
+    }
+    node.shutdown().await.unwrap();
 }

@@ -259,6 +259,7 @@ impl Config {
             ("agora.token_ttl", self.agora.token_ttl),
             ("agora.privilege_ttl", self.agora.privilege_ttl),
             ("media.token_ttl", self.media.token_ttl),
+            ("media.relay_idle_timeout", self.media.relay_idle_timeout),
         ] {
             if d.is_zero() {
                 return invalid(key, "must be greater than zero");
@@ -395,6 +396,23 @@ impl Config {
                 "must be at least 32 characters when media.enabled",
             );
         }
+        let range =
+            crate::media::ports::parse_range(&self.media.udp_port_range).map_err(|message| {
+                ConfigError::Invalid {
+                    key: "media.udp_port_range".into(),
+                    message,
+                }
+            })?;
+        match self.media.udp_addr.parse::<std::net::SocketAddr>() {
+            Err(_) => return invalid("media.udp_addr", "must be IP:PORT (e.g. \"0.0.0.0:0\")"),
+            Ok(a) if range.is_some() && a.port() != 0 => {
+                return invalid(
+                    "media.udp_addr",
+                    "must have port 0 when media.udp_port_range is set",
+                )
+            }
+            Ok(_) => {}
+        }
         let r = &self.rate_limit;
         for (name, l) in [
             ("rtc_token", &r.rtc_token),
@@ -487,5 +505,26 @@ mod tests {
         c.ws.idle_timeout = c.ws.ping_interval;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("ws.idle_timeout"), "{err}");
+    }
+
+    #[test]
+    fn media_ports_are_checked() {
+        let check = |addr: &str, range: &str| {
+            let mut c = Config::default();
+            c.media.udp_addr = addr.into();
+            c.media.udp_port_range = range.into();
+            c.validate().err().map(|e| e.to_string())
+        };
+        assert_eq!(check("0.0.0.0:0", "50000-50099"), None);
+        assert_eq!(check("10.0.0.5:4000", ""), None);
+        let err = check("0.0.0.0:0", "50099-50000").unwrap();
+        assert!(err.contains("media.udp_port_range"), "{err}");
+        let err = check("0.0.0.0:4000", "50000-50099").unwrap();
+        assert!(
+            err.contains("media.udp_addr") && err.contains("port 0"),
+            "{err}"
+        );
+        let err = check("localhost", "").unwrap();
+        assert!(err.contains("media.udp_addr"), "{err}");
     }
 }

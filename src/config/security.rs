@@ -129,6 +129,9 @@ pub struct MediaConfig {
     /// Local UDP address each media connection binds (`0.0.0.0:0`: every interface,
     /// ephemeral ports; a concrete IP binds only it).
     pub udp_addr: String,
+    /// UDP ports media connections bind, `"FIRST-LAST"` inclusive, one port per connection
+    /// (empty: ephemeral ports). `udp_addr` then gives only the IP and must have port 0.
+    pub udp_port_range: String,
     /// Public IPs advertised instead of the local ones (the node behind 1:1 NAT).
     pub public_ips: Vec<String>,
     /// STUN/TURN URLs offered to clients in WHIP/WHEP `Link` headers.
@@ -142,6 +145,10 @@ pub struct MediaConfig {
     /// Fewest time between two keyframe requests sent to a publisher per track.
     #[serde(with = "humantime_serde")]
     pub keyframe_interval: Duration,
+    /// A relay (this node pulling another node's stream for its viewers) that no viewer
+    /// has used for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub relay_idle_timeout: Duration,
 }
 
 impl Default for MediaConfig {
@@ -151,12 +158,14 @@ impl Default for MediaConfig {
             node_key: Secret::default(),
             token_ttl: Duration::from_secs(3600),
             udp_addr: "0.0.0.0:0".into(),
+            udp_port_range: String::new(),
             public_ips: Vec::new(),
             ice_servers: Vec::new(),
             advertise_url: String::new(),
             max_publishers: 16,
             max_viewers: 500,
             keyframe_interval: Duration::from_secs(1),
+            relay_idle_timeout: Duration::from_secs(30),
         }
     }
 }

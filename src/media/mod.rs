@@ -9,6 +9,8 @@
 //! dropped — never the publisher. A joining viewer triggers a keyframe request (PLI)
 //! upstream, at most one per `media.keyframe_interval` per track.
 
+pub mod feedback;
+pub mod ports;
 pub mod routes;
 
 use std::collections::HashMap;
@@ -31,7 +33,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use tokio::sync::{broadcast, Notify};
 use uuid::Uuid;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
@@ -59,6 +61,8 @@ pub enum MediaError {
     PublishersFull,
     #[error("the node carries media.max_viewers viewers")]
     ViewersFull,
+    #[error("every port of media.udp_port_range is in use")]
+    PortsFull,
     #[error("the stream already has a publisher")]
     AlreadyPublishing,
     #[error("nobody publishes this stream")]
@@ -92,17 +96,32 @@ pub struct Resource {
     pc: Arc<dyn PeerConnection>,
     /// For a relay: the WHEP resource on the origin node.
     remote: Option<String>,
+    /// The UDP port of `media.udp_port_range` the connection holds.
+    _port: Option<Arc<ports::PortLease>>,
+    /// Cancelled when the session is removed (a local close does not always surface as a
+    /// connection state change).
+    ended: tokio_util::sync::CancellationToken,
 }
 
 /// One forwarded track of a publication.
 struct Forwarded {
     kind: RtpCodecKind,
     codec: RTCRtpCodec,
-    tx: broadcast::Sender<rtp::Packet>,
+    tx: broadcast::Sender<Inbound>,
     remote: Arc<dyn TrackRemote>,
     media_ssrc: u32,
     last_pli: Mutex<Option<Instant>>,
 }
+
+/// A received packet and when it arrived (for the forwarding latency).
+#[derive(Clone)]
+struct Inbound {
+    at: Instant,
+    packet: rtp::Packet,
+}
+
+/// One packet in this many has its forwarding latency recorded.
+const LATENCY_SAMPLE: u32 = 64;
 
 /// A stream being published on this node.
 pub struct Publication {
@@ -112,6 +131,9 @@ pub struct Publication {
     expected_tracks: AtomicUsize,
     tracks: Mutex<Vec<Arc<Forwarded>>>,
     tracks_changed: Notify,
+    /// Viewers holding this publication (changed under the publications lock, so a relay
+    /// is never closed as idle while a viewer is being added).
+    holders: AtomicUsize,
     /// Cancelled when the publisher's connection ends.
     pub ended: tokio_util::sync::CancellationToken,
 }
@@ -126,6 +148,8 @@ pub struct MediaService {
     /// One relay being set up at a time.
     relaying: tokio::sync::Mutex<()>,
     http: reqwest::Client,
+    /// `media.udp_port_range`, when set.
+    ports: Option<Arc<ports::PortPool>>,
 }
 
 /// Where a stream is ingested, in the shared state (`media:ingest:{stream}`).
@@ -141,6 +165,9 @@ pub const INGEST_TTL: Duration = Duration::from_secs(15);
 fn ingest_key(stream: &Uuid) -> String {
     format!("media:ingest:{stream}")
 }
+
+/// A peer connection and the UDP port it holds (with `media.udp_port_range`).
+type Connection = (Arc<dyn PeerConnection>, Option<Arc<ports::PortLease>>);
 
 /// The answer to an offer, with the resource created for it.
 pub struct Answer {
@@ -209,7 +236,10 @@ impl PeerConnectionEventHandler for Handler {
                     Some(TrackRemoteEvent::OnRtpPacket(p)) => {
                         packets_in.increment(1);
                         bytes_in.increment(p.payload.len() as u64);
-                        let _ = tx.send(p);
+                        let _ = tx.send(Inbound {
+                            at: Instant::now(),
+                            packet: p,
+                        });
                     }
                     Some(TrackRemoteEvent::OnEnded) | None => break,
                     Some(_) => {}
@@ -230,7 +260,6 @@ fn now_state() -> (
 impl MediaService {
     pub fn new(cfg: MediaConfig, store: Arc<dyn SharedState>, node_id: String) -> Self {
         Self {
-            cfg,
             publications: Mutex::new(HashMap::new()),
             resources: Mutex::new(HashMap::new()),
             viewers: Arc::new(AtomicUsize::new(0)),
@@ -241,6 +270,11 @@ impl MediaService {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("HTTP client"),
+            ports: ports::parse_range(&cfg.udp_port_range)
+                .ok()
+                .flatten()
+                .map(|(lo, hi)| ports::PortPool::new(lo, hi)),
+            cfg,
         }
     }
 
@@ -292,16 +326,13 @@ impl MediaService {
 
     /// The stream's publication on this node: the local publish, or a relay pulling it
     /// from the node that ingests it.
-    async fn publication_or_relay(
-        self: &Arc<Self>,
-        stream: &Uuid,
-    ) -> Result<Arc<Publication>, MediaError> {
-        if let Some(p) = self.publication(stream) {
-            return Ok(p);
+    async fn publication_or_relay(self: &Arc<Self>, stream: &Uuid) -> Result<Hold, MediaError> {
+        if let Some(h) = self.hold(stream) {
+            return Ok(h);
         }
         let _one = self.relaying.lock().await;
-        if let Some(p) = self.publication(stream) {
-            return Ok(p);
+        if let Some(h) = self.hold(stream) {
+            return Ok(h);
         }
         let raw = self
             .store
@@ -313,7 +344,16 @@ impl MediaService {
         if ingest.node == self.node_id || ingest.url.is_empty() {
             return Err(MediaError::NotPublishing);
         }
-        self.relay(*stream, &ingest).await
+        self.relay(*stream, &ingest).await?;
+        self.hold(stream).ok_or(MediaError::NotPublishing)
+    }
+
+    /// The stream's local publication, held for a viewer.
+    fn hold(&self, stream: &Uuid) -> Option<Hold> {
+        let pubs = self.publications.lock().unwrap();
+        let p = pubs.get(stream)?.clone();
+        p.holders.fetch_add(1, Ordering::SeqCst);
+        Some(Hold(p))
     }
 
     /// Pulls `stream` from its ingest node over WebRTC (WHEP with an internal token) and
@@ -331,11 +371,12 @@ impl MediaService {
             expected_tracks: AtomicUsize::new(1),
             tracks: Mutex::new(Vec::new()),
             tracks_changed: Notify::new(),
+            holders: AtomicUsize::new(0),
             ended: tokio_util::sync::CancellationToken::new(),
         });
         let gathered = Arc::new(Notify::new());
         let (state_tx, mut state_rx) = now_state();
-        let pc = self
+        let (pc, port) = self
             .peer_connection(Handler {
                 gathered: gathered.clone(),
                 state: state_tx,
@@ -418,13 +459,20 @@ impl MediaService {
                 kind: ResourceKind::Relay,
                 pc,
                 remote,
+                _port: port,
+                ended: tokio_util::sync::CancellationToken::new(),
             },
         );
         metrics::counter!("streamedge_media_relays_total").increment(1);
         tracing::info!(%stream, origin = %ingest.node, "relaying a stream from its ingest node");
-        // The relay ends with its connection (the origin's publish ended, or it failed).
+        // The relay ends with its connection (the origin's publish ended, or it failed), or
+        // when no viewer has held it for media.relay_idle_timeout.
         let me = self.clone();
+        let idle_timeout = self.cfg.relay_idle_timeout;
+        let held = publication.clone();
         tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1).min(idle_timeout));
+            let mut idle_since = Instant::now();
             loop {
                 let s = *state_rx.borrow();
                 if matches!(
@@ -433,8 +481,26 @@ impl MediaService {
                 ) {
                     break;
                 }
-                if state_rx.changed().await.is_err() {
-                    break;
+                tokio::select! {
+                    r = state_rx.changed() => if r.is_err() { break },
+                    _ = tick.tick() => {
+                        if held.holders.load(Ordering::SeqCst) > 0 {
+                            idle_since = Instant::now();
+                        } else if idle_since.elapsed() >= idle_timeout {
+                            // Withdrawn under the lock only if still unheld.
+                            let mut pubs = me.publications.lock().unwrap();
+                            if held.holders.load(Ordering::SeqCst) == 0 {
+                                if let Some(p) = pubs.get(&held.stream) {
+                                    if Arc::ptr_eq(p, &held) {
+                                        pubs.remove(&held.stream);
+                                    }
+                                }
+                                drop(pubs);
+                                tracing::info!(stream = %held.stream, "closing an idle relay");
+                                break;
+                            }
+                        }
+                    }
                 }
             }
             let _ = me.remove(&resource_id).await;
@@ -458,14 +524,52 @@ impl MediaService {
         self.viewers.load(Ordering::Relaxed)
     }
 
-    async fn peer_connection(
+    /// A new peer connection bound to `media.udp_addr` — on a port of
+    /// `media.udp_port_range` when set (the lease lives as long as the session).
+    async fn peer_connection(&self, handler: Handler) -> Result<Connection, MediaError> {
+        let handler: Arc<dyn PeerConnectionEventHandler> = Arc::new(handler);
+        let Some(pool) = &self.ports else {
+            let pc = self
+                .build_peer_connection(handler, self.cfg.udp_addr.clone())
+                .await?;
+            return Ok((pc, None));
+        };
+        let ip = self
+            .cfg
+            .udp_addr
+            .parse::<std::net::SocketAddr>()
+            .map_err(webrtc_err)?
+            .ip();
+        // A port another program holds fails to bind: try a few more.
+        let mut last = MediaError::PortsFull;
+        for _ in 0..pool.size().min(8) {
+            let Some(lease) = pool.lease() else {
+                break;
+            };
+            let addr = std::net::SocketAddr::new(ip, lease.port).to_string();
+            match self.build_peer_connection(handler.clone(), addr).await {
+                Ok(pc) => return Ok((pc, Some(Arc::new(lease)))),
+                Err(e) => {
+                    tracing::warn!(port = lease.port, error = %e, "media UDP port unusable; trying the next");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn build_peer_connection(
         &self,
-        handler: Handler,
+        handler: Arc<dyn PeerConnectionEventHandler>,
+        udp_addr: String,
     ) -> Result<Arc<dyn PeerConnection>, MediaError> {
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(webrtc_err)?;
         let registry =
             register_default_interceptors(Registry::new(), &mut media).map_err(webrtc_err)?;
+        // Viewers' keyframe requests (PLI/FIR) reach the forwarding task, which passes them
+        // on to the publisher.
+        let registry = registry.with(feedback::slot(), feedback::KeyframeRequestTap::default());
         use webrtc::peer_connection::SrtpProtectionProfile as P;
         // AEAD-GCM first: several times cheaper per packet than AES-CM + HMAC-SHA1 (the
         // crate's own benchmarks); CM stays for peers without GCM.
@@ -488,8 +592,8 @@ impl MediaService {
             .with_media_engine(media)
             .with_setting_engine(setting.build())
             .with_interceptor_registry(registry)
-            .with_handler(Arc::new(handler) as Arc<dyn PeerConnectionEventHandler>)
-            .with_udp_addrs(vec![self.cfg.udp_addr.clone()])
+            .with_handler(handler)
+            .with_udp_addrs(vec![udp_addr])
             .build()
             .await
             .map_err(webrtc_err)?;
@@ -552,11 +656,12 @@ impl MediaService {
             expected_tracks: AtomicUsize::new(media_sections(offer)),
             tracks: Mutex::new(Vec::new()),
             tracks_changed: Notify::new(),
+            holders: AtomicUsize::new(0),
             ended: tokio_util::sync::CancellationToken::new(),
         });
         let gathered = Arc::new(Notify::new());
         let (state_tx, state_rx) = now_state();
-        let pc = self
+        let (pc, port) = self
             .peer_connection(Handler {
                 gathered: gathered.clone(),
                 state: state_tx,
@@ -588,6 +693,8 @@ impl MediaService {
             kind: ResourceKind::Publish,
             pc,
             remote: None,
+            _port: port,
+            ended: tokio_util::sync::CancellationToken::new(),
         };
         self.resources
             .lock()
@@ -606,7 +713,8 @@ impl MediaService {
         offer: &str,
     ) -> Result<(Answer, tokio::sync::watch::Receiver<RTCPeerConnectionState>), MediaError> {
         check_offer(offer)?;
-        let publication = self.publication_or_relay(&stream).await?;
+        let hold = self.publication_or_relay(&stream).await?;
+        let publication = hold.0.clone();
         if self
             .viewers
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
@@ -634,7 +742,7 @@ impl MediaService {
         }
         let gathered = Arc::new(Notify::new());
         let (state_tx, state_rx) = now_state();
-        let pc = self
+        let (pc, port) = self
             .peer_connection(Handler {
                 gathered: gathered.clone(),
                 state: state_tx,
@@ -688,6 +796,7 @@ impl MediaService {
             })
             .collect();
         let resource_id = Uuid::new_v4().simple().to_string();
+        let stop = tokio_util::sync::CancellationToken::new();
         let resource = Resource {
             id: resource_id.clone(),
             stream,
@@ -695,12 +804,13 @@ impl MediaService {
             kind: ResourceKind::View,
             pc: pc.clone(),
             remote: None,
+            _port: port,
+            ended: stop.clone(),
         };
         self.resources
             .lock()
             .unwrap()
             .insert(resource_id.clone(), resource.clone());
-        let stop = tokio_util::sync::CancellationToken::new();
         for (fwd, local, ssrc, pt) in locals {
             let mut rx = fwd.tx.subscribe();
             let stop = stop.clone();
@@ -711,6 +821,8 @@ impl MediaService {
             tokio::spawn(async move {
                 let packets_out = metrics::counter!("streamedge_media_packets_out_total");
                 let bytes_out = metrics::counter!("streamedge_media_bytes_out_total");
+                let forward_latency = metrics::histogram!("streamedge_media_forward_seconds");
+                let mut sampled = 0u32;
                 let mut bound = false;
                 loop {
                     let got = tokio::select! {
@@ -719,7 +831,7 @@ impl MediaService {
                         r = rx.recv() => r,
                     };
                     match got {
-                        Ok(mut p) => {
+                        Ok(Inbound { at, packet: mut p }) => {
                             p.header.ssrc = ssrc;
                             if let Some(pt) = pt {
                                 p.header.payload_type = pt;
@@ -735,21 +847,32 @@ impl MediaService {
                             if local.write_rtp(p).await.is_ok() {
                                 packets_out.increment(1);
                                 bytes_out.increment(n);
+                                sampled = sampled.wrapping_add(1);
+                                if sampled % LATENCY_SAMPLE == 0 {
+                                    forward_latency.record(at.elapsed().as_secs_f64());
+                                }
                                 if !bound {
                                     // The viewer can decode from the next keyframe on: ask
                                     // now, and again shortly in case that one was lost.
                                     bound = true;
-                                    let fwd = fwd.clone();
+                                    let join = fwd.clone();
                                     tokio::spawn(async move {
                                         for wait in [0u64, 1000, 3000] {
                                             tokio::time::sleep(Duration::from_millis(wait)).await;
                                             request_keyframe(
-                                                &fwd,
+                                                &join,
                                                 keyframe_interval.min(Duration::from_millis(900)),
+                                                "join",
                                             )
                                             .await;
                                         }
                                     });
+                                    tokio::spawn(viewer_feedback(
+                                        fwd.clone(),
+                                        local.clone(),
+                                        stop.clone(),
+                                        keyframe_interval,
+                                    ));
                                 }
                             }
                         }
@@ -767,9 +890,8 @@ impl MediaService {
                 }
             });
         }
-        // The slot is released when the viewer's session ends: its connection failed or
-        // closed, it fell behind, or the publish ended.
-        std::mem::forget(guard);
+        // The slot and the hold are released when the viewer's session ends: its connection
+        // failed or closed, it fell behind, or the publish ended.
         let me = self.clone();
         let watch_stop = stop.clone();
         let ended = publication.ended.clone();
@@ -791,7 +913,8 @@ impl MediaService {
             }
             watch_stop.cancel();
             let _ = me.remove(&resource_id).await;
-            me.viewers.fetch_sub(1, Ordering::SeqCst);
+            drop(guard);
+            drop(hold);
             metrics::gauge!("streamedge_media_viewers")
                 .set(me.viewers.load(Ordering::SeqCst) as f64);
         });
@@ -833,6 +956,7 @@ impl MediaService {
             metrics::gauge!("streamedge_media_publishers")
                 .set(self.publications.lock().unwrap().len() as f64);
         }
+        r.ended.cancel();
         let _ = r.pc.close().await;
         Ok(r)
     }
@@ -843,6 +967,15 @@ impl MediaService {
         for id in ids {
             let _ = self.remove(&id).await;
         }
+    }
+}
+
+/// A viewer's hold on a publication (see `Publication::holders`).
+struct Hold(Arc<Publication>);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.holders.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -859,8 +992,39 @@ fn rand_ssrc() -> u32 {
     u32::from_le_bytes([b[0], b[1], b[2], b[3]]) | 1
 }
 
+/// Reads a viewer's RTCP feedback for one forwarded track (what [`feedback`] lets
+/// through: keyframe requests) and passes keyframe requests on to the publisher,
+/// rate-limited per track. Retransmission requests (NACK) never get here: the node's NACK
+/// responder answers them from its own send buffer.
+async fn viewer_feedback(
+    fwd: Arc<Forwarded>,
+    local: Arc<TrackLocalStaticRTP>,
+    stop: tokio_util::sync::CancellationToken,
+    interval: Duration,
+) {
+    loop {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => return,
+            ev = local.poll() => ev,
+        };
+        match ev {
+            Some(TrackLocalEvent::OnRtcpPacket(packets)) => {
+                if packets
+                    .iter()
+                    .any(|p| feedback::is_keyframe_request(p.as_ref()))
+                {
+                    request_keyframe(&fwd, interval, "viewer").await;
+                }
+            }
+            None => return,
+            Some(_) => {}
+        }
+    }
+}
+
 /// Asks the publisher for a keyframe (PLI), at most once per `interval` per track.
-async fn request_keyframe(fwd: &Forwarded, interval: Duration) {
+/// `why`: `join` (a viewer started) or `viewer` (a viewer asked).
+async fn request_keyframe(fwd: &Forwarded, interval: Duration, why: &'static str) {
     {
         let mut last = fwd.last_pli.lock().unwrap();
         if last.is_some_and(|t| t.elapsed() < interval) {
@@ -871,7 +1035,7 @@ async fn request_keyframe(fwd: &Forwarded, interval: Duration) {
     if fwd.kind != RtpCodecKind::Video {
         return;
     }
-    metrics::counter!("streamedge_media_keyframe_requests_total").increment(1);
+    metrics::counter!("streamedge_media_keyframe_requests_total", "reason" => why).increment(1);
     let _ = fwd
         .remote
         .write_rtcp(vec![Box::new(PictureLossIndication {

@@ -62,7 +62,7 @@ impl From<MediaError> for ApiError {
         match e {
             MediaError::BadOffer(_) => ApiError::new(ErrorKind::Invalid, "invalid_sdp", msg),
             MediaError::NoMedia => ApiError::new(ErrorKind::Invalid, "sdp_without_media", msg),
-            MediaError::PublishersFull | MediaError::ViewersFull => {
+            MediaError::PublishersFull | MediaError::ViewersFull | MediaError::PortsFull => {
                 ApiError::new(ErrorKind::Unavailable, "media_full", msg).with_retry_after(5)
             }
             MediaError::AlreadyPublishing => {
