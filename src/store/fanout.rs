@@ -114,6 +114,19 @@ impl Subscription {
         &self.channel
     }
 
+    /// The next event if one is already waiting (never waits).
+    pub fn try_recv(&mut self) -> Option<PubSubEvent> {
+        let rx = self.rx.as_mut()?;
+        match rx.try_recv() {
+            Ok(ev) => Some(ev),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                metrics::counter!("streamedge_pubsub_lagged_total").increment(n);
+                Some(PubSubEvent::Resync)
+            }
+            Err(_) => None,
+        }
+    }
+
     /// The next event; `None` once the backend is closed.
     pub async fn recv(&mut self) -> Option<PubSubEvent> {
         let rx = self.rx.as_mut()?;

@@ -61,35 +61,63 @@ impl Hubs {
     }
 }
 
-/// Delivers a published message, first backfilling from the log any sequence numbers
-/// between the last delivered one and it (a publish this node missed). Returns the new
-/// last delivered sequence number.
+/// Most chat messages handed to the connections in one batch.
+const MAX_BATCH: usize = 256;
+
+/// Delivers published messages (in sequence order), first backfilling from the log any
+/// sequence numbers between the last delivered one and them (publishes this node missed).
+/// Every connection gets the batch with one push and one wake-up. Returns the new last
+/// delivered sequence number.
 async fn deliver_chat(
     app: &AppState,
     stream: &Uuid,
     last: u64,
-    entry: crate::store::LogEntry,
+    entries: Vec<crate::store::LogEntry>,
 ) -> u64 {
-    if entry.seq <= last {
-        return last; // already delivered (e.g. by a backfill)
-    }
+    let started = std::time::Instant::now();
     let mut last = last;
-    if entry.seq > last + 1 {
-        metrics::counter!("streamedge_chat_gaps_total").increment(1);
-        last = backfill(app, stream, last, entry.seq - 1).await;
+    let mut batch: Vec<(u64, Utf8Bytes)> = Vec::with_capacity(entries.len());
+    let mut published = None;
+    for entry in entries {
+        if entry.seq <= last {
+            continue; // already delivered (e.g. by a backfill)
+        }
+        if entry.seq > last + 1 {
+            // Keep the order: what is batched goes first, then the backfill.
+            flush(app, stream, &mut batch, &mut published);
+            metrics::counter!("streamedge_chat_gaps_total").increment(1);
+            last = backfill(app, stream, last, entry.seq - 1).await;
+            if entry.seq <= last {
+                continue;
+            }
+        }
+        if let Some(frame) = crate::chat::ChatService::frame(entry.seq, &entry.payload) {
+            if published.is_none() {
+                published = published_at(&entry.payload, started);
+            }
+            batch.push((entry.seq, frame.into()));
+        }
+        last = entry.seq;
     }
-    if let Some(frame) = crate::chat::ChatService::frame(entry.seq, &entry.payload) {
-        let started = std::time::Instant::now();
-        let published = published_at(&entry.payload, started);
-        let frame: Utf8Bytes = frame.into();
-        let n = app
-            .registry
-            .deliver_chat(stream, entry.seq, &frame, published);
-        metrics::counter!("streamedge_chat_deliveries_total").increment(n as u64);
-        metrics::histogram!("streamedge_chat_fanout_seconds")
-            .record(started.elapsed().as_secs_f64());
+    flush(app, stream, &mut batch, &mut published);
+    metrics::histogram!("streamedge_chat_fanout_seconds").record(started.elapsed().as_secs_f64());
+    last
+}
+
+fn flush(
+    app: &AppState,
+    stream: &Uuid,
+    batch: &mut Vec<(u64, Utf8Bytes)>,
+    published: &mut Option<std::time::Instant>,
+) {
+    if batch.is_empty() {
+        return;
     }
-    entry.seq.max(last)
+    let n = app
+        .registry
+        .deliver_chat_batch(stream, batch, published.take());
+    metrics::counter!("streamedge_chat_deliveries_total").increment(n as u64);
+    batch.clear();
 }
 
 /// When a stored message was accepted (its `ts`, set by the node that sequenced it), as
@@ -154,47 +182,37 @@ async fn run(app: AppState, stream: Uuid, stop: CancellationToken) {
     // The last chat sequence number this node delivered for the stream.
     let mut chat_seq = app.chat.last_seq(&stream).await.unwrap_or(0);
     let mut last_session: Option<Uuid> = None;
+    let window = app.config.chat.fanout_window;
+    let mut last_batch = tokio::time::Instant::now() - window;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            ev = sub.recv() => match ev {
-                None => return,
-                                Some(PubSubEvent::Message(bytes)) => {
-                    if bytes.first().is_some_and(u8::is_ascii_digit) {
-                        if let Some(entry) = crate::store::decode_log_publish(&bytes) {
-                            chat_seq = deliver_chat(&app, &stream, chat_seq, entry).await;
+            ev = sub.recv() => {
+                let Some(mut ev) = ev else { return };
+                loop {
+                    let next = match ev {
+                        PubSubEvent::Message(bytes) if is_chat(&bytes) => {
+                            // This message and the chat messages right behind it (already
+                            // waiting, or within chat.fanout_window of the last batch) go
+                            // out as one batch.
+                            let mut entries: Vec<_> =
+                                crate::store::decode_log_publish(&bytes).into_iter().collect();
+                            let next = gather(&mut sub, &mut entries, window, last_batch).await;
+                            chat_seq = deliver_chat(&app, &stream, chat_seq, entries).await;
+                            last_batch = tokio::time::Instant::now();
+                            next
                         }
-                        continue;
-                    }
-                    if bytes.starts_with(VIEWER_LEFT_PREFIX.as_bytes()) {
-                        if let Err(e) = app.viewers.on_viewer_left(&stream, &bytes).await {
-                            tracing::debug!(error = %e, "viewer re-touch failed");
+                        other => {
+                            on_event(&app, &stream, &mut chat_seq, other).await;
+                            None
                         }
-                        continue;
-                    }
-                    match Utf8Bytes::try_from(bytes) {
-                        Ok(frame) => {
-                            app.registry.broadcast(&stream, &frame);
-                        }
-                        Err(_) => tracing::warn!(%stream, "non-UTF-8 event dropped"),
+                    };
+                    match next {
+                        Some(e) => ev = e,
+                        None => break,
                     }
                 }
-                                Some(PubSubEvent::Resync) => {
-                    // Messages may have been missed: catch up from the log.
-                    if let Ok(last) = app.chat.last_seq(&stream).await {
-                        if last > chat_seq {
-                            chat_seq = backfill(&app, &stream, chat_seq, last).await;
-                        }
-                    }
-                    // Events may have been missed: send the current state.
-                    if let Ok(s) = app.streams.get(&stream).await {
-                        let frame = json!({"type": "state", "stream": stream, "state": s.state,
-                            "session_id": s.session.as_ref().map(|x| x.id), "kind": "sync",
-                            "version": s.version});
-                        app.registry.broadcast(&stream, &frame.to_string().into());
-                    }
-                }
-            },
+            }
             _ = tick.tick() => {
                 let Ok(s) = app.streams.get(&stream).await else { continue };
                 let session = s.session.as_ref().map(|x| x.id);
@@ -213,6 +231,77 @@ async fn run(app: AppState, stream: Uuid, stop: CancellationToken) {
                     Ok(_) => {}
                     Err(e) => tracing::debug!(%stream, error = %e, "viewer counts failed"),
                 }
+            }
+        }
+    }
+}
+
+/// A chat publish (`<seq>\n<json>`), as opposed to a ready-made event frame.
+fn is_chat(bytes: &[u8]) -> bool {
+    bytes.first().is_some_and(u8::is_ascii_digit)
+}
+
+/// Adds to `entries` the chat messages already waiting and, when the last batch went out
+/// less than `window` ago, those arriving until `window` after it (at most [`MAX_BATCH`]).
+/// Returns the first non-chat event met, which must be handled after the batch.
+async fn gather(
+    sub: &mut crate::store::Subscription,
+    entries: &mut Vec<crate::store::LogEntry>,
+    window: std::time::Duration,
+    last_batch: tokio::time::Instant,
+) -> Option<PubSubEvent> {
+    let until = last_batch + window;
+    while entries.len() < MAX_BATCH {
+        let ev = match sub.try_recv() {
+            Some(ev) => ev,
+            None if tokio::time::Instant::now() < until => {
+                match tokio::time::timeout_at(until, sub.recv()).await {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) | Err(_) => return None,
+                }
+            }
+            None => return None,
+        };
+        match ev {
+            PubSubEvent::Message(bytes) if is_chat(&bytes) => {
+                entries.extend(crate::store::decode_log_publish(&bytes));
+            }
+            other => return Some(other),
+        }
+    }
+    None
+}
+
+/// A stream event other than a chat publish.
+async fn on_event(app: &AppState, stream: &Uuid, chat_seq: &mut u64, ev: PubSubEvent) {
+    match ev {
+        PubSubEvent::Message(bytes) => {
+            if bytes.starts_with(VIEWER_LEFT_PREFIX.as_bytes()) {
+                if let Err(e) = app.viewers.on_viewer_left(stream, &bytes).await {
+                    tracing::debug!(error = %e, "viewer re-touch failed");
+                }
+                return;
+            }
+            match Utf8Bytes::try_from(bytes) {
+                Ok(frame) => {
+                    app.registry.broadcast(stream, &frame);
+                }
+                Err(_) => tracing::warn!(%stream, "non-UTF-8 event dropped"),
+            }
+        }
+        PubSubEvent::Resync => {
+            // Messages may have been missed: catch up from the log.
+            if let Ok(last) = app.chat.last_seq(stream).await {
+                if last > *chat_seq {
+                    *chat_seq = backfill(app, stream, *chat_seq, last).await;
+                }
+            }
+            // Events may have been missed: send the current state.
+            if let Ok(s) = app.streams.get(stream).await {
+                let frame = json!({"type": "state", "stream": stream, "state": s.state,
+                    "session_id": s.session.as_ref().map(|x| x.id), "kind": "sync",
+                    "version": s.version});
+                app.registry.broadcast(stream, &frame.to_string().into());
             }
         }
     }

@@ -120,6 +120,45 @@ impl OutboundQueue {
         Ok(())
     }
 
+    /// Queues several chat frames at once (one lock, one wake-up): a fan-out batch.
+    /// Stops at the first refusal (the queue is then closing).
+    pub fn push_many(
+        &self,
+        frames: impl Iterator<Item = Utf8Bytes>,
+        published: Option<Instant>,
+    ) -> Result<(), PushError> {
+        let mut st = self.state.lock().expect("queue lock");
+        if st.close.is_some() {
+            return Err(PushError::Closed);
+        }
+        let mut pushed = false;
+        for frame in frames {
+            if st.bytes + frame.len() > self.max_bytes {
+                st.close = Some(CloseReason {
+                    code: close_code::SLOW_CONSUMER,
+                    reason: "slow_consumer",
+                });
+                st.frames.clear();
+                st.bytes = 0;
+                drop(st);
+                self.notify.notify_one();
+                self.closing.notify_waiters();
+                return Err(PushError::Full);
+            }
+            st.bytes += frame.len();
+            st.frames.push_back(frame);
+            pushed = true;
+        }
+        if pushed && st.oldest_publish.is_none() {
+            st.oldest_publish = published;
+        }
+        drop(st);
+        if pushed {
+            self.notify.notify_one();
+        }
+        Ok(())
+    }
+
     /// Asks for the connection to be closed after the frames already queued. The first
     /// reason given wins.
     pub fn close(&self, reason: CloseReason) {
@@ -214,6 +253,25 @@ mod tests {
         assert_eq!(q.next_batch(&mut out).await, None);
         assert_eq!(out.len(), 2);
         assert_eq!(q.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_one_push_and_overflow_still_closes() {
+        let q = OutboundQueue::new(6);
+        q.push_many(["ab".into(), "cd".into()].into_iter(), None)
+            .unwrap();
+        assert_eq!(q.queued_bytes(), 4);
+        assert_eq!(
+            q.push_many(["ef".into(), "gh".into()].into_iter(), None),
+            Err(PushError::Full)
+        );
+        let mut out = Vec::new();
+        let reason = q.next_batch(&mut out).await.unwrap();
+        assert_eq!(reason.code, close_code::SLOW_CONSUMER);
+        assert!(
+            out.is_empty(),
+            "a slow consumer's pending frames are dropped"
+        );
     }
 
     #[tokio::test]

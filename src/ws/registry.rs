@@ -65,6 +65,37 @@ impl Conn {
         }
     }
 
+    /// Several live chat frames in sequence order (a fan-out batch): like [`Self::deliver`]
+    /// for each, with one lock and one wake-up for the lot.
+    pub fn deliver_batch(&self, batch: &[(u64, Utf8Bytes)], published: Option<std::time::Instant>) {
+        let mut c = self.cursor.lock().expect("cursor lock");
+        if let Some(buf) = c.buffer.as_mut() {
+            if buf.len() + batch.len() > MAX_CATCH_UP_BUFFER {
+                drop(c);
+                self.queue.close(super::queue::CloseReason {
+                    code: close_code::SLOW_CONSUMER,
+                    reason: "slow_consumer",
+                });
+                return;
+            }
+            buf.extend(batch.iter().map(|(s, f)| (Some(*s), f.clone())));
+            return;
+        }
+        let from = c.last_seq;
+        let Some(newest) = batch.last().map(|(s, _)| *s).filter(|s| *s > from) else {
+            return;
+        };
+        c.last_seq = newest;
+        drop(c);
+        let _ = self.queue.push_many(
+            batch
+                .iter()
+                .filter(|(s, _)| *s > from)
+                .map(|(_, f)| f.clone()),
+            published,
+        );
+    }
+
     /// A non-chat event (state, viewers, deleted): queued, or held back in order while
     /// the connection catches up (so `welcome` is always the first frame).
     pub fn push_event(&self, frame: &Utf8Bytes) -> Result<(), super::queue::PushError> {
@@ -241,6 +272,23 @@ impl Registry {
         conns.len()
     }
 
+    /// [`Self::deliver_chat`] for a batch of frames in sequence order.
+    pub fn deliver_chat_batch(
+        &self,
+        stream: &Uuid,
+        batch: &[(u64, Utf8Bytes)],
+        published: Option<std::time::Instant>,
+    ) -> usize {
+        let streams = self.streams.read().expect("registry lock");
+        let Some(conns) = streams.get(stream) else {
+            return 0;
+        };
+        for c in conns.values() {
+            c.deliver_batch(batch, published);
+        }
+        conns.len() * batch.len()
+    }
+
     /// Closes every connection with 1012 (service restart) and refuses new ones.
     pub fn close_all(&self) {
         self.closing.store(true, Ordering::SeqCst);
@@ -329,6 +377,27 @@ mod tests {
         q.next_batch(&mut out).await;
         let got: Vec<&str> = out.iter().map(|f| f.as_str()).collect();
         assert_eq!(got, vec!["m4", "m5", "ev", "m6", "m7"]);
+    }
+
+    #[tokio::test]
+    async fn batches_keep_each_seq_once_and_in_order() {
+        let r = Registry::new(10);
+        let s = Uuid::new_v4();
+        let q = Arc::new(OutboundQueue::new(1 << 20));
+        let reg = r.register(r.try_admit().unwrap(), s, q.clone());
+        // A batch during the catch-up is held like single frames.
+        r.deliver_chat_batch(&s, &[(5, "m5".into()), (6, "m6".into())], None);
+        assert_eq!(q.queued_bytes(), 0);
+        reg.conn.finish_catch_up(4, vec![(5, "m5".into())]);
+        // A batch overlapping what the connection has: only the new ones.
+        let n = r.deliver_chat_batch(&s, &[(6, "m6".into()), (7, "m7".into())], None);
+        assert_eq!(n, 2);
+        // An all-stale batch adds nothing.
+        r.deliver_chat_batch(&s, &[(5, "m5".into()), (7, "m7".into())], None);
+        let mut out = Vec::new();
+        q.next_batch(&mut out).await;
+        let got: Vec<&str> = out.iter().map(|f| f.as_str()).collect();
+        assert_eq!(got, vec!["m5", "m6", "m7"]);
     }
 
     #[tokio::test]
