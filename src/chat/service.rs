@@ -97,7 +97,28 @@ impl ChatService {
             }
             .into());
         }
-        let s = self.streams.get(stream).await?;
+        // The checks' reads go to the shared state together (one round trip's wait on
+        // Redis instead of four); their verdicts are then taken in order.
+        let ban = ban_key(stream, &who.user_id);
+        let slow = super::moderation::slow_mode_key(stream);
+        let limit_key = format!("chat:{stream}:{}", who.user_id);
+        let rate = async {
+            if self.cfg.user_per_sec > 0.0 {
+                self.store
+                    .rate_limit(&limit_key, self.cfg.user_per_sec, self.cfg.user_burst)
+                    .await
+                    .map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let (s, banned, slow_secs, rate) = tokio::join!(
+            self.streams.get(stream),
+            self.store.get(&ban),
+            self.store.get(&slow),
+            rate
+        );
+        let s = s?;
         if s.state == StreamState::Ended {
             return Err(Rejected {
                 code: "stream_ended",
@@ -105,13 +126,8 @@ impl ChatService {
             }
             .into());
         }
-        if s.owner_id != who.user_id
-            && self
-                .store
-                .get(&ban_key(stream, &who.user_id))
-                .await?
-                .is_some()
-        {
+        let (banned, slow_secs, rate) = (banned?, slow_secs?, rate?);
+        if s.owner_id != who.user_id && banned.is_some() {
             return Err(Rejected {
                 code: "banned",
                 message: "you are banned from this stream's chat".into(),
@@ -119,11 +135,7 @@ impl ChatService {
             .into());
         }
         if s.owner_id != who.user_id {
-            if let Some(raw) = self
-                .store
-                .get(&super::moderation::slow_mode_key(stream))
-                .await?
-            {
+            if let Some(raw) = slow_secs {
                 let secs: u64 = std::str::from_utf8(&raw)
                     .ok()
                     .and_then(|s| s.parse().ok())
@@ -146,15 +158,7 @@ impl ChatService {
                 }
             }
         }
-        if self.cfg.user_per_sec > 0.0 {
-            let d = self
-                .store
-                .rate_limit(
-                    &format!("chat:{stream}:{}", who.user_id),
-                    self.cfg.user_per_sec,
-                    self.cfg.user_burst,
-                )
-                .await?;
+        if let Some(d) = rate {
             if !d.allowed {
                 metrics::counter!("streamedge_chat_rejected_total", "code" => "rate_limited")
                     .increment(1);
