@@ -244,3 +244,79 @@ async fn browsing_pages_newest_first_without_gaps_or_repeats() {
     assert!(live["streams"].as_array().unwrap().is_empty());
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = TestNode::start(common::test_config()).await;
+    let seller = common::seller("seller-pipeline");
+    let stream = common::create_stream(&node.api_url("/v1/streams"), &seller).await;
+    let unknown = uuid::Uuid::new_v4();
+    let mut tcp = tokio::net::TcpStream::connect(node.api).await.unwrap();
+    // Three requests in one write: found, not found, found.
+    let req = |id: &uuid::Uuid| {
+        format!(
+            "GET /v1/streams/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {seller}\r\n\r\n"
+        )
+    };
+    let all = format!("{}{}{}", req(&stream), req(&unknown), req(&stream));
+    tcp.write_all(all.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let statuses = loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .expect("responses")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed early: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        let statuses: Vec<&str> = text
+            .match_indices("HTTP/1.1 ")
+            .map(|(i, _)| &text[i + 9..i + 12])
+            .map(|s| match s {
+                "200" => "200",
+                "404" => "404",
+                _ => "other",
+            })
+            .collect();
+        // Each response's body is complete once the next one starts, or the last ends.
+        if statuses.len() == 3 && text.ends_with('}') {
+            break statuses;
+        }
+    };
+    assert_eq!(statuses, vec!["200", "404", "200"]);
+    // A malformed request line gets 400 and the connection closes (hyper's
+    // pipeline_flush would otherwise keep the 400 to itself).
+    let mut bad = tokio::net::TcpStream::connect(node.api).await.unwrap();
+    bad.write_all(b"NOT HTTP AT ALL\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        bad.read_to_string(&mut out),
+    )
+    .await
+    .expect("an answer and a close");
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // Too many header fields: 431, then the close.
+    let mut big = tokio::net::TcpStream::connect(node.api).await.unwrap();
+    let mut req = String::from("GET /v1/streams HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..200 {
+        req.push_str(&format!("X-Filler-{i}: y\r\n"));
+    }
+    req.push_str("\r\n");
+    big.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        big.read_to_string(&mut out),
+    )
+    .await
+    .expect("an answer and a close");
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    node.shutdown().await.unwrap();
+}

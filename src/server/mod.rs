@@ -6,6 +6,7 @@
 //! tests bind port 0 and stop the node without signals.
 
 pub mod admin;
+mod http;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,7 +14,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -171,26 +171,11 @@ pub async fn run(
     let draining = app.draining.clone();
     let stopped = CancellationToken::new();
 
-    let api = tokio::spawn({
-        let router = api_router(app.clone());
-        let draining = draining.clone();
-        // TCP_NODELAY: a response is one write, and Nagle's algorithm would hold the next
-        // one (a pipelined request's, or a WebSocket frame's) until the client's delayed
-        // ACK, ~40 ms later.
-        let listener = listeners.api.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(draining.cancelled_owned())
-            .await
-        }
-    });
+    let api = tokio::spawn(http::serve(
+        listeners.api,
+        api_router(app.clone()),
+        draining.clone(),
+    ));
     let admin = tokio::spawn({
         let router = admin::router(app.clone(), metrics);
         let stopped = stopped.clone();

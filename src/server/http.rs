@@ -1,0 +1,188 @@
+//! The API listener's HTTP/1.1 server: hyper's connection builder driven directly (rather
+//! than `axum::serve`), with WebSocket upgrades, the peer address for `ConnectInfo`,
+//! `TCP_NODELAY`, and a graceful stop: on `stop` the listener closes, every connection
+//! finishes its in-flight request and closes, and [`serve`] returns once all have.
+//!
+//! Why: hyper writes (and flushes) every response as soon as it is ready, so a client
+//! pipelining N requests costs N `writev`s; hyper's `pipeline_flush` sends the answers to
+//! everything one read brought in with one. That setting has one flaw: the automatic
+//! `400` for a request hyper cannot parse stays in its buffer (it waits for the unparsed
+//! bytes to be consumed) and the client would see a bare close. So the connection's socket
+//! is shared ([`SharedTcp`]) and, when hyper gives up on a request it could not parse,
+//! the server writes the `400` (or `431`) itself before closing.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// Serves `router` on `listener` until `stop`, then drains the open connections.
+pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .pipeline_flush(true)
+        .timer(TokioTimer::new())
+        // A client has this long to send a request's headers.
+        .header_read_timeout(std::time::Duration::from_secs(30));
+    let tracker = tokio_util::task::TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little instead of
+                    // spinning on the error.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // A response is one write, and Nagle's algorithm would hold the next one (a
+        // pipelined request's, or a WebSocket frame's) until the client's delayed ACK,
+        // ~40 ms later.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let tcp = Arc::new(tcp);
+        let svc = router
+            .clone()
+            .map_request(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                req.map(axum::body::Body::new)
+            });
+        let conn = builder
+            .serve_connection(
+                TokioIo::new(SharedTcp(tcp.clone())),
+                TowerToHyperService::new(svc),
+            )
+            .with_upgrades();
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let r = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = r {
+                if e.is_parse() {
+                    answer_parse_error(&tcp, &e).await;
+                } else {
+                    tracing::trace!(error = %e, "connection ended with an error");
+                }
+            }
+        });
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Answers a request hyper could not parse (see the module documentation), then the
+/// connection closes.
+async fn answer_parse_error(tcp: &TcpStream, e: &hyper::Error) {
+    let status = if e.is_parse_too_large() {
+        "431 Request Header Fields Too Large"
+    } else {
+        "400 Bad Request"
+    };
+    tracing::debug!(error = %e, "unparseable request");
+    let resp = format!("HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+    let write = async {
+        let mut sent = 0;
+        while sent < resp.len() {
+            tcp.writable().await?;
+            match tcp.try_write(&resp.as_bytes()[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok::<(), io::Error>(())
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
+}
+
+/// A connection's socket, shared between hyper (and, after an upgrade, the WebSocket) and
+/// the task serving the connection.
+pub struct SharedTcp(pub Arc<TcpStream>);
+
+impl AsyncRead for SharedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // No half-close: the socket closes (FIN) when its last holder drops it, right
+        // after — and after the serving task has had its chance to answer a request hyper
+        // could not parse.
+        Poll::Ready(Ok(()))
+    }
+}
