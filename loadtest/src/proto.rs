@@ -200,6 +200,43 @@ pub fn parse_streamedge(text: &str) -> Option<(u64, u64)> {
     Some((seq, ts))
 }
 
+/// A streamedge `resumed` frame: `{"type":"resumed","since_seq":…,"recovered":…,"last_seq":…}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resumed {
+    pub since_seq: u64,
+    pub recovered: bool,
+    pub last_seq: u64,
+}
+
+/// Parses a `resumed` frame (rare: once per reconnect, so a full JSON parse).
+pub fn parse_resumed(text: &str) -> Option<Resumed> {
+    if !text.starts_with(r#"{"type":"resumed""#) {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    Some(Resumed {
+        since_seq: v["since_seq"].as_u64()?,
+        recovered: v["recovered"].as_bool()?,
+        last_seq: v["last_seq"].as_u64()?,
+    })
+}
+
+/// The `resume` frame asking for every message after `since_seq`.
+pub fn resume_frame(since_seq: u64) -> Message {
+    Message::Text(format!(r#"{{"type":"resume","since_seq":{since_seq}}}"#).into())
+}
+
+/// The `seq` of a streamedge `ack` frame (`{"type":"ack","client_msg_id":…,"seq":N}`).
+pub fn parse_ack(text: &str) -> Option<u64> {
+    if !text.starts_with(r#"{"type":"ack""#) {
+        return None;
+    }
+    let seq = text.split("\"seq\":").nth(1)?;
+    seq[..seq.find(|c: char| !c.is_ascii_digit()).unwrap_or(seq.len())]
+        .parse()
+        .ok()
+}
+
 /// A peer body `t<µs>:<sender>:<counter>:<padding>`.
 fn parse_tagged(body: &[u8]) -> Option<Delivery> {
     let rest = body.strip_prefix(b"t")?;
@@ -288,6 +325,30 @@ mod tests {
         let f = r#"{"type":"message","seq":42,"id":"x","user":"u","body":"t1700000000000000:xxxx","ts":"…"}"#;
         assert_eq!(parse_streamedge(f), Some((42, 1_700_000_000_000_000)));
         assert_eq!(parse_streamedge(r#"{"type":"message","seq":1}"#), None);
+    }
+
+    #[test]
+    fn parses_acks_and_resumed_frames() {
+        assert_eq!(
+            parse_ack(r#"{"type":"ack","client_msg_id":"s1-7","seq":1234}"#),
+            Some(1234)
+        );
+        assert_eq!(parse_ack(r#"{"type":"error","code":"x"}"#), None);
+        assert_eq!(
+            parse_resumed(
+                r#"{"type":"resumed","since_seq":40,"recovered":false,"last_seq":42,"ref":"r1"}"#
+            ),
+            Some(Resumed {
+                since_seq: 40,
+                recovered: false,
+                last_seq: 42
+            })
+        );
+        assert_eq!(parse_resumed(r#"{"type":"resumed","since_seq":40}"#), None);
+        let Message::Text(t) = resume_frame(7) else {
+            panic!("text frame expected")
+        };
+        assert_eq!(t.as_str(), r#"{"type":"resume","since_seq":7}"#);
     }
 
     #[test]
