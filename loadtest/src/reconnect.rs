@@ -123,6 +123,8 @@ struct Counters {
     replayed: AtomicU64,
     skipped: AtomicU64,
     not_recovered: AtomicU64,
+    /// Viewers between losing their connection and finishing their resume.
+    away: AtomicU64,
 }
 
 /// What every viewer task shares.
@@ -268,6 +270,16 @@ async fn viewer(
         };
         let dropped_by_us = match ev {
             Event::Stop => break,
+            Event::Drop if sh.calm.load(Ordering::Relaxed) => {
+                next_drop = None;
+                continue;
+            }
+            // A viewer drops only once its last resume is done (so every reconnect has
+            // one resume latency).
+            Event::Drop if !matches!(phase, Phase::Live) => {
+                next_drop = Some(tokio::time::Instant::now() + rng.exp(sh.drop_every));
+                continue;
+            }
             Event::Drop => true,
             Event::Frame(Some(Ok(Message::Text(t)))) => {
                 if t.starts_with(r#"{"type":"message""#) {
@@ -281,6 +293,7 @@ async fn viewer(
                         }
                         Phase::AwaitReplay { started } => {
                             report::record(&mut out.resume, started.elapsed());
+                            c.away.fetch_sub(1, Ordering::Relaxed);
                             phase = Phase::Live;
                         }
                         Phase::Live => {}
@@ -302,6 +315,7 @@ async fn viewer(
                             Phase::AwaitReplay { started }
                         } else {
                             report::record(&mut out.resume, started.elapsed());
+                            c.away.fetch_sub(1, Ordering::Relaxed);
                             Phase::Live
                         };
                     }
@@ -316,6 +330,9 @@ async fn viewer(
         // The connection is gone (dropped here, or lost): reconnect and resume.
         if !dropped_by_us {
             c.unexpected.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Phase::Live = phase {
+            c.away.fetch_add(1, Ordering::Relaxed);
         }
         drop(ws);
         if dropped_by_us {
@@ -437,13 +454,19 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             }
         })
     };
-    senders.finish().await;
+    // No new drops once the send window is over, so the tail settles.
+    tokio::time::sleep_until((started + a.duration).into()).await;
     sh.calm.store(true, Ordering::Relaxed);
-    // Every viewer should reach the last acknowledged message (or give up after 15 s).
+    senders.finish().await;
+    // Every viewer should reach the last acknowledged message with its resume done (or
+    // give up after 15 s).
     let last_seq = sent.max_seq.load(Ordering::Relaxed);
     let expected = last_seq * a.viewers as u64;
     let deadline = Instant::now() + Duration::from_secs(15);
-    while sh.counters.deliveries.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+    while (sh.counters.deliveries.load(Ordering::Relaxed) < expected
+        || sh.counters.away.load(Ordering::Relaxed) > 0)
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sh.stop.stop();
