@@ -69,12 +69,17 @@ struct Report {
     gaps: u64,
     duplicates: u64,
     out_of_order: u64,
+    /// Viewers whose connection the server closed (or lost) before the end: a server
+    /// that drops slow consumers shows here, not as gaps.
+    viewers_closed: u64,
 }
 
 #[derive(Default)]
 struct Counters {
     deliveries: AtomicU64,
     order: OrderCounters,
+    /// Viewer connections the server closed (or lost) before the run ended.
+    closed: AtomicU64,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -123,7 +128,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                     m = ws.next() => m,
                 };
                 let msg = match msg {
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                        counters.closed.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
                     Some(Ok(m)) => m,
                 };
                 let mut reply = None;
@@ -226,11 +234,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         gaps: counters.order.gaps.load(Ordering::Relaxed),
         duplicates: counters.order.dups.load(Ordering::Relaxed),
         out_of_order: counters.order.ooo.load(Ordering::Relaxed),
+        viewers_closed: counters.closed.load(Ordering::Relaxed),
     };
     println!(
-        "sent {} msgs, {} deliveries (expected {}), {:.0} deliveries/s; latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}; gaps {} dupes {} out-of-order {}",
+        "sent {} msgs, {} deliveries (expected {}), {:.0} deliveries/s; latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}; gaps {} dupes {} out-of-order {}; viewers closed by the server {}",
         rep.sent, rep.deliveries, rep.expected_deliveries, rep.deliveries_per_second,
-        lat.p50_ms, lat.p90_ms, lat.p99_ms, lat.p999_ms, lat.max_ms, rep.gaps, rep.duplicates, rep.out_of_order
+        lat.p50_ms, lat.p90_ms, lat.p99_ms, lat.p999_ms, lat.max_ms, rep.gaps, rep.duplicates, rep.out_of_order, rep.viewers_closed
     );
     report::write_json(a.json.as_deref(), &rep)
 }
