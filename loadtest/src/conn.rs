@@ -65,21 +65,34 @@ pub async fn open(
     source: Option<SocketAddr>,
     timeout: Duration,
 ) -> Result<(Ws, Duration), String> {
+    open_welcome(target, url, source, timeout)
+        .await
+        .map(|(ws, took, _)| (ws, took))
+}
+
+/// [`open`], also returning the `welcome` frame.
+pub async fn open_welcome(
+    target: SocketAddr,
+    url: &str,
+    source: Option<SocketAddr>,
+    timeout: Duration,
+) -> Result<(Ws, Duration, String), String> {
     let started = Instant::now();
     let work = async {
         let mut ws = connect(target, url, source, Some("streamedge.v1")).await?;
         loop {
             match ws.next().await {
-                Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => break,
+                Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => {
+                    return Ok((ws, t.as_str().to_owned()))
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(format!("read: {e}")),
                 None => return Err("closed before welcome".into()),
             }
         }
-        Ok(ws)
     };
     match tokio::time::timeout(timeout, work).await {
-        Ok(Ok(ws)) => Ok((ws, started.elapsed())),
+        Ok(Ok((ws, welcome))) => Ok((ws, started.elapsed(), welcome)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err("timeout".into()),
     }

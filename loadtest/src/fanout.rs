@@ -10,17 +10,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use streamedge::auth::dev::DEV_JWT_SECRET;
-use streamedge::auth::Role;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::conn::token;
+use crate::chat::{self, OrderCounters, SenderPlan, Senders, Stop};
 use crate::proto::{Delivery, Protocol};
-use crate::{conn, http1, report};
+use crate::{conn, report};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
@@ -70,61 +69,24 @@ struct Report {
     gaps: u64,
     duplicates: u64,
     out_of_order: u64,
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as u64
+    /// Viewers whose connection the server closed (or lost) before the end: a server
+    /// that drops slow consumers shows here, not as gaps.
+    viewers_closed: u64,
 }
 
 #[derive(Default)]
 struct Counters {
     deliveries: AtomicU64,
-    gaps: AtomicU64,
-    dups: AtomicU64,
-    ooo: AtomicU64,
-}
-
-/// Checks one delivery against the last sequence seen on its sequence (0: none yet).
-fn check_sequence(counters: &Counters, last: &mut u64, seq: u64) {
-    if *last != 0 {
-        if seq == *last {
-            counters.dups.fetch_add(1, Ordering::Relaxed);
-        } else if seq < *last {
-            counters.ooo.fetch_add(1, Ordering::Relaxed);
-        } else if seq > *last + 1 {
-            counters.gaps.fetch_add(seq - *last - 1, Ordering::Relaxed);
-        }
-    }
-    *last = (*last).max(seq);
-}
-
-/// Creates the stream on the first node (streamedge only); returns its id.
-async fn create_stream(a: &Args) -> anyhow::Result<String> {
-    let first = a.api[0];
-    let mut c = http1::Conn::connect(first).await?;
-    let seller = token(&a.jwt_secret, "fanout-seller", Role::Seller);
-    let resp = c
-        .send(&http1::request(
-            "POST",
-            first,
-            "/v1/streams",
-            &seller,
-            r#"{"title":"fanout"}"#,
-        ))
-        .await?;
-    anyhow::ensure!(resp.status == 201, "create stream: {}", resp.status);
-    let stream: serde_json::Value = serde_json::from_slice(&resp.body)?;
-    Ok(stream["id"].as_str().unwrap_or_default().to_string())
+    order: OrderCounters,
+    /// Viewer connections the server closed (or lost) before the run ended.
+    closed: AtomicU64,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     anyhow::ensure!(!a.api.is_empty() && a.senders > 0 && a.rate > 0.0);
     let proto = a.protocol;
     let stream = if proto == Protocol::Streamedge {
-        create_stream(&a).await?
+        chat::create_stream(a.api[0], &a.jwt_secret, "fanout").await?
     } else {
         String::new()
     };
@@ -132,7 +94,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 
     let counters = Arc::new(Counters::default());
     let (hist_tx, mut hist_rx) = tokio::sync::mpsc::unbounded_channel::<(_, Option<Instant>)>();
-    let stop = tokio_util_like::Stop::new();
+    let stop = Stop::new();
     eprintln!(
         "connecting {} viewers over {} node(s)",
         a.viewers,
@@ -141,10 +103,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut viewers = Vec::new();
     for i in 0..a.viewers {
         let api = a.api[i % a.api.len()];
-        let url = format!(
-            "ws://{api}/v1/streams/{stream}/ws?access_token={}",
-            token(&a.jwt_secret, &format!("viewer-{i}"), Role::Buyer)
-        );
+        let url = chat::stream_ws_url(api, &stream, &a.jwt_secret, &format!("viewer-{i}"));
         let mut ws = proto
             .open_viewer(api, &url, conn::source_addr(&api, i))
             .await
@@ -169,7 +128,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                     m = ws.next() => m,
                 };
                 let msg = match msg {
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                        counters.closed.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
                     Some(Ok(m)) => m,
                 };
                 let mut reply = None;
@@ -182,7 +144,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 if delivered.is_empty() {
                     continue;
                 }
-                let now = now_us();
+                let now = chat::now_us();
                 counters
                     .deliveries
                     .fetch_add(delivered.len() as u64, Ordering::Relaxed);
@@ -192,7 +154,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                     let Some(last) = last.get_mut(stream) else {
                         continue;
                     };
-                    check_sequence(&counters, last, seq);
+                    counters.order.check(last, seq);
                 }
             }
             let _ = hist_tx.send((hist, last_at));
@@ -202,49 +164,22 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     // Let the nodes' hubs subscribe.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let pad = "x".repeat(a.body_bytes);
-    let per_sender = a.rate / a.senders as f64;
-    let sent = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let mut senders = Vec::new();
-    for s in 0..a.senders {
-        let api = a.api[s % a.api.len()];
-        let url = format!(
-            "ws://{api}/v1/streams/{stream}/ws?access_token={}",
-            token(&a.jwt_secret, &format!("sender-{s}"), Role::Buyer)
-        );
-        let ws = proto
-            .open_sender(api, &url)
-            .await
-            .map_err(|e| anyhow::anyhow!("sender {s}: {e}"))?;
-        let (mut tx, mut rx) = ws.split();
-        let pad = pad.clone();
-        let sent = sent.clone();
-        let duration = a.duration;
-        senders.push(tokio::spawn(async move {
-            // Senders only read to keep their sockets drained (streamedge echoes messages to
-            // them; a NATS server only PINGs every two minutes, longer than any run).
-            let drain = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
-            let interval = Duration::from_secs_f64(1.0 / per_sender);
-            let mut next = tokio::time::Instant::now();
-            let mut i = 1u64;
-            while started.elapsed() < duration {
-                tokio::time::sleep_until(next).await;
-                next += interval;
-                if tx
-                    .send(proto.publish_frame(s, i, now_us(), &pad))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                sent.fetch_add(1, Ordering::Relaxed);
-                i += 1;
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            drain.abort();
-        }));
-    }
+    let senders = Senders::start(
+        SenderPlan {
+            protocol: proto,
+            apis: &a.api,
+            stream: &stream,
+            jwt_secret: &a.jwt_secret,
+            senders: a.senders,
+            rate: a.rate,
+            duration: a.duration,
+            body_bytes: a.body_bytes,
+        },
+        started,
+    )
+    .await?;
+    let sent = &senders.counters.clone();
     let progress_counters = counters.clone();
     let progress_sent = sent.clone();
     let progress = tokio::spawn(async move {
@@ -253,17 +188,15 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             report::progress(&format!(
                 "{:.1}s sent {} delivered {}",
                 started.elapsed().as_secs_f64(),
-                progress_sent.load(Ordering::Relaxed),
+                progress_sent.sent.load(Ordering::Relaxed),
                 progress_counters.deliveries.load(Ordering::Relaxed)
             ));
         }
     });
-    for s in senders {
-        let _ = s.await;
-    }
+    senders.finish().await;
     let secs = a.duration.as_secs_f64();
     // Wait for the tail to arrive (or give up).
-    let expected = sent.load(Ordering::Relaxed) * a.viewers as u64;
+    let expected = sent.sent.load(Ordering::Relaxed) * a.viewers as u64;
     let deadline = Instant::now() + Duration::from_secs(10);
     while counters.deliveries.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -292,62 +225,21 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         senders: a.senders,
         target_rate: a.rate,
         seconds: secs,
-        sent: sent.load(Ordering::Relaxed),
+        sent: sent.sent.load(Ordering::Relaxed),
         deliveries,
         expected_deliveries: expected,
         deliveries_per_second: deliveries as f64 / secs,
         last_delivery_seconds: last_delivery.as_secs_f64(),
         latency: lat.clone(),
-        gaps: counters.gaps.load(Ordering::Relaxed),
-        duplicates: counters.dups.load(Ordering::Relaxed),
-        out_of_order: counters.ooo.load(Ordering::Relaxed),
+        gaps: counters.order.gaps.load(Ordering::Relaxed),
+        duplicates: counters.order.dups.load(Ordering::Relaxed),
+        out_of_order: counters.order.ooo.load(Ordering::Relaxed),
+        viewers_closed: counters.closed.load(Ordering::Relaxed),
     };
     println!(
-        "sent {} msgs, {} deliveries (expected {}), {:.0} deliveries/s; latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}; gaps {} dupes {} out-of-order {}",
+        "sent {} msgs, {} deliveries (expected {}), {:.0} deliveries/s; latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}; gaps {} dupes {} out-of-order {}; viewers closed by the server {}",
         rep.sent, rep.deliveries, rep.expected_deliveries, rep.deliveries_per_second,
-        lat.p50_ms, lat.p90_ms, lat.p99_ms, lat.p999_ms, lat.max_ms, rep.gaps, rep.duplicates, rep.out_of_order
+        lat.p50_ms, lat.p90_ms, lat.p99_ms, lat.p999_ms, lat.max_ms, rep.gaps, rep.duplicates, rep.out_of_order, rep.viewers_closed
     );
     report::write_json(a.json.as_deref(), &rep)
-}
-
-/// A tiny stop signal shared by tasks.
-mod tokio_util_like {
-    use std::sync::Arc;
-    use tokio::sync::watch;
-
-    #[derive(Clone)]
-    pub struct Stop(Arc<watch::Sender<bool>>, watch::Receiver<bool>);
-
-    impl Stop {
-        pub fn new() -> Self {
-            let (tx, rx) = watch::channel(false);
-            Self(Arc::new(tx), rx)
-        }
-        pub fn stop(&self) {
-            let _ = self.0.send(true);
-        }
-        pub async fn wait(&self) {
-            let mut rx = self.1.clone();
-            let _ = rx.wait_for(|v| *v).await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sequence_check_counts_gaps_duplicates_and_reordering() {
-        let c = Counters::default();
-        let mut last = 0;
-        for seq in [5, 6, 6, 9, 7, 10] {
-            check_sequence(&c, &mut last, seq);
-        }
-        // 6 twice: one duplicate; 6 -> 9: two missing; 7 after 9: reordered.
-        assert_eq!(c.dups.load(Ordering::Relaxed), 1);
-        assert_eq!(c.gaps.load(Ordering::Relaxed), 2);
-        assert_eq!(c.ooo.load(Ordering::Relaxed), 1);
-        assert_eq!(last, 10);
-    }
 }

@@ -3,6 +3,7 @@
 //! Scenarios (subcommands) print a live progress line on stderr, a human table on stdout
 //! and, with `--json FILE`, a machine-readable report.
 
+mod chat;
 mod conn;
 mod fanout;
 mod http1;
@@ -11,6 +12,7 @@ mod media;
 mod metrics;
 mod persist;
 mod proto;
+mod reconnect;
 mod report;
 mod storm;
 mod tokens;
@@ -32,6 +34,9 @@ enum Scenario {
     ConnectStorm(storm::Args),
     /// Chat fan-out: viewers on one stream, senders at a rate; latency and ordering.
     ChatFanout(fanout::Args),
+    /// Chat resume: viewers drop and reconnect while senders publish; every viewer must
+    /// get every message exactly once, in order.
+    Reconnect(reconnect::Args),
     /// Load the RTC token endpoint with valid access tokens.
     Tokens(tokens::Args),
     /// Chat rows per second written to PostgreSQL and the persistence lag.
@@ -56,6 +61,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Persist(a) => persist::run(a).await,
             Scenario::Media(a) => media::run(a).await,
             Scenario::ChatFanout(a) => fanout::run(a).await,
+            Scenario::Reconnect(a) => reconnect::run(a).await,
             Scenario::IdleWorker(a) => idle::worker(a).await,
         }
     })

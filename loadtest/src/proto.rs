@@ -10,6 +10,15 @@
 //!   message may straddle frames, so viewers parse a byte stream.
 //! - `ws-relay`: a plain broadcast relay (one text frame in, the same frame to everyone
 //!   else on the URL path).
+//! - `pusher` (alias `sockudo`): the Pusher Channels protocol 7 (sockudo speaks it). Viewers
+//!   and senders connect to `/app/{key}?protocol=7` and subscribe to one private channel
+//!   (signed with the app secret, as an app's auth endpoint would); senders publish client
+//!   events (`client-msg`) on it, which the server fans out to every other subscriber: the
+//!   same client → server → every viewer path as a streamedge `send`. (The alternative,
+//!   the HTTP trigger API, would put an HTTP request per message in the measurement.)
+//!
+//! `open_viewer`/`decoder` and friends serve `chat-fanout`; `parse_ack`, `parse_resumed` and
+//! `resume_frame` serve streamedge's `reconnect` scenario.
 //!
 //! The peers do not sequence messages, so there a sender embeds its index and a counter
 //! (from 1) in the body, `t<µs>:<sender>:<counter>:<padding>`, and viewers check gaps,
@@ -28,6 +37,15 @@ const NATS_SUBJECT: &str = "chat.fanout";
 /// The room (URL path) on the relay.
 const RELAY_PATH: &str = "/fanout";
 
+/// The Pusher app the benchmark uses (`scripts/bench-peers` configures sockudo with it,
+/// app id `streamedge-bench`).
+const PUSHER_APP_KEY: &str = "streamedge-bench-key";
+const PUSHER_APP_SECRET: &str = "streamedge-bench-secret";
+/// The private channel every viewer and sender subscribes to (client events need one).
+const PUSHER_CHANNEL: &str = "private-fanout";
+/// The client event senders publish.
+const PUSHER_EVENT: &str = "client-msg";
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Protocol {
@@ -37,6 +55,9 @@ pub enum Protocol {
     Nats,
     /// A plain WebSocket broadcast relay (scripts/bench-peers' Node `ws` relay).
     WsRelay,
+    /// Pusher Channels protocol 7 (sockudo): client events on a private channel.
+    #[value(alias = "sockudo")]
+    Pusher,
 }
 
 /// One delivered message: which sequence it belongs to (0 for streamedge's single stream,
@@ -53,7 +74,7 @@ impl Protocol {
     pub fn sequences(self, senders: usize) -> usize {
         match self {
             Protocol::Streamedge => 1,
-            Protocol::Nats | Protocol::WsRelay => senders,
+            Protocol::Nats | Protocol::WsRelay | Protocol::Pusher => senders,
         }
     }
 
@@ -90,6 +111,9 @@ impl Protocol {
                     .await
                     .map_err(|_| "timeout".to_string())?
             }
+            Protocol::Pusher => tokio::time::timeout(timeout, pusher_subscribe(api, source))
+                .await
+                .map_err(|_| "timeout".to_string())?,
         }
     }
 
@@ -103,6 +127,8 @@ impl Protocol {
             Protocol::WsRelay => {
                 conn::connect(api, &format!("ws://{api}{RELAY_PATH}"), None, None).await
             }
+            // Client events may only be sent on a channel the sender is subscribed to.
+            Protocol::Pusher => pusher_subscribe(api, None).await,
         }
     }
 
@@ -124,6 +150,12 @@ impl Protocol {
                 )
             }
             Protocol::WsRelay => Message::Text(format!("t{ts_us}:{sender}:{counter}:{pad}").into()),
+            Protocol::Pusher => Message::Text(
+                format!(
+                    r#"{{"event":"{PUSHER_EVENT}","channel":"{PUSHER_CHANNEL}","data":"t{ts_us}:{sender}:{counter}:{pad}"}}"#
+                )
+                .into(),
+            ),
         }
     }
 
@@ -160,6 +192,13 @@ impl Decoder {
             (Protocol::WsRelay, Message::Text(t)) => {
                 if let Some(d) = parse_tagged(t.as_bytes()) {
                     out.push(d);
+                }
+            }
+            (Protocol::Pusher, Message::Text(t)) => {
+                if let Some(d) = pusher_delivery(t) {
+                    out.push(d);
+                } else if t.contains(r#""event":"pusher:ping""#) {
+                    *reply = Some(Message::Text(r#"{"event":"pusher:pong","data":{}}"#.into()));
                 }
             }
             (Protocol::Nats, Message::Binary(b)) => self.feed_nats(b, out, reply),
@@ -200,6 +239,43 @@ pub fn parse_streamedge(text: &str) -> Option<(u64, u64)> {
     Some((seq, ts))
 }
 
+/// A streamedge `resumed` frame: `{"type":"resumed","since_seq":…,"recovered":…,"last_seq":…}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resumed {
+    pub since_seq: u64,
+    pub recovered: bool,
+    pub last_seq: u64,
+}
+
+/// Parses a `resumed` frame (rare: once per reconnect, so a full JSON parse).
+pub fn parse_resumed(text: &str) -> Option<Resumed> {
+    if !text.starts_with(r#"{"type":"resumed""#) {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    Some(Resumed {
+        since_seq: v["since_seq"].as_u64()?,
+        recovered: v["recovered"].as_bool()?,
+        last_seq: v["last_seq"].as_u64()?,
+    })
+}
+
+/// The `resume` frame asking for every message after `since_seq`.
+pub fn resume_frame(since_seq: u64) -> Message {
+    Message::Text(format!(r#"{{"type":"resume","since_seq":{since_seq}}}"#).into())
+}
+
+/// The `seq` of a streamedge `ack` frame (`{"type":"ack","client_msg_id":…,"seq":N}`).
+pub fn parse_ack(text: &str) -> Option<u64> {
+    if !text.starts_with(r#"{"type":"ack""#) {
+        return None;
+    }
+    let seq = text.split("\"seq\":").nth(1)?;
+    seq[..seq.find(|c: char| !c.is_ascii_digit()).unwrap_or(seq.len())]
+        .parse()
+        .ok()
+}
+
 /// A peer body `t<µs>:<sender>:<counter>:<padding>`.
 fn parse_tagged(body: &[u8]) -> Option<Delivery> {
     let rest = body.strip_prefix(b"t")?;
@@ -209,6 +285,82 @@ fn parse_tagged(body: &[u8]) -> Option<Delivery> {
     let stream = num()? as usize;
     let seq = num()?;
     Some(Delivery { stream, seq, ts_us })
+}
+
+/// A delivered client event: its `data` string is a tagged body.
+fn pusher_delivery(text: &str) -> Option<Delivery> {
+    if !text.contains(r#""event":"client-msg""#) {
+        return None;
+    }
+    let data = text.split(r#""data":""#).nth(1)?;
+    parse_tagged(&data.as_bytes()[..data.find('"')?])
+}
+
+/// `{key}:{hex HMAC-SHA256(secret, "{socket_id}:{channel}")}`: the private-channel
+/// signature an app's auth endpoint returns.
+fn pusher_channel_auth(socket_id: &str, channel: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(PUSHER_APP_SECRET.as_bytes())
+        .expect("HMAC takes any key length");
+    mac.update(format!("{socket_id}:{channel}").as_bytes());
+    let sig: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{PUSHER_APP_KEY}:{sig}")
+}
+
+/// Reads Pusher protocol frames until one with `event`; `pusher:error` fails. Returns the
+/// frame as JSON.
+async fn pusher_wait(ws: &mut Ws, event: &str) -> Result<serde_json::Value, String> {
+    loop {
+        let text = match ws.next().await {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(format!("read: {e}")),
+            None => return Err(format!("closed before {event}")),
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("pusher: bad frame: {e}"))?;
+        match v["event"].as_str() {
+            Some(e) if e == event => return Ok(v),
+            Some("pusher:error") | Some("pusher:subscription_error") => {
+                return Err(format!("pusher: {}", v["data"]))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Connects to a Pusher server, reads the socket id and subscribes to the private channel
+/// (returns once `pusher_internal:subscription_succeeded` arrives).
+async fn pusher_subscribe(api: SocketAddr, source: Option<SocketAddr>) -> Result<Ws, String> {
+    let url =
+        format!("ws://{api}/app/{PUSHER_APP_KEY}?protocol=7&client=streamedge-load&version=0.1");
+    let mut ws = conn::connect(api, &url, source, None).await?;
+    let established = pusher_wait(&mut ws, "pusher:connection_established").await?;
+    // `data` is a JSON document in a string.
+    let data: serde_json::Value = match &established["data"] {
+        serde_json::Value::String(s) => {
+            serde_json::from_str(s).map_err(|e| format!("pusher: {e}"))?
+        }
+        other => other.clone(),
+    };
+    let socket_id = data["socket_id"]
+        .as_str()
+        .ok_or("pusher: no socket_id")?
+        .to_string();
+    let subscribe = serde_json::json!({
+        "event": "pusher:subscribe",
+        "data": {"channel": PUSHER_CHANNEL, "auth": pusher_channel_auth(&socket_id, PUSHER_CHANNEL)},
+    });
+    ws.send(Message::Text(subscribe.to_string().into()))
+        .await
+        .map_err(|e| format!("subscribe: {e}"))?;
+    pusher_wait(&mut ws, "pusher_internal:subscription_succeeded").await?;
+    Ok(ws)
 }
 
 enum NatsItem<'a> {
@@ -291,6 +443,30 @@ mod tests {
     }
 
     #[test]
+    fn parses_acks_and_resumed_frames() {
+        assert_eq!(
+            parse_ack(r#"{"type":"ack","client_msg_id":"s1-7","seq":1234}"#),
+            Some(1234)
+        );
+        assert_eq!(parse_ack(r#"{"type":"error","code":"x"}"#), None);
+        assert_eq!(
+            parse_resumed(
+                r#"{"type":"resumed","since_seq":40,"recovered":false,"last_seq":42,"ref":"r1"}"#
+            ),
+            Some(Resumed {
+                since_seq: 40,
+                recovered: false,
+                last_seq: 42
+            })
+        );
+        assert_eq!(parse_resumed(r#"{"type":"resumed","since_seq":40}"#), None);
+        let Message::Text(t) = resume_frame(7) else {
+            panic!("text frame expected")
+        };
+        assert_eq!(t.as_str(), r#"{"type":"resume","since_seq":7}"#);
+    }
+
+    #[test]
     fn relay_body_carries_sender_and_counter() {
         let Message::Text(t) = Protocol::WsRelay.publish_frame(3, 17, 1_700_000_000_000_000, "xx")
         else {
@@ -337,6 +513,51 @@ mod tests {
             assert!(reply.is_some(), "PING must be answered (cut at {cut})");
         }
         assert!(dec.buf.is_empty());
+    }
+
+    #[test]
+    fn pusher_client_events_carry_sender_and_counter() {
+        let Message::Text(t) = Protocol::Pusher.publish_frame(4, 11, 99, "pad") else {
+            panic!("text frame expected")
+        };
+        let sent: serde_json::Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(sent["event"], "client-msg");
+        assert_eq!(sent["channel"], "private-fanout");
+        // As the server forwards it to the other subscribers.
+        let delivered =
+            r#"{"channel":"private-fanout","event":"client-msg","data":"t99:4:11:pad"}"#;
+        let mut out = Vec::new();
+        let mut reply = None;
+        let mut dec = Protocol::Pusher.decoder();
+        dec.feed(&Message::Text(delivered.into()), &mut out, &mut reply);
+        assert_eq!(
+            out,
+            vec![Delivery {
+                stream: 4,
+                seq: 11,
+                ts_us: 99
+            }]
+        );
+        assert!(reply.is_none());
+        dec.feed(
+            &Message::Text(r#"{"event":"pusher:ping","data":{}}"#.into()),
+            &mut out,
+            &mut reply,
+        );
+        assert_eq!(out.len(), 1);
+        assert!(matches!(reply, Some(Message::Text(t)) if t.contains("pusher:pong")));
+    }
+
+    #[test]
+    fn pusher_channel_auth_is_key_and_hex_hmac() {
+        // HMAC-SHA256("streamedge-bench-secret", "123.456:private-fanout"), computed
+        // independently (Python's hmac module).
+        assert_eq!(
+            pusher_channel_auth("123.456", "private-fanout"),
+            format!(
+                "{PUSHER_APP_KEY}:31b80febc9fdbca61c18e324fd8be4dd389f2a44848e17a29813586993780790"
+            )
+        );
     }
 
     #[test]

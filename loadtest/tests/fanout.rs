@@ -48,6 +48,7 @@ async fn chat_fanout_report_counts_every_delivery_once() {
     assert_eq!(report["gaps"], 0);
     assert_eq!(report["duplicates"], 0);
     assert_eq!(report["out_of_order"], 0);
+    assert_eq!(report["viewers_closed"], 0);
     assert!(report["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
     let _ = std::fs::remove_file(&out);
     let _ = stop.send(());

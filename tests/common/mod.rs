@@ -187,7 +187,12 @@ impl NodeProcess {
     pub fn spawn(env: &[(&str, String)]) -> Self {
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamedge"));
+        // `option_env!`: these helpers are also compiled into the load generator's tests,
+        // where the node binary is not a target of the package.
+        let Some(bin) = option_env!("CARGO_BIN_EXE_streamedge") else {
+            panic!("the streamedge binary is built only for the node crate's tests");
+        };
+        let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .env_remove("RUST_LOG")
             .env("STREAMEDGE_SERVER__LISTEN", api.to_string())
