@@ -175,6 +175,57 @@ async fn resume_delivers_exactly_what_was_missed_then_live() {
     let live = messages(&mut back, 1).await;
     assert_eq!(live[0]["seq"], last + 201);
     assert_eq!(live[0]["body"], "live again");
+    // Reconnecting with since_seq on the URL: welcome, resumed, exactly the missed
+    // messages, then live — no live message ahead of the replay, none twice.
+    let mark = last + 201;
+    drop(back);
+    for i in 0..30 {
+        send(
+            &mut talker,
+            &format!("gap2-{i}"),
+            &format!("missed again {i}"),
+        )
+        .await;
+    }
+    messages(&mut talker, 30).await;
+    let mut url_back = common::ws_connect(&format!(
+        "ws://{}/v1/streams/{stream}/ws?since_seq={mark}&access_token={}",
+        node.api,
+        common::buyer("listener")
+    ))
+    .await;
+    let first = common::next_json(&mut url_back, T).await;
+    assert_eq!(first["type"], "welcome", "{first}");
+    send(&mut talker, "after2", "live once more").await;
+    let mut kinds = Vec::new();
+    let mut seqs = Vec::new();
+    while seqs.len() < 31 {
+        let f = common::next_json(&mut url_back, T).await;
+        match f["type"].as_str() {
+            Some("resumed") => {
+                assert_eq!(f["recovered"], true);
+                assert_eq!(f["since_seq"], mark);
+                kinds.push("resumed");
+            }
+            Some("message") => {
+                assert!(kinds.contains(&"resumed"), "a message before resumed: {f}");
+                seqs.push(f["seq"].as_u64().unwrap());
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seqs, (mark + 1..=mark + 31).collect::<Vec<_>>());
+    // A since_seq that is not a number is refused before the upgrade.
+    let r = reqwest::get(format!(
+        "http://{}/v1/streams/{stream}/ws?since_seq=soon&access_token={}",
+        node.api,
+        common::buyer("listener")
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "invalid_query", "{body}");
     // Resuming from further back than history holds says so.
     let mut cfg = common::test_config();
     cfg.chat.history_size = 50;

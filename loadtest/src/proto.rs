@@ -18,7 +18,7 @@
 //!   the HTTP trigger API, would put an HTTP request per message in the measurement.)
 //!
 //! `open_viewer`/`decoder` and friends serve `chat-fanout`; `parse_ack`, `parse_resumed` and
-//! `resume_frame` serve streamedge's `reconnect` scenario.
+//! serve streamedge's `reconnect` scenario.
 //!
 //! The peers do not sequence messages, so there a sender embeds its index and a counter
 //! (from 1) in the body, `t<µs>:<sender>:<counter>:<padding>`, and viewers check gaps,
@@ -260,11 +260,6 @@ pub fn parse_resumed(text: &str) -> Option<Resumed> {
     })
 }
 
-/// The `resume` frame asking for every message after `since_seq`.
-pub fn resume_frame(since_seq: u64) -> Message {
-    Message::Text(format!(r#"{{"type":"resume","since_seq":{since_seq}}}"#).into())
-}
-
 /// The `seq` of a streamedge `ack` frame (`{"type":"ack","client_msg_id":…,"seq":N}`).
 pub fn parse_ack(text: &str) -> Option<u64> {
     if !text.starts_with(r#"{"type":"ack""#) {
@@ -460,10 +455,6 @@ mod tests {
             })
         );
         assert_eq!(parse_resumed(r#"{"type":"resumed","since_seq":40}"#), None);
-        let Message::Text(t) = resume_frame(7) else {
-            panic!("text frame expected")
-        };
-        assert_eq!(t.as_str(), r#"{"type":"resume","since_seq":7}"#);
     }
 
     #[test]

@@ -78,42 +78,61 @@ impl FrameHandler for ChatHandler {
                 reference,
             } => {
                 self.conn.start_catch_up();
-                let chat = &self.app.chat;
-                let result = async {
-                    let last = chat.last_seq(&self.stream).await?;
-                    let entries = chat.after(&self.stream, since_seq).await?;
-                    Ok::<_, crate::store::StoreError>((last, entries))
-                }
+                resume(
+                    &self.app,
+                    &self.stream,
+                    &self.conn,
+                    since_seq,
+                    reference.as_deref(),
+                )
                 .await;
-                match result {
-                    Ok((last, entries)) => {
-                        let window = chat.config().history_size as u64;
-                        let recovered = since_seq >= last.saturating_sub(window);
-                        let _ = queue.push(
-                            ServerFrame::Resumed {
-                                since_seq,
-                                recovered,
-                                last_seq: last,
-                                reference: reference.as_deref(),
-                            }
-                            .encode(),
-                        );
-                        self.conn
-                            .finish_catch_up(since_seq.min(last), frames(entries));
-                    }
-                    Err(e) => {
-                        tracing::warn!(stream = %self.stream, error = %e, "resume failed");
-                        let _ = queue.push(error_frame(
-                            "unavailable",
-                            "history is unavailable; retry the resume",
-                            reference.as_deref(),
-                        ));
-                        // Carry on live from where the connection was.
-                        let last = chat.last_seq(&self.stream).await.unwrap_or(0);
-                        self.conn.finish_catch_up(last, Vec::new());
-                    }
-                }
             }
+        }
+    }
+}
+
+/// Sends `resumed` and every message after `since_seq`, then releases the live frames held
+/// since [`Conn::start_catch_up`] (or since the connection opened).
+pub async fn resume(
+    app: &AppState,
+    stream: &Uuid,
+    conn: &Conn,
+    since_seq: u64,
+    reference: Option<&str>,
+) {
+    let queue = &conn.queue;
+    let chat = &app.chat;
+    let result = async {
+        let last = chat.last_seq(stream).await?;
+        let entries = chat.after(stream, since_seq).await?;
+        Ok::<_, crate::store::StoreError>((last, entries))
+    }
+    .await;
+    match result {
+        Ok((last, entries)) => {
+            let window = chat.config().history_size as u64;
+            let recovered = since_seq >= last.saturating_sub(window);
+            let _ = queue.push(
+                ServerFrame::Resumed {
+                    since_seq,
+                    recovered,
+                    last_seq: last,
+                    reference,
+                }
+                .encode(),
+            );
+            conn.finish_catch_up(since_seq.min(last), frames(entries));
+        }
+        Err(e) => {
+            tracing::warn!(%stream, error = %e, "resume failed");
+            let _ = queue.push(error_frame(
+                "unavailable",
+                "history is unavailable; retry the resume",
+                reference,
+            ));
+            // Carry on live from where the stream is.
+            let last = chat.last_seq(stream).await.unwrap_or(0);
+            conn.finish_catch_up(last, Vec::new());
         }
     }
 }

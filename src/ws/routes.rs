@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::auth::WsAuthenticated;
 use crate::streams::routes::parse_stream_id;
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::{rejection::QueryRejection, Path, Query, State};
 use axum::response::Response;
 
 use super::conn::{self, ConnSettings};
@@ -14,13 +14,30 @@ use super::queue::OutboundQueue;
 use crate::app::AppState;
 use crate::http::{ApiError, ErrorKind};
 
+/// Query parameters of the stream WebSocket (besides `access_token`, read by the
+/// authentication).
+#[derive(serde::Deserialize)]
+pub struct WsParams {
+    /// Reconnecting: the last chat `seq` the client saw. The connection then starts with
+    /// `welcome`, `resumed` and every message after it, and only then the live feed.
+    since_seq: Option<u64>,
+}
+
 pub async fn stream_ws(
     State(app): State<AppState>,
     Path(stream_id): Path<String>,
+    params: Result<Query<WsParams>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     WsAuthenticated(who): WsAuthenticated,
 ) -> Result<Response, ApiError> {
     let stream = parse_stream_id(&stream_id)?;
+    let Query(params) = params.map_err(|e| {
+        ApiError::new(
+            ErrorKind::Invalid,
+            "invalid_query",
+            format!("since_seq must be a non-negative integer: {e}"),
+        )
+    })?;
     let upgrade = upgrade.map_err(|e| {
         ApiError::new(
             ErrorKind::UpgradeRequired,
@@ -94,7 +111,12 @@ pub async fn stream_ws(
             }
             .encode();
                         let _ = queue.push(welcome);
-            registration.conn.finish_catch_up(last_seq, Vec::new());
+            match params.since_seq {
+                None => registration.conn.finish_catch_up(last_seq, Vec::new()),
+                // A reconnect: what was missed, then live, in one go (live frames are
+                // still held back).
+                Some(since) => crate::chat::ws::resume(&app, &stream, &registration.conn, since, None).await,
+            }
             let handler = crate::chat::ws::ChatHandler {
                 app: app.clone(),
                 stream,
