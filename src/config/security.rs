@@ -286,11 +286,6 @@ pub struct ChatConfig {
     /// Messages per second each user may send to one stream (sustained), and at once.
     pub user_per_sec: f64,
     pub user_burst: u32,
-    /// Chat messages arriving within this long of the last fan-out batch wait and go out
-    /// with the next one (one push, one wake-up and one socket write per connection for
-    /// the lot). 0: every message goes out at once, batched only when already waiting.
-    #[serde(with = "humantime_serde")]
-    pub fanout_window: Duration,
 }
 
 impl Default for ChatConfig {
@@ -302,7 +297,6 @@ impl Default for ChatConfig {
             idempotency_window: Duration::from_secs(600),
             user_per_sec: 2.0,
             user_burst: 10,
-            fanout_window: Duration::ZERO,
         }
     }
 }

@@ -182,8 +182,6 @@ async fn run(app: AppState, stream: Uuid, stop: CancellationToken) {
     // The last chat sequence number this node delivered for the stream.
     let mut chat_seq = app.chat.last_seq(&stream).await.unwrap_or(0);
     let mut last_session: Option<Uuid> = None;
-    let window = app.config.chat.fanout_window;
-    let mut last_batch = tokio::time::Instant::now() - window;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -192,14 +190,12 @@ async fn run(app: AppState, stream: Uuid, stop: CancellationToken) {
                 loop {
                     let next = match ev {
                         PubSubEvent::Message(bytes) if is_chat(&bytes) => {
-                            // This message and the chat messages right behind it (already
-                            // waiting, or within chat.fanout_window of the last batch) go
-                            // out as one batch.
+                            // This message and the chat messages already waiting behind it
+                            // go out as one batch.
                             let mut entries: Vec<_> =
                                 crate::store::decode_log_publish(&bytes).into_iter().collect();
-                            let next = gather(&mut sub, &mut entries, window, last_batch).await;
+                            let next = gather(&mut sub, &mut entries);
                             chat_seq = deliver_chat(&app, &stream, chat_seq, entries).await;
-                            last_batch = tokio::time::Instant::now();
                             next
                         }
                         other => {
@@ -241,28 +237,14 @@ fn is_chat(bytes: &[u8]) -> bool {
     bytes.first().is_some_and(u8::is_ascii_digit)
 }
 
-/// Adds to `entries` the chat messages already waiting and, when the last batch went out
-/// less than `window` ago, those arriving until `window` after it (at most [`MAX_BATCH`]).
-/// Returns the first non-chat event met, which must be handled after the batch.
-async fn gather(
+/// Adds to `entries` the chat messages already waiting (at most [`MAX_BATCH`]; never
+/// waits). Returns the first non-chat event met, which must be handled after the batch.
+fn gather(
     sub: &mut crate::store::Subscription,
     entries: &mut Vec<crate::store::LogEntry>,
-    window: std::time::Duration,
-    last_batch: tokio::time::Instant,
 ) -> Option<PubSubEvent> {
-    let until = last_batch + window;
     while entries.len() < MAX_BATCH {
-        let ev = match sub.try_recv() {
-            Some(ev) => ev,
-            None if tokio::time::Instant::now() < until => {
-                match tokio::time::timeout_at(until, sub.recv()).await {
-                    Ok(Some(ev)) => ev,
-                    Ok(None) | Err(_) => return None,
-                }
-            }
-            None => return None,
-        };
-        match ev {
+        match sub.try_recv()? {
             PubSubEvent::Message(bytes) if is_chat(&bytes) => {
                 entries.extend(crate::store::decode_log_publish(&bytes));
             }
