@@ -86,41 +86,10 @@ impl OutboundQueue {
         frame: Utf8Bytes,
         published: Option<Instant>,
     ) -> Result<(), PushError> {
-        let mut st = self.state.lock().expect("queue lock");
-        if st.close.is_some() {
-            return Err(PushError::Closed);
-        }
-        if st.bytes + frame.len() > self.max_bytes {
-            tracing::debug!(
-                queued = st.bytes,
-                frames = st.frames.len(),
-                frame = frame.len(),
-                max = self.max_bytes,
-                "outbound queue full"
-            );
-            st.close = Some(CloseReason {
-                code: close_code::SLOW_CONSUMER,
-                reason: "slow_consumer",
-            });
-            // Pending frames are dropped: the client resumes from its last seen position.
-            st.frames.clear();
-            st.bytes = 0;
-            drop(st);
-            self.notify.notify_one();
-            self.closing.notify_waiters();
-            return Err(PushError::Full);
-        }
-        st.bytes += frame.len();
-        st.frames.push_back(frame);
-        if st.oldest_publish.is_none() {
-            st.oldest_publish = published;
-        }
-        drop(st);
-        self.notify.notify_one();
-        Ok(())
+        self.push_many(std::iter::once(frame), published)
     }
 
-    /// Queues several chat frames at once (one lock, one wake-up): a fan-out batch.
+    /// Queues several frames at once (one lock, one wake-up): a fan-out batch.
     /// Stops at the first refusal (the queue is then closing).
     pub fn push_many(
         &self,
@@ -134,10 +103,19 @@ impl OutboundQueue {
         let mut pushed = false;
         for frame in frames {
             if st.bytes + frame.len() > self.max_bytes {
+                tracing::debug!(
+                    queued = st.bytes,
+                    frames = st.frames.len(),
+                    frame = frame.len(),
+                    max = self.max_bytes,
+                    "outbound queue full"
+                );
                 st.close = Some(CloseReason {
                     code: close_code::SLOW_CONSUMER,
                     reason: "slow_consumer",
                 });
+                // Pending frames are dropped: the client resumes from its last seen
+                // position.
                 st.frames.clear();
                 st.bytes = 0;
                 drop(st);

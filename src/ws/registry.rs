@@ -42,31 +42,9 @@ impl Conn {
         }
     }
 
-    /// A live chat frame: queued if it is the next one for this connection (duplicates
-    /// and stale frames are dropped), buffered while the connection catches up.
-    pub fn deliver(&self, seq: u64, frame: &Utf8Bytes, published: Option<std::time::Instant>) {
-        let mut c = self.cursor.lock().expect("cursor lock");
-        if let Some(buf) = c.buffer.as_mut() {
-            if buf.len() >= MAX_CATCH_UP_BUFFER {
-                drop(c);
-                self.queue.close(super::queue::CloseReason {
-                    code: close_code::SLOW_CONSUMER,
-                    reason: "slow_consumer",
-                });
-                return;
-            }
-            buf.push((Some(seq), frame.clone()));
-            return;
-        }
-        if seq > c.last_seq {
-            c.last_seq = seq;
-            drop(c);
-            let _ = self.queue.push_published(frame.clone(), published);
-        }
-    }
-
-    /// Several live chat frames in sequence order (a fan-out batch): like [`Self::deliver`]
-    /// for each, with one lock and one wake-up for the lot.
+    /// Live chat frames in sequence order (a fan-out batch): each queued if it is new to
+    /// this connection (duplicates and stale frames are dropped), or buffered while the
+    /// connection catches up; one lock and one wake-up for the lot.
     pub fn deliver_batch(&self, batch: &[(u64, Utf8Bytes)], published: Option<std::time::Instant>) {
         let mut c = self.cursor.lock().expect("cursor lock");
         if let Some(buf) = c.buffer.as_mut() {
@@ -262,14 +240,7 @@ impl Registry {
         frame: &Utf8Bytes,
         published: Option<std::time::Instant>,
     ) -> usize {
-        let streams = self.streams.read().expect("registry lock");
-        let Some(conns) = streams.get(stream) else {
-            return 0;
-        };
-        for c in conns.values() {
-            c.deliver(seq, frame, published);
-        }
-        conns.len()
+        self.deliver_chat_batch(stream, &[(seq, frame.clone())], published)
     }
 
     /// [`Self::deliver_chat`] for a batch of frames in sequence order.
