@@ -127,6 +127,26 @@ async fn offer(pc: &Arc<dyn PeerConnection>, gathered: &Notify) -> String {
     pc.local_description().await.unwrap().sdp
 }
 
+/// A receive-only offer for `kinds` (what a WHEP viewer sends).
+async fn recvonly_offer(
+    pc: &Arc<dyn PeerConnection>,
+    gathered: &Notify,
+    kinds: &[RtpCodecKind],
+) -> String {
+    for kind in kinds {
+        pc.add_transceiver_from_kind(
+            *kind,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    }
+    offer(pc, gathered).await
+}
+
 fn local_track(
     kind: RtpCodecKind,
     mime: &str,
@@ -511,18 +531,7 @@ async fn start_viewer_with(
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
     let (pc, gathered) = peer_with(Some(tx), remotes).await;
-    for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
-        pc.add_transceiver_from_kind(
-            kind,
-            Some(RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Recvonly,
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap();
-    }
-    let sdp = offer(&pc, &gathered).await;
+    let sdp = recvonly_offer(&pc, &gathered, &[RtpCodecKind::Audio, RtpCodecKind::Video]).await;
     let (st, loc, answer) = post_sdp(&format!("{api}/v1/streams/{stream}/whep"), token, &sdp).await;
     assert_eq!(st, 201, "{answer}");
     pc.set_remote_description(RTCSessionDescription::answer(answer.clone()).unwrap())
@@ -788,16 +797,7 @@ async fn a_full_port_range_answers_503_until_a_session_ends() {
     let (sending, sender) = send_packets(tracks);
     // The only port is the publisher's: a viewer is refused, with a hint when to retry.
     let (pc, gathered) = peer(None).await;
-    pc.add_transceiver_from_kind(
-        RtpCodecKind::Video,
-        Some(RTCRtpTransceiverInit {
-            direction: RTCRtpTransceiverDirection::Recvonly,
-            ..Default::default()
-        }),
-    )
-    .await
-    .unwrap();
-    let sdp = offer(&pc, &gathered).await;
+    let sdp = recvonly_offer(&pc, &gathered, &[RtpCodecKind::Video]).await;
     let r = reqwest::Client::new()
         .post(format!("{api}/v1/streams/{stream}/whep"))
         .bearer_auth(common::buyer("too-many"))
