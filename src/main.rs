@@ -93,6 +93,18 @@ enum TokenCommand {
     },
 }
 
+/// Prints a line to stdout. A closed pipe (`streamedge token inspect … | head`) is not an
+/// error worth a panic: the output is simply cut short.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("streamedge: cannot write output: {e}");
+        }
+    }
+}
+
 fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime_serde::re::humantime::parse_duration(s).map_err(|e| e.to_string())
 }
@@ -101,7 +113,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve { dev: false });
     if let Command::Version = command {
-        println!("streamedge {}", env!("CARGO_PKG_VERSION"));
+        out(&format!("streamedge {}", env!("CARGO_PKG_VERSION")));
         return ExitCode::SUCCESS;
     }
     let dev = match &command {
@@ -163,12 +175,12 @@ fn migrate(mut config: Config, url: Option<String>, auth_shim: bool) -> ExitCode
     });
     match result {
         Ok(applied) if applied.is_empty() => {
-            println!("schema up to date");
+            out("schema up to date");
             ExitCode::SUCCESS
         }
         Ok(applied) => {
             for v in applied {
-                println!("applied {v}");
+                out(&format!("applied {v}"));
             }
             ExitCode::SUCCESS
         }
@@ -217,7 +229,7 @@ fn token_command(config: &Config, cmd: TokenCommand) -> ExitCode {
                 },
                 jsonwebtoken::get_current_timestamp(),
             );
-            println!("{token}");
+            out(&token);
             ExitCode::SUCCESS
         }
         TokenCommand::Inspect { token, .. } => {
@@ -240,10 +252,7 @@ fn token_command(config: &Config, cmd: TokenCommand) -> ExitCode {
             };
             let now = jsonwebtoken::get_current_timestamp();
             let report = inspect_report(&parsed.token, &signature, now);
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).unwrap_or_default()
-            );
+            out(&serde_json::to_string_pretty(&report).unwrap_or_default());
             if signature.starts_with("INVALID") {
                 ExitCode::FAILURE
             } else {
@@ -299,8 +308,10 @@ fn inspect_report(
 fn check_config(config: &Config) -> ExitCode {
     match toml::to_string_pretty(&config.redacted()) {
         Ok(text) => {
-            println!("# configuration is valid; effective values (secrets redacted):\n");
-            print!("{text}");
+            out(&format!(
+                "# configuration is valid; effective values (secrets redacted):\n\n{}",
+                text.trim_end()
+            ));
             ExitCode::SUCCESS
         }
         Err(e) => {
