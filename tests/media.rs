@@ -656,8 +656,9 @@ fn candidate_ports(sdp: &str) -> Vec<u16> {
 
 /// The value of an unlabelled gauge or counter in a Prometheus text page.
 async fn metric(url: &str, name: &str) -> f64 {
-    let page = reqwest::get(url).await.unwrap().text().await.unwrap();
-    page.lines()
+    common::metrics_page(url)
+        .await
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
@@ -757,12 +758,8 @@ async fn keyframe_requests_travel_upstream_and_edge_ports_come_from_the_range() 
         })
         .await,
         "the idle relay kept its port: {}",
-        reqwest::get(&metrics_b)
+        common::metrics_page(&metrics_b)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
             .lines()
             .filter(|l| l.starts_with("streamedge_media"))
             .collect::<Vec<_>>()

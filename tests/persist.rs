@@ -434,12 +434,8 @@ async fn without_redis_the_local_outbox_is_replayed_after_a_crash() {
     .await;
     // Replayed once: the outbox is confirmed and a second restart writes nothing new.
     common::eventually(T, || async {
-        reqwest::get(format!("http://{}/metrics", node.admin))
+        common::metrics_page(&format!("http://{}/metrics", node.admin))
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
             .lines()
             .any(|l| l == "streamedge_persist_outbox_depth 0")
     })

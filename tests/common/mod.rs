@@ -414,6 +414,11 @@ pub async fn send_text(ws: &mut Ws, text: &str) {
     ws.send(Message::Text(text.into())).await.unwrap();
 }
 
+/// The Prometheus text page at `url` (a node's admin `/metrics`).
+pub async fn metrics_page(url: &str) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
 /// Polls `f` until it returns true or `limit` passes; returns whether it did.
 pub async fn eventually<F, Fut>(limit: Duration, mut f: F) -> bool
 where
