@@ -277,6 +277,11 @@ async fn whip_publisher_reaches_three_whep_viewers_and_delete_tears_down() {
         .unwrap();
     assert!(metrics.contains("streamedge_media_viewers 3"), "{metrics}");
     assert!(metrics.contains("streamedge_media_publishers 1"));
+    // Forwarding is timed (one packet in 64 sampled; 3 viewers × 30+ packets each).
+    assert!(
+        metrics.contains("streamedge_media_forward_seconds_count"),
+        "{metrics}"
+    );
 
     // A viewer cannot end another's session or the publish.
     let (st, body) = common::call(

@@ -848,7 +848,7 @@ impl MediaService {
                                 packets_out.increment(1);
                                 bytes_out.increment(n);
                                 sampled = sampled.wrapping_add(1);
-                                if sampled % LATENCY_SAMPLE == 0 {
+                                if sampled % LATENCY_SAMPLE == 1 {
                                     forward_latency.record(at.elapsed().as_secs_f64());
                                 }
                                 if !bound {
