@@ -104,6 +104,77 @@ impl Stop {
     }
 }
 
+/// splitmix64: a small deterministic generator (drop schedules, Poisson arrivals).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Exponentially distributed with the given mean.
+    pub fn exp(&mut self, mean: Duration) -> Duration {
+        mean.mul_f64(-(1.0 - self.unit()).ln())
+    }
+}
+
+/// How the senders' messages are spread in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arrivals {
+    /// Evenly spaced: sender `s` of `M` is offset by `s/M` of its interval, so the total
+    /// rate is constant (R messages per second, one every 1/R s).
+    Uniform,
+    /// Independent senders: exponential gaps with the same mean (a Poisson process at
+    /// rate R in total), so messages sometimes arrive close together, as in a real chat.
+    Poisson,
+}
+
+/// When one sender sends, as offsets from the start of the run. Senders are connected one
+/// after another but their schedules all count from the same start, so they do not fire
+/// in step (which would turn R evenly spaced messages per second into clumps of M).
+pub struct Schedule {
+    interval: Duration,
+    arrivals: Arrivals,
+    rng: Rng,
+    next: Duration,
+}
+
+impl Schedule {
+    /// Sender `sender` of `senders`, each sending `per_sender` messages per second.
+    pub fn new(sender: usize, senders: usize, per_sender: f64, arrivals: Arrivals) -> Self {
+        let interval = Duration::from_secs_f64(1.0 / per_sender);
+        let mut rng = Rng(0x5eed ^ (sender as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
+        let next = match arrivals {
+            Arrivals::Uniform => interval.mul_f64(sender as f64 / senders.max(1) as f64),
+            Arrivals::Poisson => rng.exp(interval),
+        };
+        Self {
+            interval,
+            arrivals,
+            rng,
+            next,
+        }
+    }
+
+    /// The offset of the next send (each call moves on by one).
+    pub fn next_offset(&mut self) -> Duration {
+        let at = self.next;
+        self.next += match self.arrivals {
+            Arrivals::Uniform => self.interval,
+            Arrivals::Poisson => self.rng.exp(self.interval),
+        };
+        at
+    }
+}
+
 /// What the senders did, updated while they run.
 #[derive(Default)]
 pub struct SendCounters {
@@ -135,6 +206,7 @@ pub struct SenderPlan<'a> {
     pub rate: f64,
     pub duration: Duration,
     pub body_bytes: usize,
+    pub arrivals: Arrivals,
 }
 
 impl Senders {
@@ -146,6 +218,7 @@ impl Senders {
         let pad = "x".repeat(plan.body_bytes);
         let per_sender = plan.rate / plan.senders as f64;
         let counters = Arc::new(SendCounters::default());
+        let (senders, arrivals) = (plan.senders, plan.arrivals);
         let mut tasks = Vec::new();
         for s in 0..plan.senders {
             let api = plan.apis[s % plan.apis.len()];
@@ -177,12 +250,13 @@ impl Senders {
                         }
                     }
                 });
-                let interval = Duration::from_secs_f64(1.0 / per_sender);
-                let mut next = tokio::time::Instant::now();
+                let base = tokio::time::Instant::from_std(started);
+                let mut schedule = Schedule::new(s, senders, per_sender, arrivals);
+                let mut next = base + schedule.next_offset();
                 let mut i = 1u64;
                 while started.elapsed() < duration {
                     tokio::time::sleep_until(next).await;
-                    next += interval;
+                    next = base + schedule.next_offset();
                     if tx
                         .send(proto.publish_frame(s, i, now_us(), &pad))
                         .await
@@ -211,6 +285,35 @@ impl Senders {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uniform_senders_interleave_evenly_and_poisson_keeps_the_mean_rate() {
+        // 10 senders at 100 msgs/s in total: one message every 10 ms, none at the same time.
+        let mut all: Vec<Duration> = (0..10)
+            .flat_map(|s| {
+                let mut sch = Schedule::new(s, 10, 10.0, Arrivals::Uniform);
+                (0..10).map(move |_| sch.next_offset())
+            })
+            .collect();
+        all.sort();
+        for (k, at) in all.iter().enumerate() {
+            let want = Duration::from_millis(10 * k as u64);
+            assert!(at.abs_diff(want) < Duration::from_micros(1), "{k}: {at:?}");
+        }
+        // Poisson: 20,000 gaps of one sender at 10/s average 100 ms (within 5 %); two
+        // senders do not share a schedule.
+        let mut a = Schedule::new(0, 2, 10.0, Arrivals::Poisson);
+        let mut b = Schedule::new(1, 2, 10.0, Arrivals::Poisson);
+        let n = 20_000;
+        let last = (0..n).map(|_| a.next_offset()).last().unwrap_or_default();
+        let mean = last / n;
+        assert!(
+            mean > Duration::from_millis(95) && mean < Duration::from_millis(105),
+            "{mean:?}"
+        );
+        let mut a2 = Schedule::new(0, 2, 10.0, Arrivals::Poisson);
+        assert_ne!(a2.next_offset(), b.next_offset());
+    }
 
     #[test]
     fn sequence_check_counts_gaps_duplicates_and_reordering() {

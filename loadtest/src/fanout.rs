@@ -17,7 +17,7 @@ use serde::Serialize;
 use streamedge::auth::dev::DEV_JWT_SECRET;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::chat::{self, OrderCounters, SenderPlan, Senders, Stop};
+use crate::chat::{self, Arrivals, OrderCounters, SenderPlan, Senders, Stop};
 use crate::proto::{Delivery, Protocol};
 use crate::{conn, report};
 
@@ -45,6 +45,10 @@ pub struct Args {
     /// Body bytes per message (besides the timestamp).
     #[arg(long, default_value_t = 64)]
     pub body_bytes: usize,
+    /// How sends are spread in time: evenly (a constant total rate) or as independent
+    /// senders (Poisson arrivals with the same mean rate).
+    #[arg(long, value_enum, default_value = "uniform")]
+    pub arrivals: Arrivals,
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
@@ -57,6 +61,7 @@ struct Report {
     viewers: usize,
     senders: usize,
     target_rate: f64,
+    arrivals: Arrivals,
     seconds: f64,
     sent: u64,
     deliveries: u64,
@@ -175,6 +180,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             rate: a.rate,
             duration: a.duration,
             body_bytes: a.body_bytes,
+            arrivals: a.arrivals,
         },
         started,
     )
@@ -224,6 +230,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         viewers: a.viewers,
         senders: a.senders,
         target_rate: a.rate,
+        arrivals: a.arrivals,
         seconds: secs,
         sent: sent.sent.load(Ordering::Relaxed),
         deliveries,

@@ -24,7 +24,7 @@ use serde::Serialize;
 use streamedge::auth::dev::DEV_JWT_SECRET;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::chat::{self, OrderCounters, SenderPlan, Senders, Stop};
+use crate::chat::{self, Arrivals, OrderCounters, Rng, SenderPlan, Senders, Stop};
 use crate::conn::{self, Ws};
 use crate::proto::{self, Protocol};
 use crate::report;
@@ -148,27 +148,6 @@ struct Outcome {
     last_delivery: Option<Instant>,
     resume: Histogram<u64>,
     welcome: Histogram<u64>,
-}
-
-/// splitmix64: a small deterministic generator for the drop schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Exponentially distributed with the given mean.
-    fn exp(&mut self, mean: Duration) -> Duration {
-        mean.mul_f64(-(1.0 - self.unit()).ln())
-    }
 }
 
 /// Where a viewer is in a reconnect.
@@ -429,6 +408,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             rate: a.rate,
             duration: a.duration,
             body_bytes: a.body_bytes,
+            arrivals: Arrivals::Uniform,
         },
         started,
     )
