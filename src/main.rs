@@ -339,10 +339,12 @@ fn serve(config: Config, dev: bool, dev_changes: Vec<&'static str>) -> ExitCode 
             "no auth.jwt_secret or auth.jwks_url configured: every authenticated request will be refused"
         );
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if config.server.worker_threads > 0 {
+        builder.worker_threads(config.server.worker_threads);
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("streamedge: cannot start runtime: {e}");

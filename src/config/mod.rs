@@ -53,7 +53,13 @@ pub struct ServerConfig {
     /// Peers (IPs or CIDRs) whose `X-Forwarded-For` is believed when finding a client's
     /// IP for rate limits. Empty: the peer address is the client.
     pub trusted_proxies: Vec<String>,
+    /// Runtime worker threads; 0 means one per CPU the process may use (tokio's default,
+    /// which also honours `TOKIO_WORKER_THREADS`).
+    pub worker_threads: usize,
 }
+
+/// Most runtime worker threads `server.worker_threads` accepts.
+pub const MAX_WORKER_THREADS: usize = 1024;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -63,6 +69,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             node_id: String::new(),
             trusted_proxies: Vec::new(),
+            worker_threads: 0,
         }
     }
 }
@@ -168,6 +175,12 @@ impl Config {
         };
         if self.server.shutdown_grace.is_zero() {
             return invalid("server.shutdown_grace", "must be greater than zero");
+        }
+        if self.server.worker_threads > MAX_WORKER_THREADS {
+            return invalid(
+                "server.worker_threads",
+                &format!("must be at most {MAX_WORKER_THREADS} (0: one per CPU)"),
+            );
         }
         if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
             return invalid("server.admin_listen", "must differ from server.listen");
@@ -497,6 +510,16 @@ mod tests {
             "redis://127.0.0.1:6379/"
         );
         assert_eq!(redact_url_password(""), "");
+    }
+
+    #[test]
+    fn worker_threads_are_bounded() {
+        let mut c = Config::default();
+        c.server.worker_threads = 1;
+        c.validate().unwrap();
+        c.server.worker_threads = MAX_WORKER_THREADS + 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("server.worker_threads"), "{err}");
     }
 
     #[test]
