@@ -22,12 +22,65 @@ const PUBSUB_CAPACITY: usize = 4096;
 #[derive(Default)]
 struct Inner {
     values: HashMap<String, (Value, Option<Instant>)>,
-    presence: HashMap<String, HashMap<String, Instant>>,
+    presence: HashMap<String, PresenceSet>,
     logs: HashMap<String, Log>,
     /// Rate limiter TATs, in µs since `epoch`.
     limits: HashMap<String, u64>,
     indexes: HashMap<String, BTreeSet<String>>,
     distinct: HashMap<String, (std::collections::HashSet<String>, Option<Instant>)>,
+}
+
+/// The members of one presence set with their expiry times.
+///
+/// Every viewer's connection touches its set when it joins and again every `ttl / 3`, so
+/// a touch must not scan the set: expired members are dropped only when a count or list
+/// needs it and something can have expired since the last scan (`earliest`), which in a
+/// steady state is about once per refresh period instead of once per touch.
+#[derive(Default)]
+struct PresenceSet {
+    members: HashMap<String, Instant>,
+    /// No member expires before this (exact right after a scan, a lower bound after
+    /// touches and removals); `None` when the set has been empty since the last scan.
+    earliest: Option<Instant>,
+}
+
+impl PresenceSet {
+    /// Drops expired members, if any can have expired.
+    fn sweep(&mut self, now: Instant) {
+        if self.earliest.is_none_or(|e| e > now) {
+            return;
+        }
+        self.members.retain(|_, exp| *exp > now);
+        self.earliest = self.members.values().min().copied();
+    }
+
+    /// Marks `member` present until `exp`; returns whether it was absent (never there,
+    /// removed, or expired).
+    fn touch(&mut self, member: &str, exp: Instant, now: Instant) -> bool {
+        self.earliest = Some(self.earliest.map_or(exp, |e| e.min(exp)));
+        match self.members.get_mut(member) {
+            Some(old) => {
+                let was_live = *old > now;
+                *old = exp;
+                !was_live
+            }
+            None => {
+                self.members.insert(member.to_string(), exp);
+                true
+            }
+        }
+    }
+
+    /// Removes `member`; returns whether it was present (and not expired).
+    fn remove(&mut self, member: &str, now: Instant) -> bool {
+        self.members.remove(member).is_some_and(|exp| exp > now)
+    }
+
+    /// The live members (after dropping expired ones).
+    fn live(&mut self, now: Instant) -> &HashMap<String, Instant> {
+        self.sweep(now);
+        &self.members
+    }
 }
 
 enum Value {
@@ -69,9 +122,9 @@ fn live(exp: Option<Instant>, now: Instant) -> bool {
 impl Inner {
     fn sweep(&mut self, now: Instant) {
         self.values.retain(|_, (_, exp)| live(*exp, now));
-        self.presence.retain(|_, members| {
-            members.retain(|_, exp| *exp > now);
-            !members.is_empty()
+        self.presence.retain(|_, set| {
+            set.sweep(now);
+            !set.members.is_empty()
         });
         self.logs.retain(|_, log| log.expire(now));
         let now_us = now.saturating_duration_since(epoch()).as_micros() as u64;
@@ -99,10 +152,8 @@ impl Inner {
         self.logs.get_mut(name)
     }
 
-    fn members(&mut self, set: &str, now: Instant) -> Option<&mut HashMap<String, Instant>> {
-        let members = self.presence.get_mut(set)?;
-        members.retain(|_, exp| *exp > now);
-        Some(members)
+    fn members(&mut self, set: &str, now: Instant) -> Option<&HashMap<String, Instant>> {
+        Some(self.presence.get_mut(set)?.live(now))
     }
 }
 
@@ -382,17 +433,20 @@ impl SharedState for MemoryStore {
     async fn presence_touch(&self, set: &str, member: &str, ttl: Duration) -> StoreResult<bool> {
         let now = Instant::now();
         let mut inner = self.lock();
-        inner.members(set, now);
-        let members = inner.presence.entry(set.to_string()).or_default();
-        Ok(members.insert(member.to_string(), now + ttl).is_none())
+        let entry = match inner.presence.get_mut(set) {
+            Some(existing) => existing,
+            None => inner.presence.entry(set.to_string()).or_default(),
+        };
+        Ok(entry.touch(member, now + ttl, now))
     }
 
     async fn presence_remove(&self, set: &str, member: &str) -> StoreResult<bool> {
         let now = Instant::now();
         let mut inner = self.lock();
         Ok(inner
-            .members(set, now)
-            .is_some_and(|m| m.remove(member).is_some()))
+            .presence
+            .get_mut(set)
+            .is_some_and(|s| s.remove(member, now)))
     }
 
     async fn presence_count(&self, set: &str) -> StoreResult<u64> {
@@ -630,5 +684,36 @@ impl SharedState for MemoryStore {
         if let Some(h) = self.sweeper.lock().expect("sweeper lock").take() {
             h.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presence_set_scans_only_when_a_member_can_have_expired() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut set = PresenceSet::default();
+        assert!(set.touch("a", t0 + s(10), t0));
+        assert!(set.touch("b", t0 + s(20), t0));
+        // A refresh: `a` now lives until 30; 10 stays the (lower) bound until a scan.
+        assert!(!set.touch("a", t0 + s(30), t0 + s(1)));
+        assert_eq!(set.earliest, Some(t0 + s(10)));
+        // Nothing can have expired yet: no scan.
+        assert_eq!(set.live(t0 + s(5)).len(), 2);
+        assert_eq!(set.earliest, Some(t0 + s(10)));
+        // A scan: nobody had expired, and the bound becomes exact.
+        assert_eq!(set.live(t0 + s(11)).len(), 2);
+        assert_eq!(set.earliest, Some(t0 + s(20)));
+        // `b` expired.
+        assert_eq!(set.live(t0 + s(21)).len(), 1);
+        // An expired member comes back as new; removing an expired one finds nothing.
+        assert!(set.touch("b", t0 + s(40), t0 + s(21)));
+        assert!(!set.remove("a", t0 + s(31)));
+        assert!(set.remove("b", t0 + s(31)));
+        assert!(set.live(t0 + s(31)).is_empty());
+        assert_eq!(set.earliest, None);
     }
 }
