@@ -4,12 +4,13 @@
 //! into a node. See README.md for the architecture.
 #![forbid(unsafe_code)]
 
-pub mod app;
 pub mod auth;
 pub mod chat;
 pub mod config;
+pub mod domain;
 pub mod http;
 pub mod media;
+pub mod moderation;
 pub mod persist;
 pub mod rtc;
 pub mod server;

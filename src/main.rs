@@ -267,8 +267,8 @@ fn inspect_report(
     signature: &str,
     now: u64,
 ) -> serde_json::Value {
+    use streamedge::domain::clock::rfc3339;
     use streamedge::rtc::accesstoken2::Service;
-    use streamedge::streams::model::rfc3339;
     let at = |rel: u32| rfc3339((u64::from(t.issue_ts) + u64::from(rel)) * 1000);
     let services: Vec<serde_json::Value> = t
         .services

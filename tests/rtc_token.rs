@@ -187,7 +187,7 @@ async fn refusals_have_clear_codes() {
     use streamedge::store::SharedState;
     store
         .set(
-            &streamedge::rtc::routes::ban_key(&stream, "buyer-1"),
+            &streamedge::domain::keys::ban(&stream, "buyer-1"),
             b"1",
             None,
         )
@@ -199,7 +199,7 @@ async fn refusals_have_clear_codes() {
     assert_eq!(rtc_token(&api, &s, &common::buyer("buyer-2")).await.0, 200);
 
     // End the stream (as the lifecycle would) and ask again.
-    let key = streamedge::streams::service::record_key(&stream);
+    let key = streamedge::domain::keys::stream_record(&stream);
     let mut rec: Value = serde_json::from_slice(&store.get(&key).await.unwrap().unwrap()).unwrap();
     rec["state"] = "ended".into();
     store

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use streamedge::chat::model::StoredMessage;
 use streamedge::config::{Config, Secret};
+use streamedge::domain::chat::StoredMessage;
 use streamedge::persist::{records, Persistence};
 use streamedge::store::{self, AppendOptions};
 use tokio_util::sync::CancellationToken;
@@ -115,9 +115,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                     id: Uuid::new_v4(),
                     user: format!("user-{p}"),
                     body: format!("message {i} from producer {p}, about the blue jacket"),
-                    ts: streamedge::streams::model::rfc3339(
-                        streamedge::sessions::service::now_ms(),
-                    ),
+                    ts: streamedge::domain::clock::rfc3339(streamedge::domain::clock::now_ms()),
                     client_msg_id: format!("p{p}-{i}"),
                 };
                 let payload = serde_json::to_vec(&msg).unwrap();

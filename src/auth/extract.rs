@@ -1,26 +1,14 @@
-//! Finding and verifying the access token on a request.
+//! Finding the access token on a request (verifying it is [`super::Verifier`]'s job; the
+//! extractors that do both are in `http/extract.rs`).
 //!
 //! HTTP endpoints take `Authorization: Bearer <token>` only. WebSocket upgrades (browsers
 //! cannot set headers on them) also accept the token as the `access_token` query
 //! parameter or as a `Sec-WebSocket-Protocol` entry `access_token.<token>` next to
 //! `streamedge.v1`.
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use axum::http::HeaderMap;
 
 use super::jwt::AuthError;
-use super::principal::Principal;
-use crate::app::AppState;
-use crate::http::ApiError;
-
-/// The verified caller of an HTTP endpoint.
-#[derive(Debug, Clone)]
-pub struct Authenticated(pub Principal);
-
-/// The verified caller of a WebSocket upgrade.
-#[derive(Debug, Clone)]
-pub struct WsAuthenticated(pub Principal);
 
 /// Prefix of a `Sec-WebSocket-Protocol` entry carrying the token.
 pub const WS_PROTOCOL_TOKEN_PREFIX: &str = "access_token.";
@@ -64,29 +52,6 @@ pub fn protocol_token(headers: &HeaderMap) -> Option<&str> {
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .find_map(|p| p.strip_prefix(WS_PROTOCOL_TOKEN_PREFIX))
-}
-
-impl FromRequestParts<AppState> for Authenticated {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers)?.ok_or(AuthError::Missing)?;
-        Ok(Self(state.auth.verify(token).await?))
-    }
-}
-
-impl FromRequestParts<AppState> for WsAuthenticated {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = match bearer(&parts.headers)? {
-            Some(t) => t,
-            None => query_token(parts.uri.query())
-                .or_else(|| protocol_token(&parts.headers))
-                .ok_or(AuthError::Missing)?,
-        };
-        Ok(Self(state.auth.verify(token).await?))
-    }
 }
 
 #[cfg(test)]

@@ -78,19 +78,6 @@ impl AuthError {
     }
 }
 
-impl From<AuthError> for crate::http::ApiError {
-    fn from(e: AuthError) -> Self {
-        use crate::http::{ApiError, ErrorKind};
-        metrics::counter!("streamedge_auth_failures_total", "code" => e.code()).increment(1);
-        match e {
-            AuthError::KeysUnavailable => {
-                ApiError::new(ErrorKind::Unavailable, e.code(), e.to_string()).with_retry_after(5)
-            }
-            _ => ApiError::new(ErrorKind::Unauthorized, e.code(), e.to_string()),
-        }
-    }
-}
-
 /// What the verifier checks besides the signature.
 #[derive(Debug, Clone)]
 pub struct VerifierSettings {

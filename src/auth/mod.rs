@@ -1,6 +1,5 @@
 //! Authentication: Supabase access tokens (HS256 secret or JWKS) verified into a
-//! [`Principal`], and the extractors that find the token on HTTP requests and WebSocket
-//! upgrades.
+//! [`Principal`], and where a request carries the token (header, query, subprotocol).
 
 pub mod dev;
 pub mod extract;
@@ -9,6 +8,5 @@ pub mod jwks;
 pub mod jwt;
 pub mod principal;
 
-pub use extract::{Authenticated, WsAuthenticated};
 pub use jwt::{AuthError, Verifier, VerifierSettings};
 pub use principal::{Principal, Role};

@@ -6,10 +6,6 @@
 //! log), builds the frame once and hands the same bytes to every local connection, each of
 //! which takes only sequence numbers it has not seen.
 
-pub mod model;
-pub mod moderation;
-pub mod routes;
 pub mod service;
-pub mod ws;
 
 pub use service::ChatService;

@@ -7,23 +7,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use uuid::Uuid;
 
-use super::model::{self, Rejected, StoredMessage};
 use crate::auth::Principal;
 use crate::config::ChatConfig;
+use crate::domain::chat::{self as model, Rejected, StoredMessage};
+use crate::domain::clock::now_ms;
+use crate::domain::clock::rfc3339;
+use crate::domain::keys;
+use crate::moderation::ModerationService;
 use crate::persist::{records, Persistence};
-use crate::rtc::routes::ban_key;
 use crate::store::{AppendOptions, LogEntry, SharedState, StoreError};
-use crate::streams::model::rfc3339;
-use crate::streams::service::events_channel;
 use crate::streams::{StreamError, StreamService, StreamState};
-
-pub fn log_name(stream: &Uuid) -> String {
-    format!("chat:{stream}")
-}
-
-fn once_key(stream: &Uuid, user: &str, client_msg_id: &str) -> String {
-    format!("chat:{stream}:sent:{user}:{client_msg_id}")
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
@@ -56,6 +49,7 @@ impl From<StreamError> for ChatError {
 pub struct ChatService {
     store: Arc<dyn SharedState>,
     streams: Arc<StreamService>,
+    moderation: Arc<ModerationService>,
     cfg: ChatConfig,
     persist: Option<Arc<Persistence>>,
 }
@@ -64,12 +58,14 @@ impl ChatService {
     pub fn new(
         store: Arc<dyn SharedState>,
         streams: Arc<StreamService>,
+        moderation: Arc<ModerationService>,
         cfg: ChatConfig,
         persist: Option<Arc<Persistence>>,
     ) -> Self {
         Self {
             store,
             streams,
+            moderation,
             cfg,
             persist,
         }
@@ -99,9 +95,7 @@ impl ChatService {
         }
         // The checks' reads go to the shared state together (one round trip's wait on
         // Redis instead of four); their verdicts are then taken in order.
-        let ban = ban_key(stream, &who.user_id);
-        let slow = super::moderation::slow_mode_key(stream);
-        let limit_key = format!("chat:{stream}:{}", who.user_id);
+        let limit_key = keys::chat_rate(stream, &who.user_id);
         let rate = async {
             if self.cfg.user_per_sec > 0.0 {
                 self.store
@@ -114,8 +108,8 @@ impl ChatService {
         };
         let (s, banned, slow_secs, rate) = tokio::join!(
             self.streams.get(stream),
-            self.store.get(&ban),
-            self.store.get(&slow),
+            self.moderation.ban_active(stream, &who.user_id),
+            self.moderation.slow_mode_secs(stream),
             rate
         );
         let s = s?;
@@ -127,36 +121,30 @@ impl ChatService {
             .into());
         }
         let (banned, slow_secs, rate) = (banned?, slow_secs?, rate?);
-        if s.owner_id != who.user_id && banned.is_some() {
+        if s.owner_id != who.user_id && banned {
             return Err(Rejected {
                 code: "banned",
                 message: "you are banned from this stream's chat".into(),
             }
             .into());
         }
-        if s.owner_id != who.user_id {
-            if let Some(raw) = slow_secs {
-                let secs: u64 = std::str::from_utf8(&raw)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                if secs > 0
-                    && !self
-                        .store
-                        .set_nx(
-                            &super::moderation::slow_mode_user_key(stream, &who.user_id),
-                            b"1",
-                            Some(std::time::Duration::from_secs(secs)),
-                        )
-                        .await?
-                {
-                    return Err(Rejected {
-                        code: "slow_mode",
-                        message: format!("slow mode: one message every {secs} s"),
-                    }
-                    .into());
-                }
+        let secs = slow_secs;
+        if s.owner_id != who.user_id
+            && secs > 0
+            && !self
+                .store
+                .set_nx(
+                    &keys::slow_mode_user(stream, &who.user_id),
+                    b"1",
+                    Some(std::time::Duration::from_secs(secs)),
+                )
+                .await?
+        {
+            return Err(Rejected {
+                code: "slow_mode",
+                message: format!("slow mode: one message every {secs} s"),
             }
+            .into());
         }
         if let Some(d) = rate {
             if !d.allowed {
@@ -187,21 +175,21 @@ impl ChatService {
             id: Uuid::new_v4(),
             user: who.user_id.clone(),
             body,
-            ts: rfc3339(crate::sessions::service::now_ms()),
+            ts: rfc3339(now_ms()),
             client_msg_id: client_msg_id.to_string(),
         };
         let payload = serde_json::to_vec(&msg).expect("message serialises");
         let seq = self
             .store
             .log_append(
-                &log_name(stream),
+                &keys::chat_log(stream),
                 &payload,
                 &AppendOptions {
                     max_len: self.cfg.history_size,
                     ttl: Some(self.cfg.history_ttl),
-                    publish: Some(events_channel(stream)),
+                    publish: Some(keys::stream_events(stream)),
                     once: Some((
-                        once_key(stream, &who.user_id, client_msg_id),
+                        keys::chat_sent(stream, &who.user_id, client_msg_id),
                         self.cfg.idempotency_window,
                     )),
                     outbox: self
@@ -223,7 +211,7 @@ impl ChatService {
     /// Messages after `since`, oldest first (at most the history size).
     pub async fn after(&self, stream: &Uuid, since: u64) -> Result<Vec<LogEntry>, StoreError> {
         self.store
-            .log_after(&log_name(stream), since, self.cfg.history_size)
+            .log_after(&keys::chat_log(stream), since, self.cfg.history_size)
             .await
     }
 
@@ -237,7 +225,7 @@ impl ChatService {
     ) -> Result<Vec<LogEntry>, StoreError> {
         let mut out = self
             .store
-            .log_before(&log_name(stream), before, limit)
+            .log_before(&keys::chat_log(stream), before, limit)
             .await?;
         if let (Some(p), true) = (&self.persist, out.len() < limit) {
             let from = out.last().map_or(before, |e| e.seq);
@@ -253,7 +241,7 @@ impl ChatService {
     }
 
     pub async fn last_seq(&self, stream: &Uuid) -> Result<u64, StoreError> {
-        self.store.log_last_seq(&log_name(stream)).await
+        self.store.log_last_seq(&keys::chat_log(stream)).await
     }
 
     /// The `message` frame of a log entry.

@@ -5,6 +5,7 @@
 //! that names the key, and `main` turns it into exit code 2.
 
 mod load;
+mod parse;
 mod persist;
 mod security;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use load::{load, load_unvalidated, ConfigError, ConfigSource, ENV_PREFIX};
+pub use parse::{parse_net, parse_port_range};
 pub use persist::PersistConfig;
 pub use security::{
     AgoraConfig, AuthConfig, ChatConfig, MediaConfig, RateLimitConfig, RouteLimit, Secret,
@@ -239,7 +241,7 @@ impl Config {
             return invalid("log.level", "is not a valid tracing filter (e.g. `info`)");
         }
         for (i, p) in self.server.trusted_proxies.iter().enumerate() {
-            if crate::http::client_ip::IpNet::parse(p).is_none() {
+            if parse_net(p).is_none() {
                 return invalid(
                     &format!("server.trusted_proxies[{i}]"),
                     "must be an IP address or CIDR (e.g. 10.0.0.0/8)",
@@ -409,13 +411,12 @@ impl Config {
                 "must be at least 32 characters when media.enabled",
             );
         }
-        let range =
-            crate::media::ports::parse_range(&self.media.udp_port_range).map_err(|message| {
-                ConfigError::Invalid {
-                    key: "media.udp_port_range".into(),
-                    message,
-                }
-            })?;
+        let range = parse_port_range(&self.media.udp_port_range).map_err(|message| {
+            ConfigError::Invalid {
+                key: "media.udp_port_range".into(),
+                message,
+            }
+        })?;
         match self.media.udp_addr.parse::<std::net::SocketAddr>() {
             Err(_) => return invalid("media.udp_addr", "must be IP:PORT (e.g. \"0.0.0.0:0\")"),
             Ok(a) if range.is_some() && a.port() != 0 => {

@@ -6,43 +6,7 @@
 use std::net::IpAddr;
 
 use axum::http::HeaderMap;
-
-/// An IP network (`10.0.0.0/8`, `fd00::/8`) or a single address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl IpNet {
-    pub fn parse(s: &str) -> Option<Self> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (
-                a.trim().parse::<IpAddr>().ok()?,
-                Some(p.trim().parse::<u8>().ok()?),
-            ),
-            None => (s.trim().parse::<IpAddr>().ok()?, None),
-        };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        (prefix <= max).then_some(Self { addr, prefix })
-    }
-
-    pub fn contains(&self, ip: &IpAddr) -> bool {
-        let ip = canonical(*ip);
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
-    }
-}
+use ipnet::IpNet;
 
 /// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) as IPv4.
 fn canonical(ip: IpAddr) -> IpAddr {
@@ -94,28 +58,32 @@ mod tests {
 
     #[test]
     fn parses_networks() {
-        assert!(IpNet::parse("10.0.0.0/8")
+        assert!(crate::config::parse_net("10.0.0.0/8")
             .unwrap()
             .contains(&ip("10.9.8.7")));
-        assert!(!IpNet::parse("10.0.0.0/8")
+        assert!(!crate::config::parse_net("10.0.0.0/8")
             .unwrap()
             .contains(&ip("11.0.0.1")));
-        assert!(IpNet::parse("192.168.1.5")
+        assert!(crate::config::parse_net("192.168.1.5")
             .unwrap()
             .contains(&ip("192.168.1.5")));
-        assert!(IpNet::parse("0.0.0.0/0").unwrap().contains(&ip("8.8.8.8")));
-        assert!(IpNet::parse("fd00::/8").unwrap().contains(&ip("fd12::1")));
-        assert!(IpNet::parse("10.0.0.0/8")
+        assert!(crate::config::parse_net("0.0.0.0/0")
+            .unwrap()
+            .contains(&ip("8.8.8.8")));
+        assert!(crate::config::parse_net("fd00::/8")
+            .unwrap()
+            .contains(&ip("fd12::1")));
+        assert!(crate::config::parse_net("10.0.0.0/8")
             .unwrap()
             .contains(&ip("::ffff:10.1.1.1")));
-        assert!(IpNet::parse("10.0.0.0/33").is_none());
-        assert!(IpNet::parse("nonsense").is_none());
-        assert!(IpNet::parse("10.0.0.0/x").is_none());
+        assert!(crate::config::parse_net("10.0.0.0/33").is_none());
+        assert!(crate::config::parse_net("nonsense").is_none());
+        assert!(crate::config::parse_net("10.0.0.0/x").is_none());
     }
 
     #[test]
     fn untrusted_peer_is_the_client_whatever_it_claims() {
-        let trusted = [IpNet::parse("10.0.0.0/8").unwrap()];
+        let trusted = [crate::config::parse_net("10.0.0.0/8").unwrap()];
         assert_eq!(
             client_ip(ip("203.0.113.9"), &xff("1.1.1.1"), &trusted),
             ip("203.0.113.9")
@@ -128,7 +96,7 @@ mod tests {
 
     #[test]
     fn trusted_proxy_chain_yields_rightmost_untrusted() {
-        let trusted = [IpNet::parse("10.0.0.0/8").unwrap()];
+        let trusted = [crate::config::parse_net("10.0.0.0/8").unwrap()];
         // The client forged "6.6.6.6"; the proxies appended the real client and themselves.
         let h = xff("6.6.6.6, 198.51.100.7, 10.0.0.2");
         assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("198.51.100.7"));

@@ -5,8 +5,76 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
+use uuid::Uuid;
 
-use super::{ApiError, ErrorKind};
+use super::{ApiError, AppState, ErrorKind};
+use crate::auth::extract::{bearer, protocol_token, query_token};
+use crate::auth::{AuthError, Principal};
+
+/// Parses a `{stream_id}` path segment.
+pub fn parse_stream_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::new(
+            ErrorKind::Invalid,
+            "invalid_stream_id",
+            "stream id must be a UUID",
+        )
+    })
+}
+
+/// The `{stream_id}` of a route whose only path parameter it is, refused with
+/// `invalid_stream_id` when it is not a UUID.
+pub struct StreamId(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for StreamId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        ErrorKind::Invalid,
+                        "invalid_stream_id",
+                        "stream id must be a UUID",
+                    )
+                })?;
+        parse_stream_id(&raw).map(Self)
+    }
+}
+
+/// The verified caller of an HTTP endpoint (`Authorization: Bearer` only).
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Principal);
+
+/// The verified caller of a WebSocket upgrade (header, `access_token` query parameter or
+/// subprotocol entry).
+#[derive(Debug, Clone)]
+pub struct WsAuthenticated(pub Principal);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers)?.ok_or(AuthError::Missing)?;
+        Ok(Self(state.auth.verify(token).await?))
+    }
+}
+
+impl FromRequestParts<AppState> for WsAuthenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = match bearer(&parts.headers)? {
+            Some(t) => t,
+            None => query_token(parts.uri.query())
+                .or_else(|| protocol_token(&parts.headers))
+                .ok_or(AuthError::Missing)?,
+        };
+        Ok(Self(state.auth.verify(token).await?))
+    }
+}
 
 /// A JSON body (`Content-Type: application/json`), refused with a stable code.
 pub struct ApiJson<T>(pub T);

@@ -9,8 +9,8 @@ use axum::http::HeaderMap;
 
 use super::client_ip::client_ip;
 use super::{ApiError, ErrorKind};
-use crate::app::AppState;
 use crate::config::RouteLimit;
+use crate::http::AppState;
 
 /// The rate-limited routes (`[rate_limit.<route>]` in the configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

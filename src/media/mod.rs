@@ -11,7 +11,6 @@
 
 pub mod feedback;
 pub mod ports;
-pub mod routes;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -162,10 +161,6 @@ struct Ingest {
 /// Shortest life of an ingest record without a refresh (the publish heartbeat renews it).
 pub const INGEST_TTL: Duration = Duration::from_secs(15);
 
-fn ingest_key(stream: &Uuid) -> String {
-    format!("media:ingest:{stream}")
-}
-
 /// A peer connection and the UDP port it holds (with `media.udp_port_range`).
 type Connection = (Arc<dyn PeerConnection>, Option<Arc<ports::PortLease>>);
 
@@ -287,7 +282,11 @@ impl MediaService {
         let json = serde_json::to_vec(&rec).expect("ingest serialises");
         if let Err(e) = self
             .store
-            .set(&ingest_key(stream), &json, Some(ttl.max(INGEST_TTL)))
+            .set(
+                &crate::domain::keys::media_ingest(stream),
+                &json,
+                Some(ttl.max(INGEST_TTL)),
+            )
             .await
         {
             tracing::warn!(%stream, error = %e, "ingest not announced");
@@ -295,7 +294,7 @@ impl MediaService {
     }
 
     async fn withdraw(&self, stream: &Uuid) {
-        let key = ingest_key(stream);
+        let key = crate::domain::keys::media_ingest(stream);
         if let Ok(Some(raw)) = self.store.get(&key).await {
             if let Ok(rec) = serde_json::from_slice::<Ingest>(&raw) {
                 if rec.node == self.node_id {
@@ -307,7 +306,7 @@ impl MediaService {
 
     /// A media token this node presents to another node (nodes share `media.node_key`).
     fn internal_token(&self, stream: &Uuid) -> String {
-        let now = crate::sessions::service::now_ms() / 1000;
+        let now = crate::domain::clock::now_ms() / 1000;
         let claims = MediaClaims {
             sub: format!("node:{}", self.node_id),
             stream: stream.to_string(),
@@ -336,7 +335,7 @@ impl MediaService {
         }
         let raw = self
             .store
-            .get(&ingest_key(stream))
+            .get(&crate::domain::keys::media_ingest(stream))
             .await
             .map_err(webrtc_err)?
             .ok_or(MediaError::NotPublishing)?;

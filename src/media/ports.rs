@@ -6,28 +6,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-/// Parses `"50000-50999"` (inclusive). Empty: no range (ephemeral ports).
-pub fn parse_range(s: &str) -> Result<Option<(u16, u16)>, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Ok(None);
-    }
-    let (lo, hi) = s
-        .split_once('-')
-        .ok_or_else(|| format!("{s:?} is not FIRST-LAST (e.g. \"50000-50999\")"))?;
-    let lo: u16 = lo
-        .trim()
-        .parse()
-        .map_err(|_| format!("{lo:?} is not a port number"))?;
-    let hi: u16 = hi
-        .trim()
-        .parse()
-        .map_err(|_| format!("{hi:?} is not a port number"))?;
-    if lo == 0 || hi < lo {
-        return Err(format!("{s:?}: FIRST must be at least 1 and at most LAST"));
-    }
-    Ok(Some((lo, hi)))
-}
+pub use crate::config::parse_port_range as parse_range;
 
 /// The ports of `media.udp_port_range` and which of them are leased.
 pub struct PortPool {
@@ -99,16 +78,6 @@ impl PortPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges_parse_or_explain() {
-        assert_eq!(parse_range("").unwrap(), None);
-        assert_eq!(parse_range("50000-50010").unwrap(), Some((50000, 50010)));
-        assert_eq!(parse_range(" 7 - 7 ").unwrap(), Some((7, 7)));
-        for bad in ["50000", "a-b", "10-5", "0-10", "1-70000"] {
-            assert!(parse_range(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn leases_go_round_robin_and_come_back() {

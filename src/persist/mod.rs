@@ -12,7 +12,6 @@
 //! The same pool serves the read side: restoring what the shared state lost, history pages
 //! older than the shared state holds, and session exports.
 
-pub mod export;
 pub mod migrate;
 pub mod pg;
 pub mod records;
@@ -69,11 +68,11 @@ pub struct ArchivedMessage {
 impl ArchivedMessage {
     /// The payload the shared state's log holds for this message.
     pub fn log_entry(&self) -> LogEntry {
-        let m = crate::chat::model::StoredMessage {
+        let m = crate::domain::chat::StoredMessage {
             id: self.id,
             user: self.user.clone(),
             body: self.body.clone(),
-            ts: crate::streams::model::rfc3339(self.sent_at_ms),
+            ts: crate::domain::clock::rfc3339(self.sent_at_ms),
             client_msg_id: self.client_msg_id.clone(),
         };
         LogEntry {
@@ -213,7 +212,7 @@ impl Persistence {
                     }
                     // One sample per batch, its oldest record: the exporter keeps every
                     // sample until a scrape, and 50,000 a second would pile up.
-                    let now = crate::sessions::service::now_ms();
+                    let now = crate::domain::clock::now_ms();
                     if let Some(oldest) = entries.iter().map(|e| e.added_ms).min() {
                         metrics::histogram!("streamedge_persist_lag_seconds")
                             .record(now.saturating_sub(oldest) as f64 / 1000.0);
@@ -305,7 +304,7 @@ impl Persistence {
             let Ok(stats) = self.store.outbox_stats().await else {
                 continue;
             };
-            let now = crate::sessions::service::now_ms();
+            let now = crate::domain::clock::now_ms();
             let age = stats
                 .oldest_added_ms
                 .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0);

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::chat::model::StoredMessage;
-use crate::sessions::service::SessionSummary;
+use crate::domain::chat::StoredMessage;
+use crate::domain::SessionSummary;
 use crate::store::OutboxTag;
 
 /// A chat message: data is the stored message, `seq` its sequence number.
@@ -64,7 +64,7 @@ impl ModerationRecord {
             target_seq: None,
             expires_at_ms: None,
             detail: serde_json::Value::Object(Default::default()),
-            created_at_ms: crate::sessions::service::now_ms(),
+            created_at_ms: crate::domain::clock::now_ms(),
             message: None,
         }
     }

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use super::records::{self, ModerationRecord, SummaryRecord};
-use crate::chat::model::StoredMessage;
+use crate::domain::chat::StoredMessage;
+use crate::domain::stream::Stream;
 use crate::store::OutboxEntry;
-use crate::streams::model::Stream;
 
 /// A batch decoded into columns.
 #[derive(Default)]
@@ -82,7 +82,7 @@ impl Batch {
                 if e.seq == 0 || e.seq > i64::MAX as u64 {
                     return Err("chat record without a sequence number".into());
                 }
-                let sent_at = crate::streams::model::parse_rfc3339_ms(&m.ts)
+                let sent_at = crate::domain::clock::parse_rfc3339_ms(&m.ts)
                     .ok_or_else(|| format!("bad timestamp {:?}", m.ts))?;
                 let c = &mut self.chat;
                 c.stream.push(stream.to_string());

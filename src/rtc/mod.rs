@@ -2,7 +2,6 @@
 //! channels.
 
 pub mod accesstoken2;
-pub mod routes;
 pub mod service;
 mod zlib_compat;
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::accesstoken2::{RtcRole, RtcTokenRequest, RtcUser, TokenError};
 use crate::config::{Config, UidMode};
-use crate::streams::model::rfc3339;
+use crate::domain::clock::rfc3339;
 use crate::streams::Stream;
 
 /// Audience of the node's media tokens.

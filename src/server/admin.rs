@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-use crate::app::AppState;
+use crate::http::AppState;
 use crate::telemetry;
 
 #[derive(Clone)]

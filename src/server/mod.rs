@@ -13,13 +13,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::routing::{get, post};
-use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
 use crate::config::Config;
+use crate::http::AppState;
 use crate::store::{self, SharedState, StoreError};
 
 /// The node's two listeners, bound by the caller.
@@ -67,64 +65,7 @@ pub enum RunError {
     GraceExceeded(std::time::Duration),
 }
 
-/// Largest request body the API accepts.
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
-
-/// The public API router.
-pub fn api_router(app: AppState) -> Router {
-    let r = Router::new()
-        .route(
-            "/v1/streams",
-            get(crate::streams::routes::list).post(crate::streams::routes::create),
-        )
-        .route("/v1/streams/{stream_id}", get(crate::streams::routes::get))
-        .route(
-            "/v1/streams/{stream_id}/rtc-token",
-            post(crate::rtc::routes::issue),
-        )
-        .route(
-            "/v1/streams/{stream_id}/session/{action}",
-            post(crate::sessions::routes::command),
-        )
-        .route(
-            "/v1/streams/{stream_id}/sessions/{session_id}/export",
-            get(crate::persist::export::export),
-        )
-        .route(
-            "/v1/streams/{stream_id}/sessions/{session_id}",
-            get(crate::sessions::routes::summary),
-        )
-        .route(
-            "/v1/streams/{stream_id}/viewers",
-            get(crate::viewers::routes::list),
-        )
-        .route(
-            "/v1/streams/{stream_id}/messages",
-            get(crate::chat::routes::history),
-        )
-        .route(
-            "/v1/streams/{stream_id}/messages/{seq}",
-            axum::routing::delete(crate::chat::moderation::delete_message),
-        )
-        .route(
-            "/v1/streams/{stream_id}/bans/{user_id}",
-            axum::routing::put(crate::chat::moderation::ban).delete(crate::chat::moderation::unban),
-        )
-        .route(
-            "/v1/streams/{stream_id}/chat-settings",
-            axum::routing::put(crate::chat::moderation::settings),
-        )
-        .merge(crate::media::routes::router())
-        .route(
-            "/v1/streams/{stream_id}/ws",
-            get(crate::ws::routes::stream_ws),
-        )
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .fallback(crate::http::problem::not_found)
-        .method_not_allowed_fallback(crate::http::problem::method_not_allowed)
-        .with_state(app);
-    crate::http::middleware::wrap(r, "api")
-}
+pub use crate::http::routes::{router as api_router, MAX_BODY_BYTES};
 
 /// Runs a node until `shutdown` completes, then drains it.
 pub async fn run(

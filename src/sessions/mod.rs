@@ -2,8 +2,6 @@
 //! across nodes with compare-and-swap ([`service`]), a sweeper for heartbeat and pause
 //! timeouts, and the HTTP routes.
 
-pub mod model;
-pub mod routes;
 pub mod service;
 
 pub use service::{SessionError, SessionService};

@@ -9,15 +9,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::model::{self, Command, NotAllowed, Outcome, Transition};
 use crate::config::SessionConfig;
+use crate::domain::clock::now_ms;
+use crate::domain::clock::rfc3339;
+use crate::domain::keys;
+use crate::domain::session::{self as model, Command, NotAllowed, Outcome, Transition};
+use crate::domain::SessionSummary;
 use crate::store::{SharedState, StoreError};
-use crate::streams::model::rfc3339;
-use crate::streams::service::{events_channel, record_key};
 use crate::streams::{Stream, StreamError, StreamService, StreamState};
 
 /// Attempts before a contended stream gives up (each loser re-reads a newer record).
@@ -43,29 +44,6 @@ impl From<StoreError> for SessionError {
     }
 }
 
-impl From<SessionError> for crate::http::ApiError {
-    fn from(e: SessionError) -> Self {
-        use crate::http::{ApiError, ErrorKind};
-        match e {
-            SessionError::Stream(s) => s.into(),
-            SessionError::NotOwner => {
-                ApiError::new(ErrorKind::Forbidden, "not_owner", e.to_string())
-            }
-            SessionError::NotAllowed(n) => {
-                ApiError::new(ErrorKind::Conflict, "invalid_transition", n.to_string())
-                    .with_extra("state", json!(n.state))
-            }
-            SessionError::Contended => {
-                ApiError::new(ErrorKind::Unavailable, "contended", e.to_string())
-                    .with_retry_after(1)
-            }
-            SessionError::SessionNotFound => {
-                ApiError::new(ErrorKind::NotFound, "session_not_found", e.to_string())
-            }
-        }
-    }
-}
-
 /// The `state` frame every subscriber of the stream receives for a transition.
 pub fn state_frame(t: &Transition) -> String {
     json!({
@@ -80,43 +58,6 @@ pub fn state_frame(t: &Transition) -> String {
         "version": t.version,
     })
     .to_string()
-}
-
-/// What is kept about a finished session.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct SessionSummary {
-    pub stream_id: Uuid,
-    pub session_id: Uuid,
-    pub state: StreamState,
-    pub started_at: String,
-    pub ended_at: Option<String>,
-    pub end_reason: Option<model::Cause>,
-    pub duration_ms: u64,
-    pub live_ms: u64,
-    pub paused_ms: u64,
-    pub peak_viewers: u64,
-    pub unique_viewers: u64,
-    /// Messages sequenced in the stream's chat during the session (deleted ones included).
-    pub chat_messages: Option<u64>,
-}
-
-pub fn summary_key(stream: &Uuid, session: &Uuid) -> String {
-    format!("stream:{stream}:session:{session}")
-}
-
-pub fn peak_key(stream: &Uuid, session: &Uuid) -> String {
-    format!("stream:{stream}:session:{session}:peak")
-}
-
-pub fn unique_key(stream: &Uuid, session: &Uuid) -> String {
-    format!("stream:{stream}:session:{session}:unique")
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 pub struct SessionService {
@@ -185,7 +126,7 @@ impl SessionService {
     ) -> Result<bool, SessionError> {
         let bytes = serde_json::to_vec(next).expect("stream serialises");
         let frame = transition.map(state_frame);
-        let channel = events_channel(&next.id);
+        let channel = keys::stream_events(&next.id);
         let publish = frame.as_deref().map(|f| (channel.as_str(), f.as_bytes()));
         // Transitions are persisted: the record goes to the outbox in the same step.
         let tag = match (&self.persist, transition) {
@@ -198,7 +139,7 @@ impl SessionService {
         let swapped = self
             .store
             .compare_and_swap(
-                &record_key(&next.id),
+                &keys::stream_record(&next.id),
                 raw,
                 &bytes,
                 None,
@@ -253,7 +194,7 @@ impl SessionService {
         }
         let seq = self
             .store
-            .log_last_seq(&crate::chat::service::log_name(&next.id))
+            .log_last_seq(&crate::domain::keys::chat_log(&next.id))
             .await?;
         if let Some(sess) = next.session.as_mut() {
             if t.kind == "start" {
@@ -272,7 +213,11 @@ impl SessionService {
         stream_id: &Uuid,
         session_id: &Uuid,
     ) -> Result<SessionSummary, SessionError> {
-        if let Some(raw) = self.store.get(&summary_key(stream_id, session_id)).await? {
+        if let Some(raw) = self
+            .store
+            .get(&keys::session_summary(stream_id, session_id))
+            .await?
+        {
             if let Ok(s) = serde_json::from_slice(&raw) {
                 return Ok(s);
             }
@@ -291,13 +236,13 @@ impl SessionService {
         let end = sess.ended_at_ms.unwrap_or(now);
         let peak = self
             .store
-            .get(&peak_key(&stream.id, &sess.id))
+            .get(&keys::session_peak(&stream.id, &sess.id))
             .await?
             .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()))
             .unwrap_or(0);
         let unique = self
             .store
-            .distinct_count(&unique_key(&stream.id, &sess.id))
+            .distinct_count(&keys::session_unique(&stream.id, &sess.id))
             .await?;
         Ok(SessionSummary {
             stream_id: stream.id,
@@ -315,7 +260,7 @@ impl SessionService {
                 sess.chat_seq_end
                     .map_or(
                         self.store
-                            .log_last_seq(&crate::chat::service::log_name(&stream.id))
+                            .log_last_seq(&crate::domain::keys::chat_log(&stream.id))
                             .await?,
                         |e| e,
                     )
@@ -330,7 +275,7 @@ impl SessionService {
         let json = serde_json::to_vec(&summary).expect("summary serialises");
         self.store
             .set(
-                &summary_key(&stream.id, &sess.id),
+                &keys::session_summary(&stream.id, &sess.id),
                 &json,
                 Some(self.cfg.summary_ttl),
             )

@@ -12,8 +12,10 @@ use uuid::Uuid;
 
 use std::time::Duration;
 
-use super::model::{self, Stream, StreamState, TitleError};
 use crate::config::ChatConfig;
+use crate::domain::clock::now_ms;
+use crate::domain::keys;
+use crate::domain::stream::{self as model, Stream, StreamState, TitleError};
 use crate::persist::{records, Persistence};
 use crate::store::{AppendOptions, LogEntry, SharedState, StoreError};
 
@@ -33,28 +35,6 @@ pub enum StreamError {
     Corrupt(String),
 }
 
-impl From<StreamError> for crate::http::ApiError {
-    fn from(e: StreamError) -> Self {
-        use crate::http::{ApiError, ErrorKind};
-        match e {
-            StreamError::NotFound => {
-                ApiError::new(ErrorKind::NotFound, "stream_not_found", e.to_string())
-            }
-            StreamError::InvalidTitle(t) => {
-                ApiError::new(ErrorKind::Invalid, "invalid_title", t.to_string())
-            }
-            StreamError::IdTaken => {
-                ApiError::new(ErrorKind::Conflict, "stream_id_taken", e.to_string())
-            }
-            StreamError::InvalidCursor => {
-                ApiError::new(ErrorKind::Invalid, "invalid_cursor", e.to_string())
-            }
-            StreamError::Store(s) => s.into(),
-            StreamError::Corrupt(_) => ApiError::internal(e),
-        }
-    }
-}
-
 /// Most streams one list page returns.
 pub const MAX_PAGE: usize = 100;
 
@@ -67,29 +47,6 @@ pub struct StreamService {
 /// How long a stream id that neither the shared state nor PostgreSQL knows is remembered
 /// as unknown, so lookups of made-up ids do not each cost a query.
 const RESTORE_MISS_TTL: Duration = Duration::from_secs(10);
-
-pub fn record_key(id: &Uuid) -> String {
-    format!("stream:{id}")
-}
-
-/// The pub/sub channel carrying a stream's events (already encoded as WebSocket frames)
-/// to every node with subscribers.
-pub fn events_channel(id: &Uuid) -> String {
-    format!("stream:{id}:events")
-}
-
-fn state_index(state: StreamState) -> String {
-    format!("streams:state:{}", state.as_str())
-}
-
-const ALL_INDEX: &str = "streams:all";
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 impl StreamService {
     pub fn new(store: Arc<dyn SharedState>) -> Self {
@@ -126,13 +83,13 @@ impl StreamService {
     /// The record under `stream:{id}`, rebuilt from PostgreSQL when the shared state lost
     /// it (persistence on, `persist.restore`).
     async fn fetch(&self, id: &Uuid) -> Result<Option<bytes::Bytes>, StreamError> {
-        if let Some(raw) = self.store.get(&record_key(id)).await? {
+        if let Some(raw) = self.store.get(&keys::stream_record(id)).await? {
             return Ok(Some(raw));
         }
         match &self.persist {
             Some(p) if p.config().restore => {
                 if self.restore(p, id).await? {
-                    Ok(self.store.get(&record_key(id)).await?)
+                    Ok(self.store.get(&keys::stream_record(id)).await?)
                 } else {
                     Ok(None)
                 }
@@ -146,7 +103,7 @@ impl StreamService {
     /// one), its bans, then the record itself and its index entries — in that order, so
     /// nobody can send a message before the sequence is restored.
     async fn restore(&self, p: &Persistence, id: &Uuid) -> Result<bool, StreamError> {
-        let miss_key = format!("stream:{id}:restore-miss");
+        let miss_key = keys::stream_restore_miss(id);
         if self.store.get(&miss_key).await?.is_some() {
             return Ok(false);
         }
@@ -170,7 +127,7 @@ impl StreamService {
         tail.reverse();
         self.store
             .log_restore(
-                &crate::chat::service::log_name(id),
+                &keys::chat_log(id),
                 &tail,
                 max_seq,
                 &AppendOptions {
@@ -183,19 +140,17 @@ impl StreamService {
             .await?;
         let bans = p.active_bans(id).await.map_err(unavailable)?;
         for (user, left) in &bans {
-            self.store
-                .set_nx(&crate::rtc::routes::ban_key(id, user), b"1", *left)
-                .await?;
+            self.store.set_nx(&keys::ban(id, user), b"1", *left).await?;
         }
         if self
             .store
-            .set_nx(&record_key(id), record.as_bytes(), None)
+            .set_nx(&keys::stream_record(id), record.as_bytes(), None)
             .await?
         {
             let member = model::index_member(&stream);
-            self.store.index_add(ALL_INDEX, &member).await?;
+            self.store.index_add(keys::STREAMS_ALL, &member).await?;
             self.store
-                .index_add(&state_index(stream.state), &member)
+                .index_add(&keys::streams_in_state(stream.state), &member)
                 .await?;
             metrics::counter!("streamedge_persist_restored_streams_total").increment(1);
             tracing::info!(
@@ -231,7 +186,11 @@ impl StreamService {
             version: 0,
         };
         let json = serde_json::to_vec(&stream).expect("stream serialises");
-        if !self.store.set_nx(&record_key(&id), &json, None).await? {
+        if !self
+            .store
+            .set_nx(&keys::stream_record(&id), &json, None)
+            .await?
+        {
             let existing = self.get(&id).await?;
             if existing.owner_id != owner {
                 return Err(StreamError::IdTaken);
@@ -245,9 +204,9 @@ impl StreamService {
         }
         self.record(&stream).await?;
         let member = model::index_member(&stream);
-        self.store.index_add(ALL_INDEX, &member).await?;
+        self.store.index_add(keys::STREAMS_ALL, &member).await?;
         self.store
-            .index_add(&state_index(StreamState::Idle), &member)
+            .index_add(&keys::streams_in_state(StreamState::Idle), &member)
             .await?;
         tracing::info!(stream = %id, owner, "stream created");
         Ok((stream, true))
@@ -268,8 +227,12 @@ impl StreamService {
         to: StreamState,
     ) -> Result<(), StreamError> {
         let member = model::index_member(stream);
-        self.store.index_add(&state_index(to), &member).await?;
-        self.store.index_remove(&state_index(from), &member).await?;
+        self.store
+            .index_add(&keys::streams_in_state(to), &member)
+            .await?;
+        self.store
+            .index_remove(&keys::streams_in_state(from), &member)
+            .await?;
         Ok(())
     }
 
@@ -280,7 +243,7 @@ impl StreamService {
         loop {
             let page = self
                 .store
-                .index_page_desc(&state_index(state), before.as_deref(), 500)
+                .index_page_desc(&keys::streams_in_state(state), before.as_deref(), 500)
                 .await?;
             let done = page.len() < 500;
             out.extend(page.iter().filter_map(|m| model::id_from_member(m)));
@@ -309,7 +272,7 @@ impl StreamService {
             Some(c) => Some(model::decode_cursor(c).ok_or(StreamError::InvalidCursor)?),
             None => None,
         };
-        let index = state.map_or_else(|| ALL_INDEX.to_string(), state_index);
+        let index = state.map_or_else(|| keys::STREAMS_ALL.to_string(), keys::streams_in_state);
         let mut out = Vec::with_capacity(limit);
         // Stale entries are skipped, so a page may take more than one read.
         loop {

@@ -8,33 +8,16 @@
 //! node closes, the node removes the member and announces it on the stream's channel so
 //! that other nodes still holding that user put it back at once.
 
-pub mod routes;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
 use uuid::Uuid;
 
 use crate::config::ViewersConfig;
-use crate::sessions::service::{peak_key, unique_key};
+use crate::domain::keys;
+use crate::domain::ViewerCounts;
 use crate::store::{SharedState, StoreError};
-use crate::streams::service::events_channel;
 use crate::streams::Stream;
-
-/// Counts shown on `GET /v1/streams/{id}` and pushed as `viewers` frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct ViewerCounts {
-    pub current: u64,
-    /// Highest concurrent count of the current (or last) session.
-    pub peak: u64,
-    /// Distinct viewers of the current (or last) session (HyperLogLog with Redis).
-    pub unique: u64,
-}
-
-pub fn presence_key(stream: &Uuid) -> String {
-    format!("stream:{stream}:viewers")
-}
 
 /// The internal frame announcing that a node lost a user's last connection.
 pub const VIEWER_LEFT_PREFIX: &str = r#"{"type":"_viewer_left","user":"#;
@@ -78,7 +61,7 @@ impl ViewerService {
         };
         if first {
             self.store
-                .presence_touch(&presence_key(&stream.id), user, self.cfg.ttl)
+                .presence_touch(&keys::viewers_presence(&stream.id), user, self.cfg.ttl)
                 .await?;
             // Peaks between two count pushes are not lost.
             self.counts(stream).await?;
@@ -90,7 +73,7 @@ impl ViewerService {
         {
             self.store
                 .distinct_add(
-                    &unique_key(&stream.id, &sess.id),
+                    &keys::session_unique(&stream.id, &sess.id),
                     &[user],
                     self.summary_ttl(),
                 )
@@ -119,11 +102,11 @@ impl ViewerService {
         };
         if last {
             self.store
-                .presence_remove(&presence_key(stream), user)
+                .presence_remove(&keys::viewers_presence(stream), user)
                 .await?;
             let frame = format!("{VIEWER_LEFT_PREFIX}{}}}", serde_json::Value::from(user));
             self.store
-                .publish(&events_channel(stream), bytes::Bytes::from(frame))
+                .publish(&keys::stream_events(stream), bytes::Bytes::from(frame))
                 .await?;
         }
         Ok(())
@@ -144,7 +127,7 @@ impl ViewerService {
             .contains_key(&(*stream, user.to_string()));
         if held {
             self.store
-                .presence_touch(&presence_key(stream), user, self.cfg.ttl)
+                .presence_touch(&keys::viewers_presence(stream), user, self.cfg.ttl)
                 .await?;
         }
         Ok(())
@@ -161,7 +144,7 @@ impl ViewerService {
             .collect();
         for (stream, user) in &keys {
             self.store
-                .presence_touch(&presence_key(stream), user, self.cfg.ttl)
+                .presence_touch(&keys::viewers_presence(stream), user, self.cfg.ttl)
                 .await?;
         }
         Ok(keys.len())
@@ -177,11 +160,15 @@ impl ViewerService {
         loop {
             let page = self
                 .store
-                .presence_list(&presence_key(&stream.id), after.as_deref(), 1000)
+                .presence_list(&keys::viewers_presence(&stream.id), after.as_deref(), 1000)
                 .await?;
             let refs: Vec<&str> = page.iter().map(String::as_str).collect();
             self.store
-                .distinct_add(&unique_key(&stream.id, &sess.id), &refs, self.summary_ttl())
+                .distinct_add(
+                    &keys::session_unique(&stream.id, &sess.id),
+                    &refs,
+                    self.summary_ttl(),
+                )
                 .await?;
             if page.len() < 1000 {
                 break;
@@ -197,7 +184,7 @@ impl ViewerService {
         if let Some(sess) = &stream.session {
             self.store
                 .distinct_add(
-                    &unique_key(&stream.id, &sess.id),
+                    &keys::session_unique(&stream.id, &sess.id),
                     &[user],
                     self.summary_ttl(),
                 )
@@ -219,28 +206,31 @@ impl ViewerService {
 
     /// Current, peak and unique viewers; raises the session's peak to the current count.
     pub async fn counts(&self, stream: &Stream) -> Result<ViewerCounts, StoreError> {
-        let current = self.store.presence_count(&presence_key(&stream.id)).await?;
+        let current = self
+            .store
+            .presence_count(&keys::viewers_presence(&stream.id))
+            .await?;
         let (peak, unique) = match &stream.session {
             Some(sess) => {
                 let live = stream.state != crate::streams::StreamState::Ended;
                 let peak = if live {
                     self.store
                         .set_max(
-                            &peak_key(&stream.id, &sess.id),
+                            &keys::session_peak(&stream.id, &sess.id),
                             current as i64,
                             self.summary_ttl(),
                         )
                         .await? as u64
                 } else {
                     self.store
-                        .get(&peak_key(&stream.id, &sess.id))
+                        .get(&keys::session_peak(&stream.id, &sess.id))
                         .await?
                         .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()))
                         .unwrap_or(0)
                 };
                 let unique = self
                     .store
-                    .distinct_count(&unique_key(&stream.id, &sess.id))
+                    .distinct_count(&keys::session_unique(&stream.id, &sess.id))
                     .await?;
                 (peak, unique)
             }
@@ -261,7 +251,7 @@ impl ViewerService {
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
         self.store
-            .presence_list(&presence_key(stream), after, limit)
+            .presence_list(&keys::viewers_presence(stream), after, limit)
             .await
     }
 }

@@ -11,13 +11,32 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::app::AppState;
-use crate::store::PubSubEvent;
-use crate::streams::service::events_channel;
-use crate::viewers::{ViewerCounts, VIEWER_LEFT_PREFIX};
+use std::time::Duration;
 
-#[derive(Default)]
+use super::Registry;
+use crate::chat::ChatService;
+use crate::domain::keys;
+use crate::domain::ViewerCounts;
+use crate::store::PubSubEvent;
+use crate::store::SharedState;
+use crate::streams::StreamService;
+use crate::viewers::ViewerService;
+use crate::viewers::VIEWER_LEFT_PREFIX;
+
+/// What a hub works with (cheap to clone).
+#[derive(Clone)]
+pub struct HubDeps {
+    pub store: Arc<dyn SharedState>,
+    pub registry: Arc<Registry>,
+    pub chat: Arc<ChatService>,
+    pub streams: Arc<StreamService>,
+    pub viewers: Arc<ViewerService>,
+    /// `viewers.push_interval`.
+    pub push_interval: Duration,
+}
+
 pub struct Hubs {
+    deps: HubDeps,
     running: Arc<Mutex<HashMap<Uuid, (usize, CancellationToken)>>>,
 }
 
@@ -41,12 +60,19 @@ impl Drop for HubGuard {
 }
 
 impl Hubs {
+    pub fn new(deps: HubDeps) -> Self {
+        Self {
+            deps,
+            running: Arc::default(),
+        }
+    }
+
     /// Joins (starting if needed) the hub of `stream`.
-    pub fn join(&self, app: &AppState, stream: Uuid) -> HubGuard {
+    pub fn join(&self, stream: Uuid) -> HubGuard {
         let mut map = self.running.lock().expect("hubs lock");
         let entry = map.entry(stream).or_insert_with(|| {
             let token = CancellationToken::new();
-            tokio::spawn(run(app.clone(), stream, token.clone()));
+            tokio::spawn(run(self.deps.clone(), stream, token.clone()));
             (0, token)
         });
         entry.0 += 1;
@@ -69,7 +95,7 @@ const MAX_BATCH: usize = 256;
 /// Every connection gets the batch with one push and one wake-up. Returns the new last
 /// delivered sequence number.
 async fn deliver_chat(
-    app: &AppState,
+    app: &HubDeps,
     stream: &Uuid,
     last: u64,
     entries: Vec<crate::store::LogEntry>,
@@ -105,7 +131,7 @@ async fn deliver_chat(
 }
 
 fn flush(
-    app: &AppState,
+    app: &HubDeps,
     stream: &Uuid,
     batch: &mut Vec<(u64, Utf8Bytes)>,
     published: &mut Option<std::time::Instant>,
@@ -127,13 +153,13 @@ fn published_at(payload: &[u8], now: std::time::Instant) -> Option<std::time::In
     const KEY: &[u8] = b"\"ts\":\"";
     let at = payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
     let ts = std::str::from_utf8(payload.get(at..at + 24)?).ok()?;
-    let ts_ms = crate::streams::model::parse_rfc3339_ms(ts)?;
-    let age = crate::sessions::service::now_ms().saturating_sub(ts_ms);
+    let ts_ms = crate::domain::clock::parse_rfc3339_ms(ts)?;
+    let age = crate::domain::clock::now_ms().saturating_sub(ts_ms);
     now.checked_sub(std::time::Duration::from_millis(age))
 }
 
 /// Reads the log after `last` up to `until` and delivers it. Returns the new last.
-async fn backfill(app: &AppState, stream: &Uuid, last: u64, until: u64) -> u64 {
+async fn backfill(app: &HubDeps, stream: &Uuid, last: u64, until: u64) -> u64 {
     match app.chat.after(stream, last).await {
         Ok(entries) => {
             let mut last = last;
@@ -162,8 +188,8 @@ pub fn viewers_frame(stream: &Uuid, c: &ViewerCounts) -> Utf8Bytes {
         .into()
 }
 
-async fn run(app: AppState, stream: Uuid, stop: CancellationToken) {
-    let channel = events_channel(&stream);
+async fn run(app: HubDeps, stream: Uuid, stop: CancellationToken) {
+    let channel = keys::stream_events(&stream);
     let mut sub = loop {
         match app.store.subscribe(&channel).await {
             Ok(s) => break s,
@@ -176,7 +202,7 @@ async fn run(app: AppState, stream: Uuid, stop: CancellationToken) {
             }
         }
     };
-    let mut tick = tokio::time::interval(app.config.viewers.push_interval);
+    let mut tick = tokio::time::interval(app.push_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_counts: Option<ViewerCounts> = None;
     // The last chat sequence number this node delivered for the stream.
@@ -255,7 +281,7 @@ fn gather(
 }
 
 /// A stream event other than a chat publish.
-async fn on_event(app: &AppState, stream: &Uuid, chat_seq: &mut u64, ev: PubSubEvent) {
+async fn on_event(app: &HubDeps, stream: &Uuid, chat_seq: &mut u64, ev: PubSubEvent) {
     match ev {
         PubSubEvent::Message(bytes) => {
             if bytes.starts_with(VIEWER_LEFT_PREFIX.as_bytes()) {
@@ -296,7 +322,7 @@ mod tests {
     #[test]
     fn published_at_reads_the_message_timestamp() {
         let now = Instant::now();
-        let ts = crate::streams::model::rfc3339(crate::sessions::service::now_ms() - 1500);
+        let ts = crate::domain::clock::rfc3339(crate::domain::clock::now_ms() - 1500);
         let payload =
             format!(r#"{{"id":"x","user":"u","body":"b","ts":"{ts}","client_msg_id":"c"}}"#);
         let t = super::published_at(payload.as_bytes(), now).unwrap();

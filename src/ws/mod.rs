@@ -2,12 +2,12 @@
 //! connection registry (fan-out by stream, shutdown), bounded coalescing outbound queues,
 //! keepalive and the frame protocol.
 
+pub mod chat;
 pub mod conn;
 pub mod hub;
 pub mod protocol;
 pub mod queue;
 pub mod registry;
-pub mod routes;
 
 pub use queue::close_code;
 pub use registry::Registry;

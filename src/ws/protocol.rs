@@ -217,7 +217,7 @@ pub enum ServerFrame<'a> {
         /// The last chat sequence number: live `message` frames continue after it.
         last_seq: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
-        viewers: Option<crate::viewers::ViewerCounts>,
+        viewers: Option<crate::domain::ViewerCounts>,
     },
     Pong {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]

@@ -6,18 +6,13 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
 
-use super::service::{random_salt, IssuedToken};
-use crate::app::AppState;
-use crate::auth::Authenticated;
+use crate::http::extract::parse_stream_id;
 use crate::http::rate_limit::{self, Route};
+use crate::http::AppState;
+use crate::http::Authenticated;
 use crate::http::{ApiError, ErrorKind};
-use crate::streams::routes::parse_stream_id;
+use crate::rtc::service::{random_salt, IssuedToken};
 use crate::streams::StreamState;
-
-/// The key that marks a user banned from a stream (written by moderation).
-pub fn ban_key(stream: &uuid::Uuid, user: &str) -> String {
-    format!("stream:{stream}:ban:{user}")
-}
 
 pub async fn issue(
     State(app): State<AppState>,
@@ -43,7 +38,12 @@ pub async fn issue(
             "the stream has ended",
         ));
     }
-    if stream.owner_id != who.user_id && app.store.get(&ban_key(&id, &who.user_id)).await?.is_some()
+    if stream.owner_id != who.user_id
+        && app
+            .store
+            .get(&crate::domain::keys::ban(&id, &who.user_id))
+            .await?
+            .is_some()
     {
         return Err(ApiError::new(
             ErrorKind::Forbidden,

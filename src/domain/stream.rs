@@ -52,7 +52,7 @@ pub struct Stream {
     pub updated_at_ms: u64,
     /// The current (or last) session; `None` before the first start.
     #[serde(default)]
-    pub session: Option<crate::sessions::model::Session>,
+    pub session: Option<super::session::Session>,
     /// Transitions so far: 1, 2, 3, … (events carry it, so gaps and repeats show).
     #[serde(default)]
     pub version: u64,
@@ -115,80 +115,6 @@ pub fn decode_cursor(cursor: &str) -> Option<String> {
     Some(s)
 }
 
-/// Unix milliseconds as RFC 3339 UTC (`2026-11-22T02:14:05.123Z`).
-pub fn rfc3339(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
-}
-
-/// Reads back what [`rfc3339`] writes (`YYYY-MM-DDTHH:MM:SS.mmmZ`) as Unix milliseconds.
-pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() != 24
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[19] != b'.'
-        || b[23] != b'Z'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    // Days since 1970-01-01 from a civil date (Howard Hinnant's algorithm).
-    let y = y - i64::from(m <= 2);
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    u64::try_from(secs * 1000 + ms).ok()
-}
-
-#[cfg(test)]
-mod rfc3339_tests {
-    use super::*;
-
-    #[test]
-    fn round_trips() {
-        for ms in [
-            0u64,
-            1,
-            951_782_400_123,
-            1_795_000_000_999,
-            4_102_444_800_000,
-        ] {
-            assert_eq!(parse_rfc3339_ms(&rfc3339(ms)), Some(ms), "{}", rfc3339(ms));
-        }
-        assert_eq!(parse_rfc3339_ms("2026-11-22T02:14:05Z"), None);
-        assert_eq!(parse_rfc3339_ms("2026-13-22T02:14:05.000Z"), None);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,13 +162,6 @@ mod tests {
         );
         assert!(decode_cursor("!!").is_none());
         assert!(decode_cursor(&encode_cursor("no-colon")).is_none());
-    }
-
-    #[test]
-    fn formats_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(rfc3339(1_795_313_645_123), "2026-11-22T02:14:05.123Z");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::streams::{Stream, StreamState};
+use super::stream::{Stream, StreamState};
 
 /// What the seller (or the node on their behalf) asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,6 +323,24 @@ pub fn tick(
     }
 }
 
+/// What is kept about a finished session.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionSummary {
+    pub stream_id: Uuid,
+    pub session_id: Uuid,
+    pub state: StreamState,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub end_reason: Option<Cause>,
+    pub duration_ms: u64,
+    pub live_ms: u64,
+    pub paused_ms: u64,
+    pub peak_viewers: u64,
+    pub unique_viewers: u64,
+    /// Messages sequenced in the stream's chat during the session (deleted ones included).
+    pub chat_messages: Option<u64>,
+}
+
 #[cfg(test)]
-#[path = "model_tests.rs"]
+#[path = "session_tests.rs"]
 mod tests;

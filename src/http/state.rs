@@ -9,10 +9,10 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::jwks::JwksCache;
 use crate::auth::{Verifier, VerifierSettings};
 use crate::config::Config;
-use crate::http::client_ip::IpNet;
 use crate::store::SharedState;
 use crate::streams::StreamService;
 use crate::ws::Registry;
+use ipnet::IpNet;
 
 /// Cheap to clone; one per node.
 #[derive(Clone)]
@@ -28,6 +28,7 @@ pub struct AppInner {
     pub viewers: Arc<crate::viewers::ViewerService>,
     pub hubs: crate::ws::hub::Hubs,
     pub chat: Arc<crate::chat::ChatService>,
+    pub moderation: Arc<crate::moderation::ModerationService>,
     /// `None` when no Agora credentials are configured.
     pub rtc: Option<crate::rtc::RtcIssuer>,
     /// `None` when persistence is off.
@@ -79,7 +80,7 @@ impl AppState {
             .server
             .trusted_proxies
             .iter()
-            .filter_map(|p| IpNet::parse(p))
+            .filter_map(|p| crate::config::parse_net(p))
             .collect();
         let streams = Arc::new(StreamService::with_persistence(
             store.clone(),
@@ -91,23 +92,40 @@ impl AppState {
             config.viewers.clone(),
             config.session.summary_ttl,
         ));
+        let sessions = Arc::new(crate::sessions::SessionService::new(
+            store.clone(),
+            streams.clone(),
+            viewers.clone(),
+            config.session.clone(),
+            persist.clone(),
+        ));
+        let moderation = Arc::new(crate::moderation::ModerationService::new(
+            store.clone(),
+            streams.clone(),
+            persist.clone(),
+        ));
+        let chat = Arc::new(crate::chat::ChatService::new(
+            store.clone(),
+            streams.clone(),
+            moderation.clone(),
+            config.chat.clone(),
+            persist.clone(),
+        ));
+        let hubs = crate::ws::hub::Hubs::new(crate::ws::hub::HubDeps {
+            store: store.clone(),
+            registry: registry.clone(),
+            chat: chat.clone(),
+            streams: streams.clone(),
+            viewers: viewers.clone(),
+            push_interval: config.viewers.push_interval,
+        });
         Self(Arc::new(AppInner {
             auth: verifier(&config),
-            sessions: Arc::new(crate::sessions::SessionService::new(
-                store.clone(),
-                streams.clone(),
-                viewers.clone(),
-                config.session.clone(),
-                persist.clone(),
-            )),
+            sessions,
             viewers,
-            hubs: crate::ws::hub::Hubs::default(),
-            chat: Arc::new(crate::chat::ChatService::new(
-                store.clone(),
-                streams.clone(),
-                config.chat.clone(),
-                persist.clone(),
-            )),
+            hubs,
+            chat,
+            moderation,
             streams,
             rtc: crate::rtc::RtcIssuer::from_config(&config),
             persist,

@@ -14,13 +14,13 @@ use bytes::Bytes;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{ArchivedMessage, Persistence};
-use crate::app::AppState;
-use crate::auth::Authenticated;
+use crate::http::extract::parse_stream_id;
 use crate::http::extract::ApiQuery;
+use crate::http::AppState;
+use crate::http::Authenticated;
 use crate::http::{ApiError, ErrorKind};
+use crate::persist::{ArchivedMessage, Persistence};
 use crate::store::SharedState;
-use crate::streams::routes::parse_stream_id;
 
 const PAGE: usize = 1000;
 
@@ -104,7 +104,7 @@ pub async fn export(
     let source = Source {
         persist,
         store: app.store.clone(),
-        log: crate::chat::service::log_name(&id),
+        log: crate::domain::keys::chat_log(&id),
         stream: id,
         upto: range.1,
     };
@@ -212,7 +212,8 @@ impl Source {
             if e.seq > self.upto || merged.contains_key(&e.seq) {
                 continue;
             }
-            if let Ok(m) = serde_json::from_slice::<crate::chat::model::StoredMessage>(&e.payload) {
+            if let Ok(m) = serde_json::from_slice::<crate::domain::chat::StoredMessage>(&e.payload)
+            {
                 merged.insert(
                     e.seq,
                     ArchivedMessage {
@@ -234,7 +235,7 @@ impl Source {
 
 impl ArchivedMessage {
     fn with_ts(mut self, ts: &str) -> Self {
-        self.sent_at_ms = crate::streams::model::parse_rfc3339_ms(ts).unwrap_or(0);
+        self.sent_at_ms = crate::domain::clock::parse_rfc3339_ms(ts).unwrap_or(0);
         self
     }
 }
@@ -245,7 +246,7 @@ fn json_row(m: &ArchivedMessage) -> String {
         "id": m.id,
         "user": m.user,
         "body": m.body,
-        "sent_at": crate::streams::model::rfc3339(m.sent_at_ms),
+        "sent_at": crate::domain::clock::rfc3339(m.sent_at_ms),
         "deleted": m.deleted,
     })
     .to_string()
@@ -267,7 +268,7 @@ fn csv_row(out: &mut String, m: &ArchivedMessage) {
     let _ = write!(out, "{},{},", m.seq, m.id);
     csv_field(out, &m.user);
     out.push(',');
-    out.push_str(&crate::streams::model::rfc3339(m.sent_at_ms));
+    out.push_str(&crate::domain::clock::rfc3339(m.sent_at_ms));
     out.push(',');
     out.push_str(if m.deleted { "true" } else { "false" });
     out.push(',');

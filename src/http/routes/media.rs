@@ -18,14 +18,14 @@ use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use uuid::Uuid;
 use webrtc::peer_connection::RTCPeerConnectionState;
 
-use super::MediaError;
-use crate::app::AppState;
 use crate::auth::extract::bearer;
 use crate::auth::AuthError;
+use crate::domain::session::Command;
+use crate::http::extract::parse_stream_id;
+use crate::http::AppState;
 use crate::http::{ApiError, ErrorKind};
+use crate::media::{MediaError, MediaService, ResourceKind};
 use crate::rtc::service::{MediaClaims, MEDIA_AUDIENCE};
-use crate::sessions::model::Command;
-use crate::streams::routes::parse_stream_id;
 use crate::streams::StreamState;
 
 /// The WHIP and WHEP routes: offers (with their body limit), session resources, and CORS
@@ -77,7 +77,7 @@ impl From<MediaError> for ApiError {
     }
 }
 
-fn media_enabled(app: &AppState) -> Result<&std::sync::Arc<super::MediaService>, ApiError> {
+fn media_enabled(app: &AppState) -> Result<&std::sync::Arc<MediaService>, ApiError> {
     app.media.as_ref().ok_or_else(|| {
         ApiError::new(
             ErrorKind::NotFound,
@@ -159,7 +159,7 @@ struct OfferRequest {
     id: Uuid,
     user: String,
     offer: String,
-    stream: crate::streams::model::Stream,
+    stream: crate::domain::stream::Stream,
 }
 
 async fn offer_request(
@@ -282,7 +282,7 @@ pub async fn whep(
     if stream.owner_id != user
         && app
             .store
-            .get(&crate::rtc::routes::ban_key(&id, &user))
+            .get(&crate::domain::keys::ban(&id, &user))
             .await?
             .is_some()
     {
@@ -323,7 +323,7 @@ pub async fn delete(
         ));
     }
     let r = media.remove(&resource).await?;
-    if let super::ResourceKind::Publish = r.kind {
+    if let ResourceKind::Publish = r.kind {
         // The seller stopped publishing: the session pauses at once.
         let _ = app.sessions.command(&id, &user, Command::Pause).await;
     }

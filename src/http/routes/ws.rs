@@ -1,18 +1,19 @@
-//! The upgrade handler: checks, admission, tuned `WebSocketConfig`, then [`conn::drive`].
+//! `GET /v1/streams/{stream_id}/ws`, the upgrade handler: checks, admission, tuned
+//! `WebSocketConfig`, then [`conn::drive`] with the chat handler.
 
 use std::sync::Arc;
 
-use crate::auth::WsAuthenticated;
-use crate::streams::routes::parse_stream_id;
+use crate::http::extract::parse_stream_id;
+use crate::http::WsAuthenticated;
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::{rejection::QueryRejection, Path, Query, State};
 use axum::response::Response;
 
-use super::conn::{self, ConnSettings};
-use super::protocol::{ServerFrame, SUBPROTOCOL};
-use super::queue::OutboundQueue;
-use crate::app::AppState;
+use crate::http::AppState;
 use crate::http::{ApiError, ErrorKind};
+use crate::ws::conn::{self, ConnSettings};
+use crate::ws::protocol::{ServerFrame, SUBPROTOCOL};
+use crate::ws::queue::OutboundQueue;
 
 /// Query parameters of the stream WebSocket (besides `access_token`, read by the
 /// authentication).
@@ -86,7 +87,7 @@ pub async fn stream_ws(
             let app = app2;
             let queue = Arc::new(OutboundQueue::new(queue_bytes));
             let registration = app.registry.register(admission, stream, queue.clone());
-            let _hub = app.hubs.join(&app, stream);
+            let _hub = app.hubs.join(stream);
             metrics::counter!("streamedge_ws_connections_total").increment(1);
             let is_seller = record.owner_id == who.user_id;
             if !is_seller {
@@ -115,10 +116,10 @@ pub async fn stream_ws(
                 None => registration.conn.finish_catch_up(last_seq, Vec::new()),
                 // A reconnect: what was missed, then live, in one go (live frames are
                 // still held back).
-                Some(since) => crate::chat::ws::resume(&app, &stream, &registration.conn, since, None).await,
+                Some(since) => crate::ws::chat::resume(&app.chat, &stream, &registration.conn, since, None).await,
             }
-            let handler = crate::chat::ws::ChatHandler {
-                app: app.clone(),
+            let handler = crate::ws::chat::ChatHandler {
+                chat: app.chat.clone(),
                 stream,
                 who: who.clone(),
                 conn: registration.conn.clone(),
@@ -161,7 +162,7 @@ async fn seller_heartbeats(
         tick.tick().await;
         match app
             .sessions
-            .command(&stream, user, crate::sessions::model::Command::Heartbeat)
+            .command(&stream, user, crate::domain::session::Command::Heartbeat)
             .await
         {
             Ok(_) | Err(crate::sessions::SessionError::NotAllowed(_)) => {}

@@ -9,22 +9,13 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::model::{rfc3339, Stream, StreamState};
-use crate::app::AppState;
-use crate::auth::Authenticated;
+use crate::domain::clock::rfc3339;
+use crate::domain::{Stream, StreamState};
+use crate::http::extract::parse_stream_id;
 use crate::http::rate_limit::{self, Route};
+use crate::http::AppState;
+use crate::http::Authenticated;
 use crate::http::{ApiError, ApiJson, ApiQuery, ErrorKind};
-
-/// Parses a `{stream_id}` path segment.
-pub fn parse_stream_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| {
-        ApiError::new(
-            ErrorKind::Invalid,
-            "invalid_stream_id",
-            "stream id must be a UUID",
-        )
-    })
-}
 
 /// A stream as the API shows it.
 #[derive(Debug, Serialize)]
@@ -41,7 +32,7 @@ pub struct StreamView {
     pub session: Option<SessionView>,
     /// Present on `GET /v1/streams/{id}`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub viewers: Option<crate::viewers::ViewerCounts>,
+    pub viewers: Option<crate::domain::ViewerCounts>,
 }
 
 /// The current (or last) session of a stream.
@@ -52,18 +43,18 @@ pub struct SessionView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paused_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pause_reason: Option<crate::sessions::model::Cause>,
+    pub pause_reason: Option<crate::domain::session::Cause>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub end_reason: Option<crate::sessions::model::Cause>,
+    pub end_reason: Option<crate::domain::session::Cause>,
     pub live_ms: u64,
     pub paused_ms: u64,
 }
 
 impl From<&Stream> for StreamView {
     fn from(s: &Stream) -> Self {
-        let now = crate::sessions::service::now_ms();
+        let now = crate::domain::clock::now_ms();
         Self {
             id: s.id,
             owner_id: s.owner_id.clone(),
@@ -187,11 +178,14 @@ pub async fn list(
         })?),
     };
     let limit = q.limit.unwrap_or(20);
-    if !(1..=super::service::MAX_PAGE).contains(&limit) {
+    if !(1..=crate::streams::service::MAX_PAGE).contains(&limit) {
         return Err(ApiError::new(
             ErrorKind::Invalid,
             "invalid_query",
-            format!("limit must be between 1 and {}", super::service::MAX_PAGE),
+            format!(
+                "limit must be between 1 and {}",
+                crate::streams::service::MAX_PAGE
+            ),
         ));
     }
     rate_limit::check(&app, Route::StreamsRead, Some(&who.user_id), peer, &headers).await?;

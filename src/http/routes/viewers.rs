@@ -4,10 +4,10 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
-use crate::auth::Authenticated;
+use crate::http::extract::parse_stream_id;
+use crate::http::AppState;
+use crate::http::Authenticated;
 use crate::http::{ApiError, ApiQuery, ErrorKind};
-use crate::streams::routes::parse_stream_id;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

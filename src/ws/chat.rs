@@ -1,19 +1,20 @@
-//! The chat side of a stream WebSocket: `send` and `resume` frames.
+//! The chat side of a stream WebSocket: `send` and `resume` frames, handed to the chat
+//! service; the answers (`ack`, `error`, `resumed` and the missed messages) go back on the
+//! connection's queue.
 
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use uuid::Uuid;
 
-use super::service::{ChatError, ChatService};
-use crate::app::AppState;
+use super::conn::FrameHandler;
+use super::protocol::{ClientFrame, ServerFrame};
+use super::registry::Conn;
 use crate::auth::Principal;
-use crate::ws::conn::FrameHandler;
-use crate::ws::protocol::{ClientFrame, ServerFrame};
-use crate::ws::registry::Conn;
+use crate::chat::service::{ChatError, ChatService};
 
 pub struct ChatHandler {
-    pub app: AppState,
+    pub chat: Arc<ChatService>,
     pub stream: Uuid,
     pub who: Principal,
     pub conn: Arc<Conn>,
@@ -46,7 +47,6 @@ impl FrameHandler for ChatHandler {
                 body,
             } => {
                 match self
-                    .app
                     .chat
                     .send(&self.stream, &self.who, &client_msg_id, &body)
                     .await
@@ -79,7 +79,7 @@ impl FrameHandler for ChatHandler {
             } => {
                 self.conn.start_catch_up();
                 resume(
-                    &self.app,
+                    &self.chat,
                     &self.stream,
                     &self.conn,
                     since_seq,
@@ -94,14 +94,13 @@ impl FrameHandler for ChatHandler {
 /// Sends `resumed` and every message after `since_seq`, then releases the live frames held
 /// since [`Conn::start_catch_up`] (or since the connection opened).
 pub async fn resume(
-    app: &AppState,
+    chat: &ChatService,
     stream: &Uuid,
     conn: &Conn,
     since_seq: u64,
     reference: Option<&str>,
 ) {
     let queue = &conn.queue;
-    let chat = &app.chat;
     let result = async {
         let last = chat.last_seq(stream).await?;
         let entries = chat.after(stream, since_seq).await?;

@@ -5,12 +5,13 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde::Serialize;
 
-use super::model::{Command, Transition};
-use super::service::SessionSummary;
-use crate::app::AppState;
-use crate::auth::Authenticated;
+use super::streams::StreamView;
+use crate::domain::session::{Command, Transition};
+use crate::domain::SessionSummary;
+use crate::http::extract::parse_stream_id;
+use crate::http::AppState;
+use crate::http::Authenticated;
 use crate::http::{ApiError, ErrorKind};
-use crate::streams::routes::{parse_stream_id, StreamView};
 
 #[derive(Serialize)]
 pub struct CommandResult {
