@@ -1,0 +1,207 @@
+//! Peer connections: the event handler that feeds a publisher's tracks into their
+//! broadcast channels, building a connection on `media.udp_addr` (a leased port of
+//! `media.udp_port_range` when set), and answering an offer with every ICE candidate.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rtc::interceptor::Registry;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use tokio::sync::{broadcast, Notify};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
+    RTCPeerConnectionState,
+};
+
+use super::*;
+
+pub(super) struct Handler {
+    pub(super) gathered: Arc<Notify>,
+    pub(super) state: tokio::sync::watch::Sender<RTCPeerConnectionState>,
+    pub(super) on_track: Option<Arc<Publication>>,
+    pub(super) keyframe_interval: Duration,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.notify_one();
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.state.send(state);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let Some(publication) = self.on_track.clone() else {
+            return;
+        };
+        let Some(media_ssrc) = track.ssrcs().await.first().copied() else {
+            return;
+        };
+        let Some(codec) = track.codec(media_ssrc).await else {
+            return;
+        };
+        let kind = if codec.mime_type.to_ascii_lowercase().starts_with("audio/") {
+            RtpCodecKind::Audio
+        } else {
+            RtpCodecKind::Video
+        };
+        let (tx, _) = broadcast::channel(VIEWER_BUFFER_PACKETS);
+        let fwd = Arc::new(Forwarded {
+            kind,
+            codec: codec.clone(),
+            tx: tx.clone(),
+            remote: track.clone(),
+            media_ssrc,
+            last_pli: Mutex::new(None),
+        });
+        publication.tracks.lock().unwrap().push(fwd.clone());
+        publication.tracks_changed.notify_waiters();
+        tracing::info!(stream = %publication.stream, codec = %codec.mime_type, ssrc = media_ssrc, "publisher track");
+        let ended = publication.ended.clone();
+        let keyframe_interval = self.keyframe_interval;
+        tokio::spawn(async move {
+            // One read per packet, handed to every viewer by the broadcast channel.
+            let packets_in = metrics::counter!("streamedge_media_packets_in_total");
+            let bytes_in = metrics::counter!("streamedge_media_bytes_in_total");
+            loop {
+                let ev = tokio::select! {
+                    _ = ended.cancelled() => break,
+                    ev = track.poll() => ev,
+                };
+                match ev {
+                    Some(TrackRemoteEvent::OnRtpPacket(p)) => {
+                        packets_in.increment(1);
+                        bytes_in.increment(p.payload.len() as u64);
+                        let _ = tx.send(Inbound {
+                            at: Instant::now(),
+                            packet: p,
+                        });
+                    }
+                    Some(TrackRemoteEvent::OnEnded) | None => break,
+                    Some(_) => {}
+                }
+            }
+            let _ = keyframe_interval;
+        });
+    }
+}
+
+pub(super) fn now_state() -> (
+    tokio::sync::watch::Sender<RTCPeerConnectionState>,
+    tokio::sync::watch::Receiver<RTCPeerConnectionState>,
+) {
+    tokio::sync::watch::channel(RTCPeerConnectionState::New)
+}
+
+impl MediaService {
+    /// A new peer connection bound to `media.udp_addr` — on a port of
+    /// `media.udp_port_range` when set (the lease lives as long as the session).
+    pub(super) async fn peer_connection(&self, handler: Handler) -> Result<Connection, MediaError> {
+        let handler: Arc<dyn PeerConnectionEventHandler> = Arc::new(handler);
+        let Some(pool) = &self.ports else {
+            let pc = self
+                .build_peer_connection(handler, self.cfg.udp_addr.clone())
+                .await?;
+            return Ok((pc, None));
+        };
+        let ip = self
+            .cfg
+            .udp_addr
+            .parse::<std::net::SocketAddr>()
+            .map_err(webrtc_err)?
+            .ip();
+        // A port another program holds fails to bind: try a few more.
+        let mut last = MediaError::PortsFull;
+        for _ in 0..pool.size().min(8) {
+            let Some(lease) = pool.lease() else {
+                break;
+            };
+            let addr = std::net::SocketAddr::new(ip, lease.port).to_string();
+            match self.build_peer_connection(handler.clone(), addr).await {
+                Ok(pc) => return Ok((pc, Some(Arc::new(lease)))),
+                Err(e) => {
+                    tracing::warn!(port = lease.port, error = %e, "media UDP port unusable; trying the next");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    pub(super) async fn build_peer_connection(
+        &self,
+        handler: Arc<dyn PeerConnectionEventHandler>,
+        udp_addr: String,
+    ) -> Result<Arc<dyn PeerConnection>, MediaError> {
+        let mut media = MediaEngine::default();
+        media.register_default_codecs().map_err(webrtc_err)?;
+        let registry =
+            register_default_interceptors(Registry::new(), &mut media).map_err(webrtc_err)?;
+        // Viewers' keyframe requests (PLI/FIR) reach the forwarding task, which passes them
+        // on to the publisher.
+        let registry = registry.with(feedback::slot(), feedback::KeyframeRequestTap::default());
+        use webrtc::peer_connection::SrtpProtectionProfile as P;
+        // AEAD-GCM first: several times cheaper per packet than AES-CM + HMAC-SHA1 (the
+        // crate's own benchmarks); CM stays for peers without GCM.
+        let mut setting = SettingEngineBuilder::new()
+            .with_include_loopback_candidate(true)
+            .with_srtp_protection_profiles(vec![
+                P::Srtp_Aead_Aes_128_Gcm,
+                P::Srtp_Aead_Aes_256_Gcm,
+                P::Srtp_Aes128_Cm_Hmac_Sha1_80,
+            ]);
+        if !self.cfg.public_ips.is_empty() {
+            setting = setting.with_nat_1to1_ips(
+                self.cfg.public_ips.clone(),
+                rtc::peer_connection::transport::RTCIceCandidateType::Host,
+            );
+        }
+        let config = RTCConfigurationBuilder::new().build();
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(config)
+            .with_media_engine(media)
+            .with_setting_engine(setting.build())
+            .with_interceptor_registry(registry)
+            .with_handler(handler)
+            .with_udp_addrs(vec![udp_addr])
+            .build()
+            .await
+            .map_err(webrtc_err)?;
+        Ok(Arc::new(pc))
+    }
+
+    /// Answers `offer` on `pc`, waiting for ICE gathering so the answer holds every
+    /// candidate (no trickle needed).
+    pub(super) async fn answer(
+        pc: &Arc<dyn PeerConnection>,
+        offer: &str,
+        gathered: &Notify,
+    ) -> Result<String, MediaError> {
+        let offer = RTCSessionDescription::offer(offer.to_string())
+            .map_err(|e| MediaError::BadOffer(e.to_string()))?;
+        pc.set_remote_description(offer)
+            .await
+            .map_err(|e| MediaError::BadOffer(e.to_string()))?;
+        let answer = pc
+            .create_answer(None)
+            .await
+            .map_err(|e| MediaError::BadOffer(e.to_string()))?;
+        let wait = gathered.notified();
+        pc.set_local_description(answer).await.map_err(webrtc_err)?;
+        let _ = tokio::time::timeout(GATHER_TIMEOUT, wait).await;
+        pc.local_description()
+            .await
+            .map(|d| d.sdp)
+            .ok_or_else(|| MediaError::WebRtc("no local description".into()))
+    }
+}

@@ -1,0 +1,175 @@
+//! WHEP: a viewer's offer answered with the stream's tracks, and one forwarding task per
+//! track that writes the publication's packets to the viewer.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use tokio::sync::Notify;
+use uuid::Uuid;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::peer_connection::RTCPeerConnectionState;
+
+use super::*;
+
+impl MediaService {
+    /// WHEP: answers a viewer's offer with the stream's tracks.
+    pub async fn view(
+        self: &Arc<Self>,
+        stream: Uuid,
+        user: &str,
+        offer: &str,
+    ) -> Result<(Answer, tokio::sync::watch::Receiver<RTCPeerConnectionState>), MediaError> {
+        check_offer(offer)?;
+        let hold = self.publication_or_relay(&stream).await?;
+        let publication = hold.0.clone();
+        if self
+            .viewers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.cfg.max_viewers).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(MediaError::ViewersFull);
+        }
+        let guard = ViewerSlot(self.viewers.clone());
+        // The publisher's tracks arrive shortly after its connection is up.
+        let deadline = tokio::time::Instant::now() + TRACKS_TIMEOUT;
+        let tracks = loop {
+            let wait = publication.tracks_changed.notified();
+            let t = publication.tracks.lock().unwrap().clone();
+            if t.len() >= publication.expected_tracks.load(Ordering::Relaxed).max(1) {
+                break t;
+            }
+            if tokio::time::timeout_at(deadline, wait).await.is_err() {
+                break publication.tracks.lock().unwrap().clone();
+            }
+        };
+        if tracks.is_empty() {
+            return Err(MediaError::NotPublishing);
+        }
+        let gathered = Arc::new(Notify::new());
+        let (state_tx, state_rx) = now_state();
+        let (pc, port) = self
+            .peer_connection(Handler {
+                gathered: gathered.clone(),
+                state: state_tx,
+                on_track: None,
+                keyframe_interval: self.cfg.keyframe_interval,
+            })
+            .await?;
+        let mut locals = Vec::new();
+        for fwd in &tracks {
+            let ssrc = rand_ssrc();
+            let label = format!("streamedge-{}", stream.simple());
+            let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                label.clone(),
+                format!(
+                    "{label}-{}",
+                    if fwd.kind == RtpCodecKind::Audio {
+                        "audio"
+                    } else {
+                        "video"
+                    }
+                ),
+                label,
+                fwd.kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: fwd.codec.clone(),
+                    ..Default::default()
+                }],
+            )));
+            pc.add_track(local.clone() as Arc<dyn TrackLocal>)
+                .await
+                .map_err(webrtc_err)?;
+            locals.push((fwd.clone(), local, ssrc));
+        }
+        let sdp = match Self::answer(&pc, offer, &gathered).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = pc.close().await;
+                return Err(e);
+            }
+        };
+        // Payload types are per session: each forwarded codec gets the viewer's number.
+        let locals: Vec<_> = locals
+            .into_iter()
+            .map(|(fwd, local, ssrc)| {
+                let pt = negotiated_pt(&sdp, fwd.kind, &fwd.codec);
+                (fwd, local, ssrc, pt)
+            })
+            .collect();
+        let resource_id = Uuid::new_v4().simple().to_string();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let resource = Resource {
+            id: resource_id.clone(),
+            stream,
+            user: user.to_string(),
+            kind: ResourceKind::View,
+            pc: pc.clone(),
+            remote: None,
+            _port: port,
+            ended: stop.clone(),
+        };
+        self.resources
+            .lock()
+            .unwrap()
+            .insert(resource_id.clone(), resource.clone());
+        for (fwd, local, ssrc, pt) in locals {
+            tokio::spawn(forward::track(
+                fwd,
+                local,
+                forward::Rewrite { ssrc, pt },
+                forward::Stops {
+                    viewer: stop.clone(),
+                    publish: publication.ended.clone(),
+                },
+                pc.clone(),
+                self.cfg.keyframe_interval,
+            ));
+        }
+        // The slot and the hold are released when the viewer's session ends: its connection
+        // failed or closed, it fell behind, or the publish ended.
+        let me = self.clone();
+        let watch_stop = stop.clone();
+        let ended = publication.ended.clone();
+        let mut state = state_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let s = *state.borrow();
+                if matches!(
+                    s,
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+                ) {
+                    break;
+                }
+                tokio::select! {
+                    r = state.changed() => if r.is_err() { break },
+                    _ = ended.cancelled() => break,
+                    _ = watch_stop.cancelled() => break,
+                }
+            }
+            watch_stop.cancel();
+            let _ = me.remove(&resource_id).await;
+            drop(guard);
+            drop(hold);
+            metrics::gauge!("streamedge_media_viewers")
+                .set(me.viewers.load(Ordering::SeqCst) as f64);
+        });
+        metrics::gauge!("streamedge_media_viewers").set(self.viewers.load(Ordering::SeqCst) as f64);
+        Ok((Answer { resource, sdp }, state_rx))
+    }
+}
+
+pub(super) fn rand_ssrc() -> u32 {
+    let b = Uuid::new_v4().into_bytes();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]]) | 1
+}
