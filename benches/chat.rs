@@ -21,7 +21,6 @@ use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use futures_util::FutureExt;
-use streamedge::chat::ChatService;
 use streamedge::domain::chat::StoredMessage;
 use streamedge::ws::queue::OutboundQueue;
 use streamedge::ws::registry::Registration;
@@ -45,7 +44,7 @@ fn payload() -> Bytes {
 
 /// The frame the hub hands to the registry.
 fn encode(seq: u64, payload: &Bytes) -> Utf8Bytes {
-    ChatService::frame(seq, payload)
+    streamedge::protocol::server::message(seq, payload)
         .expect("a stored message")
         .into()
 }

@@ -12,6 +12,7 @@ pub mod http;
 pub mod media;
 pub mod moderation;
 pub mod persist;
+pub mod protocol;
 pub mod rtc;
 pub mod server;
 pub mod sessions;

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::auth::Principal;
@@ -242,10 +241,5 @@ impl ChatService {
 
     pub async fn last_seq(&self, stream: &Uuid) -> Result<u64, StoreError> {
         self.store.log_last_seq(&keys::chat_log(stream)).await
-    }
-
-    /// The `message` frame of a log entry.
-    pub fn frame(entry_seq: u64, payload: &Bytes) -> Option<String> {
-        model::message_frame(entry_seq, payload)
     }
 }

@@ -74,14 +74,6 @@ pub struct StoredMessage {
     pub client_msg_id: String,
 }
 
-/// The `message` frame for a stored payload: `{"type":"message","seq":N,` + the stored
-/// JSON object's members. Built once per node and handed to every connection.
-pub fn message_frame(seq: u64, payload: &[u8]) -> Option<String> {
-    let body = std::str::from_utf8(payload).ok()?;
-    let inner = body.strip_prefix('{')?;
-    Some(format!(r#"{{"type":"message","seq":{seq},{inner}"#))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,23 +105,5 @@ mod tests {
         assert!(validate_client_msg_id("").is_err());
         assert!(validate_client_msg_id(&"x".repeat(65)).is_err());
         assert!(validate_client_msg_id("has space").is_err());
-    }
-
-    #[test]
-    fn frames_splice_the_sequence_in() {
-        let m = StoredMessage {
-            id: uuid::Uuid::nil(),
-            user: "u".into(),
-            body: "hi \"there\"".into(),
-            ts: "2026-11-22T00:00:00.000Z".into(),
-            client_msg_id: "c1".into(),
-        };
-        let payload = serde_json::to_vec(&m).unwrap();
-        let f = message_frame(42, &payload).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&f).unwrap();
-        assert_eq!(v["type"], "message");
-        assert_eq!(v["seq"], 42);
-        assert_eq!(v["body"], "hi \"there\"");
-        assert!(message_frame(1, b"[1]").is_none());
     }
 }

@@ -13,6 +13,7 @@ use crate::domain::keys;
 use crate::domain::Stream;
 use crate::persist::records::{self, ModerationRecord};
 use crate::persist::Persistence;
+use crate::protocol::ServerFrame;
 use crate::store::{SharedState, StoreError};
 use crate::streams::{StreamError, StreamService};
 
@@ -173,9 +174,12 @@ impl ModerationService {
         rec.target_user_id = message.as_ref().map(|m| m.user.clone());
         rec.message = message;
         self.record(&rec).await?;
-        let frame = serde_json::json!({"type": "deleted", "stream": id, "seq": seq}).to_string();
+        let frame = ServerFrame::Deleted { stream: *id, seq }.encode();
         self.store
-            .publish(&keys::stream_events(id), bytes::Bytes::from(frame))
+            .publish(
+                &keys::stream_events(id),
+                bytes::Bytes::copy_from_slice(frame.as_str().as_bytes()),
+            )
             .await?;
         metrics::counter!("streamedge_chat_moderation_total", "action" => "delete").increment(1);
         tracing::info!(stream = %id, seq, by, "message deleted");

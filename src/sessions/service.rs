@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::config::SessionConfig;
@@ -18,6 +17,7 @@ use crate::domain::clock::rfc3339;
 use crate::domain::keys;
 use crate::domain::session::{self as model, Command, NotAllowed, Outcome, Transition};
 use crate::domain::SessionSummary;
+use crate::protocol::ServerFrame;
 use crate::store::{SharedState, StoreError};
 use crate::streams::{Stream, StreamError, StreamService, StreamState};
 
@@ -42,22 +42,6 @@ impl From<StoreError> for SessionError {
     fn from(e: StoreError) -> Self {
         SessionError::Stream(StreamError::Store(e))
     }
-}
-
-/// The `state` frame every subscriber of the stream receives for a transition.
-pub fn state_frame(t: &Transition) -> String {
-    json!({
-        "type": "state",
-        "stream": t.stream,
-        "session_id": t.session_id,
-        "state": t.to,
-        "from": t.from,
-        "kind": t.kind,
-        "cause": t.cause,
-        "at": rfc3339(t.at_ms),
-        "version": t.version,
-    })
-    .to_string()
 }
 
 pub struct SessionService {
@@ -125,9 +109,11 @@ impl SessionService {
         transition: Option<&Transition>,
     ) -> Result<bool, SessionError> {
         let bytes = serde_json::to_vec(next).expect("stream serialises");
-        let frame = transition.map(state_frame);
+        let frame = transition.map(|t| ServerFrame::transition(t).encode());
         let channel = keys::stream_events(&next.id);
-        let publish = frame.as_deref().map(|f| (channel.as_str(), f.as_bytes()));
+        let publish = frame
+            .as_ref()
+            .map(|f| (channel.as_str(), f.as_str().as_bytes()));
         // Transitions are persisted: the record goes to the outbox in the same step.
         let tag = match (&self.persist, transition) {
             (Some(_), Some(_)) => Some(crate::persist::records::tag(

@@ -16,11 +16,9 @@ use uuid::Uuid;
 use crate::config::ViewersConfig;
 use crate::domain::keys;
 use crate::domain::ViewerCounts;
+use crate::protocol::channel;
 use crate::store::{SharedState, StoreError};
 use crate::streams::Stream;
-
-/// The internal frame announcing that a node lost a user's last connection.
-pub const VIEWER_LEFT_PREFIX: &str = r#"{"type":"_viewer_left","user":"#;
 
 pub struct ViewerService {
     store: Arc<dyn SharedState>,
@@ -104,22 +102,15 @@ impl ViewerService {
             self.store
                 .presence_remove(&keys::viewers_presence(stream), user)
                 .await?;
-            let frame = format!("{VIEWER_LEFT_PREFIX}{}}}", serde_json::Value::from(user));
             self.store
-                .publish(&keys::stream_events(stream), bytes::Bytes::from(frame))
+                .publish(&keys::stream_events(stream), channel::viewer_left(user))
                 .await?;
         }
         Ok(())
     }
 
     /// Another node lost `user`: if this node still holds them, mark them present again.
-    pub async fn on_viewer_left(&self, stream: &Uuid, frame: &[u8]) -> Result<(), StoreError> {
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(frame) else {
-            return Ok(());
-        };
-        let Some(user) = v.get("user").and_then(|u| u.as_str()) else {
-            return Ok(());
-        };
+    pub async fn on_viewer_left(&self, stream: &Uuid, user: &str) -> Result<(), StoreError> {
         let held = self
             .local
             .lock()

@@ -8,10 +8,10 @@ use axum::extract::ws::Utf8Bytes;
 use uuid::Uuid;
 
 use super::conn::FrameHandler;
-use super::protocol::{ClientFrame, ServerFrame};
 use super::registry::Conn;
 use crate::auth::Principal;
 use crate::chat::service::{ChatError, ChatService};
+use crate::protocol::{ClientFrame, ServerFrame};
 
 pub struct ChatHandler {
     pub chat: Arc<ChatService>,
@@ -33,7 +33,9 @@ fn error_frame(code: &str, message: &str, reference: Option<&str>) -> Utf8Bytes 
 pub fn frames(entries: Vec<crate::store::LogEntry>) -> Vec<(u64, Utf8Bytes)> {
     entries
         .into_iter()
-        .filter_map(|e| ChatService::frame(e.seq, &e.payload).map(|f| (e.seq, f.into())))
+        .filter_map(|e| {
+            crate::protocol::server::message(e.seq, &e.payload).map(|f| (e.seq, f.into()))
+        })
         .collect()
 }
 

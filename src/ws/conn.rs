@@ -9,8 +9,8 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 
-use super::protocol::{self, ClientFrame, FrameError, ServerFrame};
 use super::queue::{close_code, CloseReason, OutboundQueue};
+use crate::protocol::{self, ClientFrame, FrameError, ServerFrame};
 
 /// Timing settings of a connection.
 #[derive(Debug, Clone, Copy)]

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -17,11 +16,12 @@ use super::Registry;
 use crate::chat::ChatService;
 use crate::domain::keys;
 use crate::domain::ViewerCounts;
+use crate::protocol::channel::{self, ChannelEvent};
+use crate::protocol::ServerFrame;
 use crate::store::PubSubEvent;
 use crate::store::SharedState;
 use crate::streams::StreamService;
 use crate::viewers::ViewerService;
-use crate::viewers::VIEWER_LEFT_PREFIX;
 
 /// What a hub works with (cheap to clone).
 #[derive(Clone)]
@@ -117,7 +117,7 @@ async fn deliver_chat(
                 continue;
             }
         }
-        if let Some(frame) = crate::chat::ChatService::frame(entry.seq, &entry.payload) {
+        if let Some(frame) = crate::protocol::server::message(entry.seq, &entry.payload) {
             if published.is_none() {
                 published = published_at(&entry.payload, started);
             }
@@ -164,7 +164,7 @@ async fn backfill(app: &HubDeps, stream: &Uuid, last: u64, until: u64) -> u64 {
         Ok(entries) => {
             let mut last = last;
             for e in entries.into_iter().filter(|e| e.seq <= until) {
-                if let Some(frame) = crate::chat::ChatService::frame(e.seq, &e.payload) {
+                if let Some(frame) = crate::protocol::server::message(e.seq, &e.payload) {
                     let published = published_at(&e.payload, std::time::Instant::now());
                     app.registry
                         .deliver_chat(stream, e.seq, &frame.into(), published);
@@ -183,9 +183,11 @@ async fn backfill(app: &HubDeps, stream: &Uuid, last: u64, until: u64) -> u64 {
 
 /// The `viewers` frame.
 pub fn viewers_frame(stream: &Uuid, c: &ViewerCounts) -> Utf8Bytes {
-    json!({"type": "viewers", "stream": stream, "current": c.current, "peak": c.peak, "unique": c.unique})
-        .to_string()
-        .into()
+    ServerFrame::Viewers {
+        stream: *stream,
+        counts: *c,
+    }
+    .encode()
 }
 
 async fn run(app: HubDeps, stream: Uuid, stop: CancellationToken) {
@@ -215,7 +217,7 @@ async fn run(app: HubDeps, stream: Uuid, stop: CancellationToken) {
                 let Some(mut ev) = ev else { return };
                 loop {
                     let next = match ev {
-                        PubSubEvent::Message(bytes) if is_chat(&bytes) => {
+                        PubSubEvent::Message(bytes) if channel::is_chat(&bytes) => {
                             // This message and the chat messages already waiting behind it
                             // go out as one batch.
                             let mut entries: Vec<_> =
@@ -258,11 +260,6 @@ async fn run(app: HubDeps, stream: Uuid, stop: CancellationToken) {
     }
 }
 
-/// A chat publish (`<seq>\n<json>`), as opposed to a ready-made event frame.
-fn is_chat(bytes: &[u8]) -> bool {
-    bytes.first().is_some_and(u8::is_ascii_digit)
-}
-
 /// Adds to `entries` the chat messages already waiting (at most [`MAX_BATCH`]; never
 /// waits). Returns the first non-chat event met, which must be handled after the batch.
 fn gather(
@@ -271,7 +268,7 @@ fn gather(
 ) -> Option<PubSubEvent> {
     while entries.len() < MAX_BATCH {
         match sub.try_recv()? {
-            PubSubEvent::Message(bytes) if is_chat(&bytes) => {
+            PubSubEvent::Message(bytes) if channel::is_chat(&bytes) => {
                 entries.extend(crate::store::decode_log_publish(&bytes));
             }
             other => return Some(other),
@@ -283,20 +280,27 @@ fn gather(
 /// A stream event other than a chat publish.
 async fn on_event(app: &HubDeps, stream: &Uuid, chat_seq: &mut u64, ev: PubSubEvent) {
     match ev {
-        PubSubEvent::Message(bytes) => {
-            if bytes.starts_with(VIEWER_LEFT_PREFIX.as_bytes()) {
-                if let Err(e) = app.viewers.on_viewer_left(stream, &bytes).await {
+        PubSubEvent::Message(bytes) => match channel::decode(bytes) {
+            ChannelEvent::ViewerLeft(user) => {
+                if let Err(e) = app.viewers.on_viewer_left(stream, &user).await {
                     tracing::debug!(error = %e, "viewer re-touch failed");
                 }
-                return;
             }
-            match Utf8Bytes::try_from(bytes) {
+            ChannelEvent::Frame(bytes) => match Utf8Bytes::try_from(bytes) {
                 Ok(frame) => {
                     app.registry.broadcast(stream, &frame);
                 }
                 Err(_) => tracing::warn!(%stream, "non-UTF-8 event dropped"),
+            },
+            // Chat appends are batched before they get here.
+            ChannelEvent::Chat(bytes) => {
+                let entries = crate::store::decode_log_publish(&bytes)
+                    .into_iter()
+                    .collect();
+                *chat_seq = deliver_chat(app, stream, *chat_seq, entries).await;
             }
-        }
+            ChannelEvent::Unreadable => tracing::warn!(%stream, "unreadable event dropped"),
+        },
         PubSubEvent::Resync => {
             // Messages may have been missed: catch up from the log.
             if let Ok(last) = app.chat.last_seq(stream).await {
@@ -306,10 +310,17 @@ async fn on_event(app: &HubDeps, stream: &Uuid, chat_seq: &mut u64, ev: PubSubEv
             }
             // Events may have been missed: send the current state.
             if let Ok(s) = app.streams.get(stream).await {
-                let frame = json!({"type": "state", "stream": stream, "state": s.state,
-                    "session_id": s.session.as_ref().map(|x| x.id), "kind": "sync",
-                    "version": s.version});
-                app.registry.broadcast(stream, &frame.to_string().into());
+                let frame = ServerFrame::State {
+                    stream: *stream,
+                    session_id: s.session.as_ref().map(|x| x.id),
+                    state: s.state,
+                    from: None,
+                    kind: "sync",
+                    cause: None,
+                    at: None,
+                    version: s.version,
+                };
+                app.registry.broadcast(stream, &frame.encode());
             }
         }
     }

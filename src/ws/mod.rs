@@ -5,7 +5,6 @@
 pub mod chat;
 pub mod conn;
 pub mod hub;
-pub mod protocol;
 pub mod queue;
 pub mod registry;
 

@@ -52,7 +52,7 @@ pub async fn history(
         .filter(|s| *s > 1);
     let messages = entries
         .iter()
-        .filter_map(|e| crate::chat::ChatService::frame(e.seq, &e.payload))
+        .filter_map(|e| crate::protocol::server::message(e.seq, &e.payload))
         .filter_map(|f| serde_json::from_str::<serde_json::Value>(&f).ok())
         .map(|mut v| {
             if let Some(o) = v.as_object_mut() {

@@ -11,8 +11,8 @@ use axum::response::Response;
 
 use crate::http::AppState;
 use crate::http::{ApiError, ErrorKind};
+use crate::protocol::{ServerFrame, SUBPROTOCOL};
 use crate::ws::conn::{self, ConnSettings};
-use crate::ws::protocol::{ServerFrame, SUBPROTOCOL};
 use crate::ws::queue::OutboundQueue;
 
 /// Query parameters of the stream WebSocket (besides `access_token`, read by the

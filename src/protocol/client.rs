@@ -1,14 +1,10 @@
-//! The stream WebSocket's frames (subprotocol `streamedge.v1`, JSON text frames), as pure
-//! functions: parse what a client sends, encode what the node sends. No I/O here.
-//!
-//! The foundation knows `ping`; the chat, session and viewer capabilities add their
-//! frames. Every malformed frame maps to a [`FrameError`] with a stable code that the
-//! connection answers with an `error` frame (the connection stays up).
+//! What a client sends on the stream WebSocket, parsed by a pure function. Every malformed
+//! frame maps to a [`FrameError`] with a stable code that the connection answers with an
+//! `error` frame (the connection stays up).
 
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
+use serde::Deserialize;
 
-pub const SUBPROTOCOL: &str = "streamedge.v1";
+use super::server::ServerFrame;
 
 /// A frame from the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,57 +196,6 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-/// A frame from the node.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ServerFrame<'a> {
-    Welcome {
-        stream: Uuid,
-        node: &'a str,
-        conn_id: u64,
-        protocol: &'a str,
-        /// The stream's lifecycle state.
-        state: &'a str,
-        session_id: Option<Uuid>,
-        /// The stream's transition counter (`state` events continue from it).
-        version: u64,
-        /// The last chat sequence number: live `message` frames continue after it.
-        last_seq: u64,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        viewers: Option<crate::domain::ViewerCounts>,
-    },
-    Pong {
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: Option<&'a str>,
-    },
-    /// A message was sequenced (or had been: a repeated `client_msg_id`).
-    Ack { client_msg_id: &'a str, seq: u64 },
-    /// A `resume` was served: messages after `since_seq` follow (from `from_seq` on when
-    /// `recovered` is false because history no longer reaches back that far).
-    Resumed {
-        since_seq: u64,
-        recovered: bool,
-        last_seq: u64,
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: Option<&'a str>,
-    },
-    Error {
-        code: &'a str,
-        message: &'a str,
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: Option<&'a str>,
-    },
-}
-
-impl ServerFrame<'_> {
-    /// Serialises the frame once; the bytes can be handed to many connections.
-    pub fn encode(&self) -> axum::extract::ws::Utf8Bytes {
-        serde_json::to_string(self)
-            .expect("server frames always serialise")
-            .into()
-    }
-}
-
 impl FrameError {
     pub fn to_frame(&self) -> ServerFrame<'_> {
         ServerFrame::Error {
@@ -312,11 +257,5 @@ mod tests {
     fn unknown_type_is_truncated_in_message() {
         let e = parse_client(&format!(r#"{{"type":"{}"}}"#, "é".repeat(100))).unwrap_err();
         assert!(e.message.chars().count() < 60);
-    }
-
-    #[test]
-    fn encodes_frames() {
-        let f = ServerFrame::Pong { reference: None }.encode();
-        assert_eq!(f.as_str(), r#"{"type":"pong"}"#);
     }
 }
