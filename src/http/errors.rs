@@ -95,6 +95,9 @@ impl From<ModerationError> for ApiError {
             ModerationError::BanNotFound => {
                 ApiError::new(ErrorKind::NotFound, "ban_not_found", e.to_string())
             }
+            ModerationError::Ended => {
+                ApiError::new(ErrorKind::Conflict, "stream_ended", e.to_string())
+            }
         }
     }
 }

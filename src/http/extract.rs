@@ -44,6 +44,28 @@ impl<S: Send + Sync> FromRequestParts<S> for StreamId {
     }
 }
 
+/// The client's IP address: the TCP peer, or behind `server.trusted_proxies` the address
+/// they forwarded (see [`super::client_ip`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub std::net::IpAddr);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip())
+            .ok_or_else(|| ApiError::internal("the listener records no peer address"))?;
+        Ok(Self(super::client_ip::client_ip(
+            peer,
+            &parts.headers,
+            &state.trusted_proxies,
+        )))
+    }
+}
+
 /// The verified caller of an HTTP endpoint (`Authorization: Bearer` only).
 #[derive(Debug, Clone)]
 pub struct Authenticated(pub Principal);

@@ -13,6 +13,6 @@ pub mod rate_limit;
 pub mod routes;
 pub mod state;
 
-pub use extract::{ApiJson, ApiQuery, Authenticated, StreamId, WsAuthenticated};
+pub use extract::{ApiJson, ApiQuery, Authenticated, ClientIp, StreamId, WsAuthenticated};
 pub use problem::{ApiError, ErrorKind};
 pub use state::AppState;

@@ -3,13 +3,11 @@
 //! request gets 429 with `Retry-After`. If the shared state cannot answer, the request is
 //! let through (and counted): limits protect capacity, they must not add an outage.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
-use axum::http::HeaderMap;
-
-use super::client_ip::client_ip;
 use super::{ApiError, ErrorKind};
 use crate::config::RouteLimit;
+use crate::domain::keys;
 use crate::http::AppState;
 
 /// The rate-limited routes (`[rate_limit.<route>]` in the configuration).
@@ -44,32 +42,20 @@ pub async fn check(
     app: &AppState,
     route: Route,
     user: Option<&str>,
-    peer: SocketAddr,
-    headers: &HeaderMap,
+    ip: IpAddr,
 ) -> Result<(), ApiError> {
     if !app.config.rate_limit.enabled {
         return Ok(());
     }
     let l = route.limits(app);
-    let ip = client_ip(peer.ip(), headers, &app.trusted_proxies);
     let mut checks = Vec::with_capacity(2);
-    if let Some(u) = user {
-        if l.user_per_sec > 0.0 {
-            checks.push((
-                "user",
-                format!("{}:u:{u}", route.name()),
-                l.user_per_sec,
-                l.user_burst,
-            ));
-        }
+    if let (Some(u), true) = (user, l.user_per_sec > 0.0) {
+        let key = keys::route_rate_user(route.name(), u);
+        checks.push(("user", key, l.user_per_sec, l.user_burst));
     }
     if l.ip_per_sec > 0.0 {
-        checks.push((
-            "ip",
-            format!("{}:ip:{ip}", route.name()),
-            l.ip_per_sec,
-            l.ip_burst,
-        ));
+        let key = keys::route_rate_ip(route.name(), ip);
+        checks.push(("ip", key, l.ip_per_sec, l.ip_burst));
     }
     for (scope, key, rate, burst) in checks {
         match app.store.rate_limit(&key, rate, burst).await {

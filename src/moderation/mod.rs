@@ -39,6 +39,30 @@ pub enum ModerationError {
     MessageNotFound,
     #[error("the user is not banned")]
     BanNotFound,
+    #[error("the stream has ended")]
+    Ended,
+}
+
+/// `Err(NotOwner)` unless `user` is the stream's seller; `what` completes "only the
+/// stream's seller can …".
+pub fn require_owner(
+    stream: &Stream,
+    user: &str,
+    what: &'static str,
+) -> Result<(), ModerationError> {
+    if stream.owner_id != user {
+        return Err(ModerationError::NotOwner(what));
+    }
+    Ok(())
+}
+
+/// `Err(Ended)` for a stream that has ended (nothing more can be published, watched or
+/// issued for it).
+pub fn require_not_ended(stream: &Stream) -> Result<(), ModerationError> {
+    if stream.state == crate::domain::StreamState::Ended {
+        return Err(ModerationError::Ended);
+    }
+    Ok(())
 }
 
 impl From<StoreError> for ModerationError {
@@ -84,9 +108,7 @@ impl ModerationService {
         what: &'static str,
     ) -> Result<Stream, ModerationError> {
         let s = self.streams.get(stream).await?;
-        if s.owner_id != user {
-            return Err(ModerationError::NotOwner(what));
-        }
+        require_owner(&s, user, what)?;
         Ok(s)
     }
 

@@ -25,6 +25,7 @@ use crate::http::extract::parse_stream_id;
 use crate::http::AppState;
 use crate::http::{ApiError, ErrorKind};
 use crate::media::{MediaError, MediaService, ResourceKind};
+use crate::moderation::{require_not_ended, require_owner};
 use crate::rtc::service::{MediaClaims, MEDIA_AUDIENCE};
 use crate::streams::StreamState;
 
@@ -154,25 +155,29 @@ fn created(app: &AppState, path: String, sdp: String) -> Response {
     r
 }
 
-/// What WHIP and WHEP requests share: the stream, the caller and the offer.
-struct OfferRequest {
+/// What WHIP and WHEP requests share: the node's media service, the stream, the caller and
+/// the offer.
+struct OfferRequest<'a> {
+    media: &'a std::sync::Arc<MediaService>,
     id: Uuid,
     user: String,
     offer: String,
     stream: crate::domain::stream::Stream,
 }
 
-async fn offer_request(
-    app: &AppState,
+async fn offer_request<'a>(
+    app: &'a AppState,
     stream_id: &str,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<OfferRequest, ApiError> {
+) -> Result<OfferRequest<'a>, ApiError> {
+    let media = media_enabled(app)?;
     let id = parse_stream_id(stream_id)?;
     let user = caller(app, headers, &id).await?;
     let offer = sdp_body(headers, body)?;
     let stream = app.streams.get(&id).await?;
     Ok(OfferRequest {
+        media,
         id,
         user,
         offer,
@@ -187,27 +192,15 @@ pub async fn whip(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let media = media_enabled(&app)?;
     let OfferRequest {
+        media,
         id,
         user,
         offer,
         stream,
     } = offer_request(&app, &stream_id, &headers, &body).await?;
-    if stream.owner_id != user {
-        return Err(ApiError::new(
-            ErrorKind::Forbidden,
-            "not_owner",
-            "only the stream's seller can publish",
-        ));
-    }
-    if stream.state == StreamState::Ended {
-        return Err(ApiError::new(
-            ErrorKind::Conflict,
-            "stream_ended",
-            "the stream has ended",
-        ));
-    }
+    require_owner(&stream, &user, "publish")?;
+    require_not_ended(&stream)?;
     let (answer, publication, mut state) = media.publish(id, &user, &offer).await?;
     let every = (app.config.session.heartbeat_timeout / 3).max(Duration::from_millis(100));
     media.announce(&id, every * 3).await;
@@ -272,26 +265,14 @@ pub async fn whep(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let media = media_enabled(&app)?;
     let OfferRequest {
+        media,
         id,
         user,
         offer,
         stream,
     } = offer_request(&app, &stream_id, &headers, &body).await?;
-    if stream.owner_id != user
-        && app
-            .store
-            .get(&crate::domain::keys::ban(&id, &user))
-            .await?
-            .is_some()
-    {
-        return Err(ApiError::new(
-            ErrorKind::Forbidden,
-            "banned",
-            "you are banned from this stream",
-        ));
-    }
+    app.moderation.check_not_banned(&stream, &user).await?;
     let (answer, _state) = media.view(id, &user, &offer).await?;
     metrics::counter!("streamedge_media_sessions_total", "kind" => "whep").increment(1);
     Ok(created(

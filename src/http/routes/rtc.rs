@@ -1,28 +1,24 @@
 //! `POST /v1/streams/{stream_id}/rtc-token`.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::HeaderMap;
+use axum::extract::{Path, State};
 use axum::Json;
 
 use crate::http::extract::parse_stream_id;
 use crate::http::rate_limit::{self, Route};
 use crate::http::AppState;
-use crate::http::Authenticated;
 use crate::http::{ApiError, ErrorKind};
+use crate::http::{Authenticated, ClientIp};
+use crate::moderation::require_not_ended;
 use crate::rtc::service::{random_salt, IssuedToken};
-use crate::streams::StreamState;
 
 pub async fn issue(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    ClientIp(ip): ClientIp,
     Path(stream_id): Path<String>,
     Authenticated(who): Authenticated,
 ) -> Result<Json<IssuedToken>, ApiError> {
     let id = parse_stream_id(&stream_id)?;
-    rate_limit::check(&app, Route::RtcToken, Some(&who.user_id), peer, &headers).await?;
+    rate_limit::check(&app, Route::RtcToken, Some(&who.user_id), ip).await?;
     let Some(issuer) = app.rtc.as_ref() else {
         return Err(ApiError::new(
             ErrorKind::Unavailable,
@@ -31,26 +27,10 @@ pub async fn issue(
         ));
     };
     let stream = app.streams.get(&id).await?;
-    if stream.state == StreamState::Ended {
-        return Err(ApiError::new(
-            ErrorKind::Conflict,
-            "stream_ended",
-            "the stream has ended",
-        ));
-    }
-    if stream.owner_id != who.user_id
-        && app
-            .store
-            .get(&crate::domain::keys::ban(&id, &who.user_id))
-            .await?
-            .is_some()
-    {
-        return Err(ApiError::new(
-            ErrorKind::Forbidden,
-            "banned",
-            "you are banned from this stream",
-        ));
-    }
+    require_not_ended(&stream)?;
+    app.moderation
+        .check_not_banned(&stream, &who.user_id)
+        .await?;
     let now = jsonwebtoken::get_current_timestamp() as u32;
     let issued = issuer
         .issue(&stream, &who.user_id, now, random_salt())

@@ -1,9 +1,7 @@
 //! `POST /v1/streams`, `GET /v1/streams/{stream_id}`, `GET /v1/streams`.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -14,8 +12,8 @@ use crate::domain::{Stream, StreamState};
 use crate::http::extract::parse_stream_id;
 use crate::http::rate_limit::{self, Route};
 use crate::http::AppState;
-use crate::http::Authenticated;
 use crate::http::{ApiError, ApiJson, ApiQuery, ErrorKind};
+use crate::http::{Authenticated, ClientIp};
 
 /// A stream as the API shows it.
 #[derive(Debug, Serialize)]
@@ -91,8 +89,7 @@ pub struct CreateStream {
 
 pub async fn create(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    ClientIp(ip): ClientIp,
     Authenticated(who): Authenticated,
     ApiJson(body): ApiJson<CreateStream>,
 ) -> Result<Response, ApiError> {
@@ -103,14 +100,7 @@ pub async fn create(
             "only sellers can create streams",
         ));
     }
-    rate_limit::check(
-        &app,
-        Route::StreamsWrite,
-        Some(&who.user_id),
-        peer,
-        &headers,
-    )
-    .await?;
+    rate_limit::check(&app, Route::StreamsWrite, Some(&who.user_id), ip).await?;
     let (stream, created) = app
         .streams
         .create(&who.user_id, &body.title, body.id)
@@ -131,13 +121,12 @@ pub async fn create(
 
 pub async fn get(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    ClientIp(ip): ClientIp,
     Path(stream_id): Path<String>,
     Authenticated(who): Authenticated,
 ) -> Result<Json<StreamView>, ApiError> {
     let id = parse_stream_id(&stream_id)?;
-    rate_limit::check(&app, Route::StreamsRead, Some(&who.user_id), peer, &headers).await?;
+    rate_limit::check(&app, Route::StreamsRead, Some(&who.user_id), ip).await?;
     let stream = app.streams.get(&id).await?;
     let mut view = StreamView::from(&stream);
     view.viewers = Some(app.viewers.counts(&stream).await?);
@@ -162,8 +151,7 @@ pub struct ListPage {
 
 pub async fn list(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    ClientIp(ip): ClientIp,
     Authenticated(who): Authenticated,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<ListPage>, ApiError> {
@@ -188,7 +176,7 @@ pub async fn list(
             ),
         ));
     }
-    rate_limit::check(&app, Route::StreamsRead, Some(&who.user_id), peer, &headers).await?;
+    rate_limit::check(&app, Route::StreamsRead, Some(&who.user_id), ip).await?;
     let (streams, next_cursor) = app.streams.list(state, limit, q.cursor.as_deref()).await?;
     Ok(Json(ListPage {
         streams: streams.iter().map(StreamView::from).collect(),

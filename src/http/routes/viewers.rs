@@ -41,14 +41,9 @@ pub async fn list(
             format!("limit must be between 1 and {MAX_PAGE}"),
         ));
     }
-    let stream = app.streams.get(&id).await?;
-    if stream.owner_id != who.user_id {
-        return Err(ApiError::new(
-            ErrorKind::Forbidden,
-            "not_owner",
-            "only the stream's seller can list its viewers",
-        ));
-    }
+    app.moderation
+        .owned(&id, &who.user_id, "list its viewers")
+        .await?;
     let viewers = app.viewers.list(&id, q.cursor.as_deref(), limit).await?;
     let next_cursor = (viewers.len() == limit)
         .then(|| viewers.last().cloned())
