@@ -1,4 +1,5 @@
-//! [`PubSub`] for the memory backend: straight to the node's [`Fanout`](crate::store::fanout::Fanout).
+//! [`PubSub`] for the memory backend: straight to the node's
+//! [`Fanout`](crate::store::fanout::Fanout).
 
 use async_trait::async_trait;
 use bytes::Bytes;
