@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{RedisServer, TestNode};
 use streamedge::store::redis::RedisStore;
-use streamedge::store::{PubSubEvent, SharedState};
+use streamedge::store::{KeyValue, PubSub, PubSubEvent, SharedState};
 
 async fn readyz(node: &TestNode) -> (u16, serde_json::Value) {
     let r = reqwest::get(node.admin_url("/readyz")).await.unwrap();

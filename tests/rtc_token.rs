@@ -184,7 +184,7 @@ async fn refusals_have_clear_codes() {
             .await
             .unwrap()
     };
-    use streamedge::store::SharedState;
+    use streamedge::store::{KeyValue, SharedState};
     store
         .set(
             &streamedge::domain::keys::ban(&stream, "buyer-1"),

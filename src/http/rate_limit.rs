@@ -1,5 +1,5 @@
 //! Rate limits per route, per user and per client IP, cluster-wide when Redis is the
-//! backend (the shared GCRA in [`crate::store::SharedState::rate_limit`]). A refused
+//! backend (the shared GCRA in [`crate::store::KeyValue::rate_limit`]). A refused
 //! request gets 429 with `Retry-After`. If the shared state cannot answer, the request is
 //! let through (and counted): limits protect capacity, they must not add an outage.
 

@@ -4,8 +4,18 @@
 //! by itself); multi-key operations are the Lua scripts beside this file; pub/sub uses one
 //! dedicated connection per node ([`pubsub`]). A health task pings Redis every
 //! `redis.health_interval` and drives readiness and the `streamedge_redis_up` gauge.
+//!
+//! This file owns the store itself and what every role shares: the connection, key
+//! naming, the scripts, running a command with its timeout and health bookkeeping, and the
+//! [`SharedState`] core (health, close). Each role's trait is implemented in its own file
+//! beside this one, next to the scripts it runs.
 
+mod distinct;
+mod indexes;
+mod key_value;
+mod logs;
 mod outbox;
+mod presence;
 mod pubsub;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,16 +23,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, RedisError, Script};
+use redis::{RedisError, Script};
 use tokio_util::sync::CancellationToken;
 
 use super::fanout::Fanout;
-use super::{
-    AppendOptions, LogEntry, OutboxEntry, OutboxStats, OutboxTag, SharedState, StoreError,
-    StoreResult, Subscription,
-};
+use super::{SharedState, StoreError, StoreResult};
 use crate::config::{redact_url_password, RedisConfig};
 
 struct Scripts {
@@ -128,14 +134,6 @@ impl RedisStore {
         format!("{}{}", self.prefix, k)
     }
 
-    fn log_keys(&self, log: &str) -> (String, String) {
-        // One hash tag for both keys keeps them in one slot.
-        (
-            format!("{}log:{{{}}}", self.prefix, log),
-            format!("{}log:{{{}}}:seq", self.prefix, log),
-        )
-    }
-
     fn set_health(&self, up: bool) {
         set_health(&self.healthy, up);
     }
@@ -220,378 +218,6 @@ impl SharedState for RedisStore {
         r
     }
 
-    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
-        let mut c = self.conn();
-        let k = self.key(key);
-        let v: Option<Vec<u8>> = self.run(async move { c.get(k).await }).await?;
-        Ok(v.map(Bytes::from))
-    }
-
-    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> StoreResult<()> {
-        let mut c = self.conn();
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(key)).arg(value);
-        if let Some(t) = ttl {
-            cmd.arg("PX").arg(ms(t));
-        }
-        self.run(async move { cmd.query_async::<()>(&mut c).await })
-            .await
-    }
-
-    async fn set_nx(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> StoreResult<bool> {
-        let mut c = self.conn();
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(key)).arg(value).arg("NX");
-        if let Some(t) = ttl {
-            cmd.arg("PX").arg(ms(t));
-        }
-        let r: Option<String> = self
-            .run(async move { cmd.query_async(&mut c).await })
-            .await?;
-        Ok(r.is_some())
-    }
-
-    async fn delete(&self, key: &str) -> StoreResult<bool> {
-        let mut c = self.conn();
-        let k = self.key(key);
-        let n: i64 = self.run(async move { c.del(k).await }).await?;
-        Ok(n > 0)
-    }
-
-    async fn incr(&self, key: &str, by: i64, ttl: Option<Duration>) -> StoreResult<i64> {
-        let mut c = self.conn();
-        let k = self.key(key);
-        match ttl {
-            None => self.run(async move { c.incr(k, by).await }).await,
-            Some(t) => {
-                let mut p = redis::pipe();
-                p.atomic().incr(&k, by).pexpire(&k, ms(t) as i64).ignore();
-                let (n,): (i64,) = self.run(async move { p.query_async(&mut c).await }).await?;
-                Ok(n)
-            }
-        }
-    }
-
-    async fn rate_limit(
-        &self,
-        key: &str,
-        per_sec: f64,
-        burst: u32,
-    ) -> StoreResult<super::RateDecision> {
-        let mut c = self.conn();
-        let interval = (1_000_000.0 / per_sec).max(1.0) as u64;
-        let mut inv = self.scripts.rate_limit.prepare_invoke();
-        inv.key(self.key(&format!("rl:{key}")))
-            .arg(interval)
-            .arg(burst.max(1));
-        let (allowed, retry_us): (i64, u64) = self.run(inv.invoke_async(&mut c)).await?;
-        Ok(super::RateDecision {
-            allowed: allowed == 1,
-            retry_after: Duration::from_micros(retry_us),
-        })
-    }
-
-    async fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: &[u8],
-        new: &[u8],
-        ttl: Option<Duration>,
-        publish: Option<(&str, &[u8])>,
-        outbox: Option<&OutboxTag>,
-    ) -> StoreResult<bool> {
-        let mut c = self.conn();
-        let (channel, payload) = match publish {
-            Some((ch, p)) => (self.key(ch), p),
-            None => (String::new(), &b""[..]),
-        };
-        let (kind, scope) = match outbox {
-            Some(t) => (t.kind, t.scope.as_str()),
-            None => ("", ""),
-        };
-        let mut inv = self.scripts.cas.prepare_invoke();
-        inv.key(self.key(key))
-            .key(self.outbox_key())
-            .arg(expected)
-            .arg(new)
-            .arg(channel)
-            .arg(payload)
-            .arg(ttl.map_or(0, ms))
-            .arg(kind)
-            .arg(scope);
-        let swapped: i64 = self.run(inv.invoke_async(&mut c)).await?;
-        Ok(swapped == 1)
-    }
-
-    async fn set_max(&self, key: &str, value: i64, ttl: Option<Duration>) -> StoreResult<i64> {
-        let mut c = self.conn();
-        let mut inv = self.scripts.set_max.prepare_invoke();
-        inv.key(self.key(key)).arg(value).arg(ttl.map_or(0, ms));
-        self.run(inv.invoke_async(&mut c)).await
-    }
-
-    async fn distinct_add(
-        &self,
-        key: &str,
-        members: &[&str],
-        ttl: Option<Duration>,
-    ) -> StoreResult<()> {
-        if members.is_empty() {
-            return Ok(());
-        }
-        let mut c = self.conn();
-        let k = self.key(key);
-        let mut p = redis::pipe();
-        p.cmd("PFADD").arg(&k).arg(members).ignore();
-        if let Some(t) = ttl {
-            p.cmd("PEXPIRE").arg(&k).arg(ms(t)).ignore();
-        }
-        self.run(async move { p.query_async::<()>(&mut c).await })
-            .await
-    }
-
-    async fn distinct_count(&self, key: &str) -> StoreResult<u64> {
-        let mut c = self.conn();
-        let k = self.key(key);
-        self.run(async move { redis::cmd("PFCOUNT").arg(k).query_async(&mut c).await })
-            .await
-    }
-
-    async fn presence_touch(&self, set: &str, member: &str, ttl: Duration) -> StoreResult<bool> {
-        let mut c = self.conn();
-        let mut inv = self.scripts.presence_touch.prepare_invoke();
-        inv.key(self.key(set)).arg(member).arg(ms(ttl));
-        let added: i64 = self.run(inv.invoke_async(&mut c)).await?;
-        Ok(added == 1)
-    }
-
-    async fn presence_remove(&self, set: &str, member: &str) -> StoreResult<bool> {
-        let mut c = self.conn();
-        let mut inv = self.scripts.presence_remove.prepare_invoke();
-        inv.key(self.key(set)).arg(member);
-        let removed: i64 = self.run(inv.invoke_async(&mut c)).await?;
-        Ok(removed == 1)
-    }
-
-    async fn presence_count(&self, set: &str) -> StoreResult<u64> {
-        let mut c = self.conn();
-        let mut inv = self.scripts.presence_read.prepare_invoke();
-        inv.key(self.key(set)).arg("count");
-        self.run(inv.invoke_async(&mut c)).await
-    }
-
-    async fn presence_list(
-        &self,
-        set: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<String>> {
-        let mut c = self.conn();
-        let mut inv = self.scripts.presence_read.prepare_invoke();
-        inv.key(self.key(set)).arg("list");
-        let mut members: Vec<String> = self.run(inv.invoke_async(&mut c)).await?;
-        members.sort_unstable();
-        let start = match after {
-            Some(a) => members.partition_point(|m| m.as_str() <= a),
-            None => 0,
-        };
-        Ok(members.into_iter().skip(start).take(limit).collect())
-    }
-
-    async fn index_add(&self, key: &str, member: &str) -> StoreResult<bool> {
-        let mut c = self.conn();
-        let k = self.key(key);
-        let n: i64 = self.run(async move { c.zadd(k, member, 0).await }).await?;
-        Ok(n > 0)
-    }
-
-    async fn index_remove(&self, key: &str, member: &str) -> StoreResult<bool> {
-        let mut c = self.conn();
-        let k = self.key(key);
-        let n: i64 = self.run(async move { c.zrem(k, member).await }).await?;
-        Ok(n > 0)
-    }
-
-    async fn index_page_desc(
-        &self,
-        key: &str,
-        before: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<String>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut c = self.conn();
-        let k = self.key(key);
-        let max = match before {
-            Some(b) => format!("({b}"),
-            None => "+".to_string(),
-        };
-        self.run(async move {
-            redis::cmd("ZREVRANGEBYLEX")
-                .arg(k)
-                .arg(max)
-                .arg("-")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit)
-                .query_async(&mut c)
-                .await
-        })
-        .await
-    }
-
-    async fn log_append(
-        &self,
-        log: &str,
-        payload: &[u8],
-        opts: &AppendOptions,
-    ) -> StoreResult<u64> {
-        let mut c = self.conn();
-        let (stream, seq) = self.log_keys(log);
-        let channel = opts
-            .publish
-            .as_deref()
-            .map(|ch| self.key(ch))
-            .unwrap_or_default();
-        let (once_key, once_ms) = match &opts.once {
-            Some((key, ttl)) => (self.key(key), ms(*ttl)),
-            None => (self.key("once:unused"), 0),
-        };
-        let (kind, scope) = match &opts.outbox {
-            Some(t) => (t.kind, t.scope.as_str()),
-            None => ("", ""),
-        };
-        let mut inv = self.scripts.log_append.prepare_invoke();
-        inv.key(stream)
-            .key(seq)
-            .key(once_key)
-            .key(self.outbox_key())
-            .arg(payload)
-            .arg(opts.max_len)
-            .arg(opts.ttl.map_or(0, ms))
-            .arg(channel)
-            .arg(once_ms)
-            .arg(kind)
-            .arg(scope)
-            .arg(if opts.keep_seq { "1" } else { "0" });
-        self.run(inv.invoke_async(&mut c)).await
-    }
-
-    async fn log_after(&self, log: &str, after: u64, limit: usize) -> StoreResult<Vec<LogEntry>> {
-        if limit == 0 || after == u64::MAX {
-            return Ok(Vec::new());
-        }
-        let mut c = self.conn();
-        let (stream, _) = self.log_keys(log);
-        let start = format!("{}-0", after + 1);
-        let reply: redis::streams::StreamRangeReply = self
-            .run(async move { c.xrange_count(stream, start, "+", limit).await })
-            .await?;
-        entries(reply)
-    }
-
-    async fn log_before(&self, log: &str, before: u64, limit: usize) -> StoreResult<Vec<LogEntry>> {
-        if limit == 0 || before <= 1 {
-            return Ok(Vec::new());
-        }
-        let mut c = self.conn();
-        let (stream, _) = self.log_keys(log);
-        let end = format!("{}-0", before - 1);
-        let reply: redis::streams::StreamRangeReply = self
-            .run(async move { c.xrevrange_count(stream, end, "-", limit).await })
-            .await?;
-        entries(reply)
-    }
-
-    async fn log_last_seq(&self, log: &str) -> StoreResult<u64> {
-        let mut c = self.conn();
-        let (_, seq) = self.log_keys(log);
-        let v: Option<u64> = self.run(async move { c.get(seq).await }).await?;
-        Ok(v.unwrap_or(0))
-    }
-
-    async fn log_restore(
-        &self,
-        log: &str,
-        entries: &[LogEntry],
-        last_seq: u64,
-        opts: &AppendOptions,
-    ) -> StoreResult<()> {
-        let mut c = self.conn();
-        let (stream, seq) = self.log_keys(log);
-        let mut inv = self.scripts.log_restore.prepare_invoke();
-        inv.key(stream)
-            .key(seq)
-            .arg(last_seq)
-            .arg(opts.max_len)
-            .arg(opts.ttl.map_or(0, ms))
-            .arg(if opts.keep_seq { "1" } else { "0" });
-        for e in entries {
-            inv.arg(e.seq).arg(&e.payload[..]);
-        }
-        let _: i64 = self.run(inv.invoke_async(&mut c)).await?;
-        Ok(())
-    }
-
-    async fn log_remove(&self, log: &str, seq: u64) -> StoreResult<bool> {
-        let mut c = self.conn();
-        let (stream, _) = self.log_keys(log);
-        let id = format!("{seq}-0");
-        let n: i64 = self.run(async move { c.xdel(stream, &[id]).await }).await?;
-        Ok(n > 0)
-    }
-
-    async fn publish(&self, channel: &str, payload: Bytes) -> StoreResult<()> {
-        let mut c = self.conn();
-        let ch = self.key(channel);
-        self.run(async move { c.publish::<_, _, i64>(ch, &payload[..]).await })
-            .await
-            .map(|_| ())
-    }
-
-    async fn subscribe(&self, channel: &str) -> StoreResult<Subscription> {
-        let (sub, first) = self.fanout.subscribe(&self.key(channel));
-        if first {
-            self.pubsub.subscribe(self.key(channel)).await;
-        }
-        Ok(sub)
-    }
-
-    async fn outbox_add(&self, tag: &OutboxTag, data: &[u8]) -> StoreResult<()> {
-        let mut c = self.conn();
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.outbox_key())
-            .arg("*")
-            .arg("k")
-            .arg(tag.kind)
-            .arg("s")
-            .arg(&tag.scope)
-            .arg("q")
-            .arg(0)
-            .arg("d")
-            .arg(data);
-        let _: redis::Value = self.run(cmd.query_async(&mut c)).await?;
-        Ok(())
-    }
-
-    async fn outbox_take(
-        &self,
-        consumer: &str,
-        max: usize,
-        reclaim_after: Duration,
-    ) -> StoreResult<Vec<OutboxEntry>> {
-        outbox::take(self, consumer, max, reclaim_after).await
-    }
-
-    async fn outbox_ack(&self, ids: &[String]) -> StoreResult<()> {
-        outbox::ack(self, ids).await
-    }
-
-    async fn outbox_stats(&self) -> StoreResult<OutboxStats> {
-        outbox::stats(self).await
-    }
-
     async fn close(&self) {
         self.stop.cancel();
     }
@@ -601,29 +227,4 @@ impl Drop for RedisStore {
     fn drop(&mut self) {
         self.stop.cancel();
     }
-}
-
-fn entries(reply: redis::streams::StreamRangeReply) -> StoreResult<Vec<LogEntry>> {
-    reply
-        .ids
-        .into_iter()
-        .map(|id| {
-            let seq = id
-                .id
-                .split('-')
-                .next()
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| StoreError::Backend(format!("bad log entry id {}", id.id)))?;
-            let payload = match id.map.get("p") {
-                Some(redis::Value::BulkString(b)) => Bytes::copy_from_slice(b),
-                _ => {
-                    return Err(StoreError::Backend(format!(
-                        "log entry {} has no payload",
-                        id.id
-                    )))
-                }
-            };
-            Ok(LogEntry { seq, payload })
-        })
-        .collect()
 }

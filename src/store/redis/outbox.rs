@@ -5,10 +5,11 @@
 
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use redis::Value;
 
 use super::{ms, RedisStore};
-use crate::store::{OutboxEntry, OutboxStats, StoreError, StoreResult};
+use crate::store::{Outbox, OutboxEntry, OutboxStats, OutboxTag, StoreError, StoreResult};
 
 const GROUP: &str = "writers";
 
@@ -105,7 +106,7 @@ fn lost_group(e: &StoreError) -> bool {
     matches!(e, StoreError::Backend(m) if m.contains("NOGROUP"))
 }
 
-pub(super) async fn take(
+async fn take(
     store: &RedisStore,
     consumer: &str,
     max: usize,
@@ -199,7 +200,7 @@ async fn take_inner(
     }
 }
 
-pub(super) async fn ack(store: &RedisStore, ids: &[String]) -> StoreResult<()> {
+async fn ack(store: &RedisStore, ids: &[String]) -> StoreResult<()> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -215,7 +216,7 @@ pub(super) async fn ack(store: &RedisStore, ids: &[String]) -> StoreResult<()> {
     Ok(())
 }
 
-pub(super) async fn stats(store: &RedisStore) -> StoreResult<OutboxStats> {
+async fn stats(store: &RedisStore) -> StoreResult<OutboxStats> {
     let key = store.outbox_key();
     let mut pipe = redis::pipe();
     pipe.cmd("XLEN").arg(&key);
@@ -234,4 +235,41 @@ pub(super) async fn stats(store: &RedisStore) -> StoreResult<OutboxStats> {
         depth,
         oldest_added_ms: oldest,
     })
+}
+
+#[async_trait]
+impl Outbox for RedisStore {
+    async fn outbox_add(&self, tag: &OutboxTag, data: &[u8]) -> StoreResult<()> {
+        let mut c = self.conn();
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.outbox_key())
+            .arg("*")
+            .arg("k")
+            .arg(tag.kind)
+            .arg("s")
+            .arg(&tag.scope)
+            .arg("q")
+            .arg(0)
+            .arg("d")
+            .arg(data);
+        let _: redis::Value = self.run(cmd.query_async(&mut c)).await?;
+        Ok(())
+    }
+
+    async fn outbox_take(
+        &self,
+        consumer: &str,
+        max: usize,
+        reclaim_after: Duration,
+    ) -> StoreResult<Vec<OutboxEntry>> {
+        take(self, consumer, max, reclaim_after).await
+    }
+
+    async fn outbox_ack(&self, ids: &[String]) -> StoreResult<()> {
+        ack(self, ids).await
+    }
+
+    async fn outbox_stats(&self) -> StoreResult<OutboxStats> {
+        stats(self).await
+    }
 }

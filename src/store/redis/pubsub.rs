@@ -1,17 +1,21 @@
 //! The node's one Redis pub/sub connection: subscribes each channel once for all local
 //! subscribers, reconnects with backoff, re-subscribes after a reconnect and then tells
 //! every local subscriber to resync (messages published while it was away are lost to
-//! pub/sub; the ordered log has them).
+//! pub/sub; the ordered log has them). And [`PubSub`] for the Redis backend on top of it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use redis::AsyncCommands;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::RedisStore;
 use crate::store::fanout::{Fanout, PubSubEvent};
+use crate::store::{PubSub, StoreResult, Subscription};
 
 const PUBSUB_CAPACITY: usize = 4096;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -127,5 +131,24 @@ async fn run(
             }
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[async_trait]
+impl PubSub for RedisStore {
+    async fn publish(&self, channel: &str, payload: Bytes) -> StoreResult<()> {
+        let mut c = self.conn();
+        let ch = self.key(channel);
+        self.run(async move { c.publish::<_, _, i64>(ch, &payload[..]).await })
+            .await
+            .map(|_| ())
+    }
+
+    async fn subscribe(&self, channel: &str) -> StoreResult<Subscription> {
+        let (sub, first) = self.fanout.subscribe(&self.key(channel));
+        if first {
+            self.pubsub.subscribe(self.key(channel)).await;
+        }
+        Ok(sub)
     }
 }
