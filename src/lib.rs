@@ -11,6 +11,7 @@ pub mod domain;
 pub mod http;
 pub mod media;
 pub mod moderation;
+pub mod periodic;
 pub mod persist;
 pub mod protocol;
 pub mod rtc;

@@ -36,7 +36,6 @@ use webrtc::peer_connection::PeerConnection;
 use crate::config::MediaConfig;
 use crate::store::SharedState;
 
-use peer::{now_state, Handler};
 pub use sdp::{check_offer, negotiated_pt};
 use sdp::{media_sections, sending_sections};
 use service::{Hold, ViewerSlot};
@@ -133,6 +132,20 @@ pub struct Publication {
     holders: AtomicUsize,
     /// Cancelled when the publisher's connection ends.
     pub ended: tokio_util::sync::CancellationToken,
+}
+
+impl Publication {
+    fn new(stream: Uuid, resource: String, expected_tracks: usize) -> Arc<Self> {
+        Arc::new(Publication {
+            stream,
+            resource,
+            expected_tracks: AtomicUsize::new(expected_tracks),
+            tracks: Mutex::new(Vec::new()),
+            tracks_changed: Notify::new(),
+            holders: AtomicUsize::new(0),
+            ended: tokio_util::sync::CancellationToken::new(),
+        })
+    }
 }
 
 pub struct MediaService {

@@ -104,6 +104,33 @@ pub(super) fn now_state() -> (
 }
 
 impl MediaService {
+    /// A new peer connection with its handler: the publication its received tracks feed
+    /// (`None` for a viewer), the notice that ICE gathering completed, and its state.
+    pub(super) async fn connect(
+        &self,
+        on_track: Option<Arc<Publication>>,
+    ) -> Result<
+        (
+            Arc<dyn PeerConnection>,
+            Option<Arc<ports::PortLease>>,
+            Arc<Notify>,
+            tokio::sync::watch::Receiver<RTCPeerConnectionState>,
+        ),
+        MediaError,
+    > {
+        let gathered = Arc::new(Notify::new());
+        let (state_tx, state_rx) = now_state();
+        let (pc, port) = self
+            .peer_connection(Handler {
+                gathered: gathered.clone(),
+                state: state_tx,
+                on_track,
+                keyframe_interval: self.cfg.keyframe_interval,
+            })
+            .await?;
+        Ok((pc, port, gathered, state_rx))
+    }
+
     /// A new peer connection bound to `media.udp_addr` — on a port of
     /// `media.udp_port_range` when set (the lease lives as long as the session).
     pub(super) async fn peer_connection(&self, handler: Handler) -> Result<Connection, MediaError> {

@@ -2,13 +2,12 @@
 //! token) and fans it out to its own viewers like a local publish; an idle relay closes
 //! after `media.relay_idle_timeout`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use tokio::sync::Notify;
 use uuid::Uuid;
 use webrtc::peer_connection::RTCPeerConnectionState;
 
@@ -23,26 +22,10 @@ impl MediaService {
         ingest: &Ingest,
     ) -> Result<Arc<Publication>, MediaError> {
         let resource_id = format!("relay{}", Uuid::new_v4().simple());
-        let publication = Arc::new(Publication {
-            stream,
-            resource: resource_id.clone(),
-            // Set from the origin's answer (it may carry only audio or only video).
-            expected_tracks: AtomicUsize::new(1),
-            tracks: Mutex::new(Vec::new()),
-            tracks_changed: Notify::new(),
-            holders: AtomicUsize::new(0),
-            ended: tokio_util::sync::CancellationToken::new(),
-        });
-        let gathered = Arc::new(Notify::new());
-        let (state_tx, mut state_rx) = now_state();
-        let (pc, port) = self
-            .peer_connection(Handler {
-                gathered: gathered.clone(),
-                state: state_tx,
-                on_track: Some(publication.clone()),
-                keyframe_interval: self.cfg.keyframe_interval,
-            })
-            .await?;
+        // Expected tracks are set from the origin's answer (it may carry only audio or only
+        // video).
+        let publication = Publication::new(stream, resource_id.clone(), 1);
+        let (pc, port, gathered, mut state_rx) = self.connect(Some(publication.clone())).await?;
         let result = async {
             for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
                 pc.add_transceiver_from_kind(

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use uuid::Uuid;
 use webrtc::peer_connection::RTCPeerConnectionState;
 
@@ -77,25 +76,8 @@ impl MediaService {
             }
         }
         let resource_id = Uuid::new_v4().simple().to_string();
-        let publication = Arc::new(Publication {
-            stream,
-            resource: resource_id.clone(),
-            expected_tracks: AtomicUsize::new(media_sections(offer)),
-            tracks: Mutex::new(Vec::new()),
-            tracks_changed: Notify::new(),
-            holders: AtomicUsize::new(0),
-            ended: tokio_util::sync::CancellationToken::new(),
-        });
-        let gathered = Arc::new(Notify::new());
-        let (state_tx, state_rx) = now_state();
-        let (pc, port) = self
-            .peer_connection(Handler {
-                gathered: gathered.clone(),
-                state: state_tx,
-                on_track: Some(publication.clone()),
-                keyframe_interval: self.cfg.keyframe_interval,
-            })
-            .await?;
+        let publication = Publication::new(stream, resource_id.clone(), media_sections(offer));
+        let (pc, port, gathered, state_rx) = self.connect(Some(publication.clone())).await?;
         let sdp = match Self::answer(&pc, offer, &gathered).await {
             Ok(s) => s,
             Err(e) => {

@@ -8,7 +8,6 @@ use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use tokio::sync::Notify;
 use uuid::Uuid;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
@@ -52,16 +51,7 @@ impl MediaService {
         if tracks.is_empty() {
             return Err(MediaError::NotPublishing);
         }
-        let gathered = Arc::new(Notify::new());
-        let (state_tx, state_rx) = now_state();
-        let (pc, port) = self
-            .peer_connection(Handler {
-                gathered: gathered.clone(),
-                state: state_tx,
-                on_track: None,
-                keyframe_interval: self.cfg.keyframe_interval,
-            })
-            .await?;
+        let (pc, port, gathered, state_rx) = self.connect(None).await?;
         let mut locals = Vec::new();
         for fwd in &tracks {
             let ssrc = rand_ssrc();

@@ -319,13 +319,8 @@ pub async fn run_sweeper(
     every: Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = crate::periodic::Ticker::new(every, stop);
+    while ticker.next().await {
         metrics::counter!("streamedge_session_sweeps_total").increment(1);
         match service.sweep_once().await {
             Ok(_) => {}

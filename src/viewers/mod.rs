@@ -64,18 +64,8 @@ impl ViewerService {
             // Peaks between two count pushes are not lost.
             self.counts(stream).await?;
         }
-        if let Some(sess) = stream
-            .session
-            .as_ref()
-            .filter(|_| stream.state != crate::streams::StreamState::Ended)
-        {
-            self.store
-                .distinct_add(
-                    &keys::session_unique(&stream.id, &sess.id),
-                    &[user],
-                    self.summary_ttl(),
-                )
-                .await?;
+        if stream.state != crate::streams::StreamState::Ended {
+            self.join_session(stream, user).await?;
         }
         Ok(())
     }
@@ -250,13 +240,8 @@ impl ViewerService {
 /// Refreshes local viewers every `ttl / 3` until `stop`.
 pub async fn run_refresher(viewers: Arc<ViewerService>, stop: tokio_util::sync::CancellationToken) {
     let every = viewers.cfg.ttl / 3;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = crate::periodic::Ticker::new(every, stop);
+    while ticker.next().await {
         if let Err(e) = viewers.refresh_all().await {
             tracing::debug!(error = %e, "viewer refresh failed");
         }

@@ -157,48 +157,56 @@ fn created(app: &AppState, path: String, sdp: String) -> Response {
 
 /// What WHIP and WHEP requests share: the node's media service, the stream, the caller and
 /// the offer.
-struct OfferRequest<'a> {
-    media: &'a std::sync::Arc<MediaService>,
+pub struct OfferRequest {
+    media: std::sync::Arc<MediaService>,
     id: Uuid,
     user: String,
     offer: String,
     stream: crate::domain::stream::Stream,
 }
 
-async fn offer_request<'a>(
-    app: &'a AppState,
-    stream_id: &str,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<OfferRequest<'a>, ApiError> {
-    let media = media_enabled(app)?;
-    let id = parse_stream_id(stream_id)?;
-    let user = caller(app, headers, &id).await?;
-    let offer = sdp_body(headers, body)?;
-    let stream = app.streams.get(&id).await?;
-    Ok(OfferRequest {
-        media,
-        id,
-        user,
-        offer,
-        stream,
-    })
+impl axum::extract::FromRequest<AppState> for OfferRequest {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, app: &AppState) -> Result<Self, ApiError> {
+        use axum::extract::FromRequestParts;
+        let (mut parts, body) = req.into_parts();
+        let Path(stream_id) = Path::<String>::from_request_parts(&mut parts, app)
+            .await
+            .map_err(|_| ApiError::not_found("no such endpoint"))?;
+        let headers = parts.headers.clone();
+        let req = axum::extract::Request::from_parts(parts, body);
+        let body = Bytes::from_request(req, app).await.map_err(|e| {
+            ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                "payload_too_large",
+                e.body_text(),
+            )
+        })?;
+        let media = media_enabled(app)?.clone();
+        let id = parse_stream_id(&stream_id)?;
+        let user = caller(app, &headers, &id).await?;
+        let offer = sdp_body(&headers, &body)?;
+        let stream = app.streams.get(&id).await?;
+        Ok(OfferRequest {
+            media,
+            id,
+            user,
+            offer,
+            stream,
+        })
+    }
 }
 
 /// `POST /v1/streams/{stream_id}/whip` (the stream's seller).
-pub async fn whip(
-    State(app): State<AppState>,
-    Path(stream_id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+pub async fn whip(State(app): State<AppState>, req: OfferRequest) -> Result<Response, ApiError> {
     let OfferRequest {
         media,
         id,
         user,
         offer,
         stream,
-    } = offer_request(&app, &stream_id, &headers, &body).await?;
+    } = req;
     require_owner(&stream, &user, "publish")?;
     require_not_ended(&stream)?;
     let (answer, publication, mut state) = media.publish(id, &user, &offer).await?;
@@ -259,19 +267,14 @@ pub async fn whip(
 }
 
 /// `POST /v1/streams/{stream_id}/whep` (any signed-in viewer).
-pub async fn whep(
-    State(app): State<AppState>,
-    Path(stream_id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+pub async fn whep(State(app): State<AppState>, req: OfferRequest) -> Result<Response, ApiError> {
     let OfferRequest {
         media,
         id,
         user,
         offer,
         stream,
-    } = offer_request(&app, &stream_id, &headers, &body).await?;
+    } = req;
     app.moderation.check_not_banned(&stream, &user).await?;
     let (answer, _state) = media.view(id, &user, &offer).await?;
     metrics::counter!("streamedge_media_sessions_total", "kind" => "whep").increment(1);

@@ -180,13 +180,8 @@ async fn health_loop(
     timeout: Duration,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = crate::periodic::Ticker::new(every, stop);
+    while ticker.next().await {
         let mut c = conn.clone();
         let ok = matches!(
             tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut c)).await,
