@@ -91,22 +91,9 @@ impl Persistence {
         before: u64,
         limit: usize,
     ) -> Result<Vec<ArchivedMessage>, ReadError> {
-        let c = self.client().await?;
-        let rows = c
-            .query(
-                &format!(
-                    "select {MESSAGE_COLUMNS} from public.chat_messages
-                     where stream_id = $1::text::uuid and seq < $2 and deleted_at is null
-                     order by seq desc limit $3"
-                ),
-                &[
-                    &id.to_string(),
-                    &(before.min(i64::MAX as u64) as i64),
-                    &(limit as i64),
-                ],
-            )
-            .await?;
-        Ok(rows.iter().map(message_row).collect())
+        let cond = "seq < $2 and deleted_at is null order by seq desc limit $3";
+        self.messages(cond, &[&id.to_string(), &sql_seq(before), &(limit as i64)])
+            .await
     }
 
     /// Messages with `after < seq <= upto`, oldest first, at most `limit`, deleted ones
@@ -118,22 +105,29 @@ impl Persistence {
         upto: u64,
         limit: usize,
     ) -> Result<Vec<ArchivedMessage>, ReadError> {
+        let cond = "seq > $2 and seq <= $3 order by seq limit $4";
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+            &id.to_string(),
+            &sql_seq(after),
+            &sql_seq(upto),
+            &(limit as i64),
+        ];
+        self.messages(cond, &params).await
+    }
+
+    /// The archived messages of stream `$1` that match `cond` (a condition on `seq` and the
+    /// order and limit).
+    async fn messages(
+        &self,
+        cond: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<ArchivedMessage>, ReadError> {
         let c = self.client().await?;
-        let rows = c
-            .query(
-                &format!(
-                    "select {MESSAGE_COLUMNS} from public.chat_messages
-                     where stream_id = $1::text::uuid and seq > $2 and seq <= $3
-                     order by seq limit $4"
-                ),
-                &[
-                    &id.to_string(),
-                    &(after.min(i64::MAX as u64) as i64),
-                    &(upto.min(i64::MAX as u64) as i64),
-                    &(limit as i64),
-                ],
-            )
-            .await?;
+        let sql = format!(
+            "select {MESSAGE_COLUMNS} from public.chat_messages
+             where stream_id = $1::text::uuid and {cond}"
+        );
+        let rows = c.query(&sql, params).await?;
         Ok(rows.iter().map(message_row).collect())
     }
 
@@ -212,4 +206,9 @@ impl Persistence {
             .await?;
         Ok(row.and_then(|r| serde_json::from_str(r.get::<_, &str>(0)).ok()))
     }
+}
+
+/// A sequence number as PostgreSQL's `bigint` (`u64::MAX`, meaning "no bound", clamps).
+fn sql_seq(seq: u64) -> i64 {
+    seq.min(i64::MAX as u64) as i64
 }

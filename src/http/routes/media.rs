@@ -200,15 +200,16 @@ impl axum::extract::FromRequest<AppState> for OfferRequest {
 
 /// `POST /v1/streams/{stream_id}/whip` (the stream's seller).
 pub async fn whip(State(app): State<AppState>, req: OfferRequest) -> Result<Response, ApiError> {
+    require_owner(&req.stream, &req.user, "publish")?;
+    require_not_ended(&req.stream)?;
     let OfferRequest {
         media,
         id,
         user,
         offer,
         stream,
+        ..
     } = req;
-    require_owner(&stream, &user, "publish")?;
-    require_not_ended(&stream)?;
     let (answer, publication, mut state) = media.publish(id, &user, &offer).await?;
     let every = (app.config.session.heartbeat_timeout / 3).max(Duration::from_millis(100));
     media.announce(&id, every * 3).await;
@@ -268,15 +269,11 @@ pub async fn whip(State(app): State<AppState>, req: OfferRequest) -> Result<Resp
 
 /// `POST /v1/streams/{stream_id}/whep` (any signed-in viewer).
 pub async fn whep(State(app): State<AppState>, req: OfferRequest) -> Result<Response, ApiError> {
-    let OfferRequest {
-        media,
-        id,
-        user,
-        offer,
-        stream,
-    } = req;
-    app.moderation.check_not_banned(&stream, &user).await?;
-    let (answer, _state) = media.view(id, &user, &offer).await?;
+    app.moderation
+        .check_not_banned(&req.stream, &req.user)
+        .await?;
+    let (answer, _state) = req.media.view(req.id, &req.user, &req.offer).await?;
+    let id = req.id;
     metrics::counter!("streamedge_media_sessions_total", "kind" => "whep").increment(1);
     Ok(created(
         &app,
