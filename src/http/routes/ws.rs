@@ -80,72 +80,105 @@ pub async fn stream_ws(
         .max_message_size(ws.max_message_size)
         .max_frame_size(ws.max_message_size)
         .protocols([SUBPROTOCOL]);
-    let app2 = app.clone();
+    let accepted = Accepted {
+        stream,
+        record,
+        who,
+        admission,
+        since_seq: params.since_seq,
+        queue_bytes,
+        settings,
+    };
     Ok(upgrade
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| async move {
-            let app = app2;
-            let queue = Arc::new(OutboundQueue::new(queue_bytes));
-            let registration = app.registry.register(admission, stream, queue.clone());
-            let _hub = app.hubs.join(stream);
-            metrics::counter!("streamedge_ws_connections_total").increment(1);
-            let is_seller = record.owner_id == who.user_id;
-            if !is_seller {
-                if let Err(e) = app.viewers.join(&record, &who.user_id).await {
-                    tracing::warn!(%stream, error = %e, "viewer not recorded");
+        .on_upgrade(move |socket| serve(app, socket, accepted)))
+}
+
+/// What the upgrade handler checked and admitted, for the connection's life.
+struct Accepted {
+    stream: uuid::Uuid,
+    record: crate::domain::Stream,
+    who: crate::auth::Principal,
+    admission: crate::ws::registry::Admission,
+    since_seq: Option<u64>,
+    queue_bytes: usize,
+    settings: ConnSettings,
+}
+
+/// One stream WebSocket from welcome to close: registered with the node, counted as a
+/// viewer (or, for the seller, heartbeating the session), caught up, then driven.
+async fn serve(app: AppState, socket: axum::extract::ws::WebSocket, a: Accepted) {
+    let Accepted {
+        stream,
+        record,
+        who,
+        admission,
+        since_seq,
+        queue_bytes,
+        settings,
+    } = a;
+    let queue = Arc::new(OutboundQueue::new(queue_bytes));
+    let registration = app.registry.register(admission, stream, queue.clone());
+    let _hub = app.hubs.join(stream);
+    metrics::counter!("streamedge_ws_connections_total").increment(1);
+    let is_seller = record.owner_id == who.user_id;
+    if !is_seller {
+        if let Err(e) = app.viewers.join(&record, &who.user_id).await {
+            tracing::warn!(%stream, error = %e, "viewer not recorded");
+        }
+    }
+    let viewers = app.viewers.counts(&record).await.ok();
+    // Live chat frames are held back until the welcome is queued: the client gets every
+    // message after `last_seq`, live, with nothing missing in between.
+    let last_seq = app.chat.last_seq(&stream).await.unwrap_or(0);
+    let welcome = ServerFrame::Welcome {
+        stream,
+        node: &app.node_id,
+        conn_id: registration.id,
+        protocol: SUBPROTOCOL,
+        state: record.state.as_str(),
+        session_id: record.session.as_ref().map(|s| s.id),
+        version: record.version,
+        last_seq,
+        viewers,
+    }
+    .encode();
+    let _ = queue.push(welcome);
+    let conn = &registration.conn;
+    match since_seq {
+        None => conn.finish_catch_up(last_seq, Vec::new()),
+        // A reconnect: what was missed, then live, in one go (live frames are still held
+        // back).
+        Some(since) => crate::ws::chat::resume(&app.chat, &stream, conn, since, None).await,
+    }
+    let handler = crate::ws::chat::ChatHandler {
+        chat: app.chat.clone(),
+        stream,
+        who: who.clone(),
+        conn: registration.conn.clone(),
+    };
+    let tracker = app.registry.tracker().clone();
+    let end = tracker
+        .track_future(async {
+            if is_seller {
+                // The seller's open connection is their heartbeat.
+                tokio::select! {
+                    end = conn::drive(socket, queue, settings, handler) => end,
+                    never = seller_heartbeats(&app, stream, &who.user_id) => match never {},
                 }
+            } else {
+                conn::drive(socket, queue, settings, handler).await
             }
-                        let viewers = app.viewers.counts(&record).await.ok();
-            // Live chat frames are held back until the welcome is queued: the client
-            // gets every message after `last_seq`, live, with nothing missing in between.
-            let last_seq = app.chat.last_seq(&stream).await.unwrap_or(0);
-            let welcome = ServerFrame::Welcome {
-                stream,
-                node: &app.node_id,
-                conn_id: registration.id,
-                protocol: SUBPROTOCOL,
-                state: record.state.as_str(),
-                session_id: record.session.as_ref().map(|s| s.id),
-                                version: record.version,
-                last_seq,
-                viewers,
-            }
-            .encode();
-                        let _ = queue.push(welcome);
-            match params.since_seq {
-                None => registration.conn.finish_catch_up(last_seq, Vec::new()),
-                // A reconnect: what was missed, then live, in one go (live frames are
-                // still held back).
-                Some(since) => crate::ws::chat::resume(&app.chat, &stream, &registration.conn, since, None).await,
-            }
-            let handler = crate::ws::chat::ChatHandler {
-                chat: app.chat.clone(),
-                stream,
-                who: who.clone(),
-                conn: registration.conn.clone(),
-            };
-            let tracker = app.registry.tracker().clone();
-            let end = tracker
-                .track_future(async {
-                    if is_seller {
-                        // The seller's open connection is their heartbeat.
-                        tokio::select! {
-                                                        end = conn::drive(socket, queue, settings, handler) => end,
-                            never = seller_heartbeats(&app, stream, &who.user_id) => match never {},
-                        }
-                    } else {
-                                                conn::drive(socket, queue, settings, handler).await
-                    }
-                })
-                .await;
-            if !is_seller {
-                if let Err(e) = app.viewers.leave(&stream, &who.user_id).await {
-                    tracing::debug!(%stream, error = %e, "viewer leave not recorded; it expires");
-                }
-            }
-            tracing::debug!(%stream, conn = registration.id, user = %who.user_id, ?end, "websocket closed");
-            drop(registration);
-        }))
+        })
+        .await;
+    if !is_seller {
+        if let Err(e) = app.viewers.leave(&stream, &who.user_id).await {
+            tracing::debug!(%stream, error = %e, "viewer leave not recorded; it expires");
+        }
+    }
+    let id = registration.id;
+    tracing::debug!(%stream, conn = id, user = %who.user_id, ?end, "websocket closed");
+    drop(registration);
 }
 
 /// Sends a heartbeat for the seller's session every third of the heartbeat timeout, for
