@@ -2,10 +2,11 @@
 //!
 //! Metric names follow Prometheus conventions: `streamedge_` prefix, `_total` for
 //! counters, `_seconds` and `_bytes` units. Histograms whose name ends in `_seconds` get
-//! latency buckets from 100 µs to 10 s. Process metrics are read from `/proc/self` at
-//! scrape time.
+//! latency buckets from 100 µs to 10 s. Process metrics (`streamedge_process_*`: CPU,
+//! memory, file descriptors, threads, start time) come from the `metrics-process` crate,
+//! collected at scrape time; CPU seconds are a float gauge (the crate's counter form counts
+//! whole seconds only).
 
-use std::fmt::Write;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -16,6 +17,11 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(|| metrics_process::Collector::new("streamedge_"))
+}
 
 /// Installs the global recorder once per process and returns its handle.
 pub fn install() -> PrometheusHandle {
@@ -30,6 +36,7 @@ pub fn install() -> PrometheusHandle {
             // then metrics go there and /metrics shows what this handle has.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            process_collector().describe();
             metrics::gauge!(
                 "streamedge_build_info",
                 "version" => env!("CARGO_PKG_VERSION"),
@@ -99,117 +106,10 @@ fn describe() {
     );
 }
 
-/// Renders the exposition text: the recorder's metrics plus process metrics.
+/// Renders the exposition text: the recorder's metrics, process metrics collected now.
 pub fn render(handle: &PrometheusHandle) -> String {
-    let mut out = handle.render();
-    append_process_metrics(&mut out);
-    out
-}
-
-fn append_process_metrics(out: &mut String) {
-    let p = ProcessStats::read();
-    let mut metric = |name: &str, kind: &str, help: &str, value: Option<f64>| {
-        if let Some(v) = value {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
-        }
-    };
-    metric(
-        "streamedge_process_resident_memory_bytes",
-        "gauge",
-        "Resident set size in bytes.",
-        p.rss_bytes,
-    );
-    metric(
-        "streamedge_process_virtual_memory_bytes",
-        "gauge",
-        "Virtual memory size in bytes.",
-        p.vsize_bytes,
-    );
-    metric(
-        "streamedge_process_open_fds",
-        "gauge",
-        "Open file descriptors.",
-        p.open_fds,
-    );
-    metric(
-        "streamedge_process_max_fds",
-        "gauge",
-        "Open file descriptor limit (soft).",
-        p.max_fds,
-    );
-    metric(
-        "streamedge_process_cpu_seconds_total",
-        "counter",
-        "User and system CPU time spent, in seconds.",
-        p.cpu_seconds,
-    );
-    metric(
-        "streamedge_process_threads",
-        "gauge",
-        "OS threads.",
-        p.threads,
-    );
-}
-
-/// What `/proc/self` says about this process (Linux); `None` where unavailable.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct ProcessStats {
-    pub rss_bytes: Option<f64>,
-    pub vsize_bytes: Option<f64>,
-    pub open_fds: Option<f64>,
-    pub max_fds: Option<f64>,
-    pub cpu_seconds: Option<f64>,
-    pub threads: Option<f64>,
-}
-
-/// Clock ticks per second for `/proc/self/stat` times; 100 on every Linux we target.
-const CLK_TCK: f64 = 100.0;
-
-impl ProcessStats {
-    pub fn read() -> Self {
-        let mut s = ProcessStats::default();
-        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-            s.rss_bytes = status_kib(&status, "VmRSS:").map(|k| k * 1024.0);
-            s.vsize_bytes = status_kib(&status, "VmSize:").map(|k| k * 1024.0);
-            s.threads = status_kib(&status, "Threads:");
-        }
-        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-            s.cpu_seconds = parse_stat_cpu(&stat);
-        }
-        s.open_fds = std::fs::read_dir("/proc/self/fd")
-            .ok()
-            .map(|d| d.count() as f64);
-        if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
-            s.max_fds = limits
-                .lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3))
-                .and_then(|v| v.parse().ok());
-        }
-        s
-    }
-}
-
-fn status_kib(status: &str, field: &str) -> Option<f64> {
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
-/// utime + stime (fields 14 and 15) of `/proc/self/stat`, in seconds. The command name
-/// (field 2) may contain spaces, so fields are counted after its closing parenthesis.
-fn parse_stat_cpu(stat: &str) -> Option<f64> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // `after` starts at field 3 (state), so field N is fields[N - 3].
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / CLK_TCK)
+    process_collector().collect();
+    handle.render()
 }
 
 #[cfg(test)]
@@ -217,16 +117,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_cpu_from_stat_with_spaces_in_name() {
-        let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0";
-        assert_eq!(parse_stat_cpu(stat), Some(3.0));
-    }
-
-    #[test]
-    fn reads_this_process() {
-        let s = ProcessStats::read();
-        assert!(s.rss_bytes.unwrap() > 0.0);
-        assert!(s.open_fds.unwrap() >= 1.0);
-        assert!(s.cpu_seconds.is_some());
+    fn process_metrics_are_rendered() {
+        let text = render(&install());
+        for name in [
+            "streamedge_process_resident_memory_bytes",
+            "streamedge_process_open_fds",
+            "streamedge_process_max_fds",
+            "streamedge_process_cpu_seconds_total",
+            "streamedge_process_threads",
+        ] {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(name) && !l.starts_with('#'))
+                .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+            let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!(v >= 0.0, "{line}");
+        }
+        assert!(text.contains("# HELP streamedge_process_open_fds"));
     }
 }
