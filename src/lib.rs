@@ -1,7 +1,8 @@
 //! streamedge: an edge node for live shopping streams.
 //!
-//! Capabilities live in one folder each (`ws/`, `store/`, ...); [`server::run`] wires them
-//! into a node. See README.md for the architecture.
+//! Capabilities live in one folder each (`chat/`, `media/`, ...) over a shared `domain/`
+//! and `store/`; the transport (`http/`, `ws/`) sits on top and [`server::run`] wires it all
+//! into a node. Dependencies point one way (README.md, "Architecture").
 #![forbid(unsafe_code)]
 
 pub mod auth;

@@ -1,6 +1,7 @@
-//! The seller session lifecycle: the pure state machine ([`model`]), applied atomically
-//! across nodes with compare-and-swap ([`service`]), a sweeper for heartbeat and pause
-//! timeouts, and the HTTP routes.
+//! The seller session lifecycle across nodes: the pure state machine
+//! ([`crate::domain::session`]) applied atomically with compare-and-swap ([`service`]),
+//! session summaries, and a sweeper for heartbeat and pause timeouts. The HTTP routes are in
+//! `http/routes/sessions.rs`.
 
 pub mod service;
 

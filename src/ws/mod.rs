@@ -1,6 +1,8 @@
-//! The stream WebSocket endpoint `GET /v1/streams/{stream_id}/ws`: admission, the
-//! connection registry (fan-out by stream, shutdown), bounded coalescing outbound queues,
-//! keepalive and the frame protocol.
+//! The stream WebSocket's transport: the connection registry (admission, fan-out by
+//! stream, shutdown), bounded coalescing outbound queues, the connection driver (keepalive,
+//! frame limits), the per-stream hub that turns the stream's channel into frames for local
+//! connections, and the chat side of a connection. Frames are typed in
+//! [`crate::protocol`]; the upgrade handler is `http/routes/ws.rs`.
 
 pub mod chat;
 pub mod conn;
