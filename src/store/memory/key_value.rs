@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{epoch, MemoryStore, Value};
+use super::{epoch, Inner, MemoryStore, Value};
 use crate::store::{gcra, KeyValue, OutboxTag, PubSubEvent, RateDecision, StoreError, StoreResult};
 
 #[async_trait]
@@ -67,13 +67,7 @@ impl KeyValue for MemoryStore {
         let next = current
             .checked_add(by)
             .ok_or_else(|| StoreError::Backend(format!("{key} would overflow")))?;
-        let exp = match ttl {
-            Some(t) => Some(now + t),
-            None => inner.values.get(key).and_then(|(_, e)| *e),
-        };
-        inner
-            .values
-            .insert(key.to_string(), (Value::Counter(next), exp));
+        inner.put_counter(key, next, ttl, now);
         Ok(next)
     }
 
@@ -136,13 +130,19 @@ impl KeyValue for MemoryStore {
             Some(Value::Bytes(b)) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()),
         };
         let next = current.map_or(value, |c| c.max(value));
+        inner.put_counter(key, next, ttl, now);
+        Ok(next)
+    }
+}
+
+impl Inner {
+    /// Stores a counter; without `ttl` it keeps the key's expiry.
+    fn put_counter(&mut self, key: &str, n: i64, ttl: Option<Duration>, now: Instant) {
         let exp = match ttl {
             Some(t) => Some(now + t),
-            None => inner.values.get(key).and_then(|(_, e)| *e),
+            None => self.values.get(key).and_then(|(_, e)| *e),
         };
-        inner
-            .values
-            .insert(key.to_string(), (Value::Counter(next), exp));
-        Ok(next)
+        self.values
+            .insert(key.to_string(), (Value::Counter(n), exp));
     }
 }

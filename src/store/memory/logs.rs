@@ -21,6 +21,20 @@ pub(super) struct Log {
 }
 
 impl Log {
+    /// After an append or a restore: trims to `max_len`, extends the expiry, notes
+    /// `keep_seq`.
+    fn apply(&mut self, opts: &AppendOptions, now: Instant) {
+        if opts.max_len > 0 {
+            while self.entries.len() > opts.max_len {
+                self.entries.pop_front();
+            }
+        }
+        if let Some(ttl) = opts.ttl {
+            self.expires = Some(now + ttl);
+        }
+        self.keep_seq |= opts.keep_seq;
+    }
+
     /// Applies expiry: `false` when nothing is left to keep.
     pub(super) fn expire(&mut self, now: Instant) -> bool {
         if live(self.expires, now) {
@@ -76,15 +90,7 @@ impl Logs for MemoryStore {
                 seq: l.last_seq,
                 payload: payload.clone(),
             });
-            if opts.max_len > 0 {
-                while l.entries.len() > opts.max_len {
-                    l.entries.pop_front();
-                }
-            }
-            if let Some(ttl) = opts.ttl {
-                l.expires = Some(now + ttl);
-            }
-            l.keep_seq |= opts.keep_seq;
+            l.apply(opts, now);
             // Published under the lock so subscribers see appends in sequence order.
             if let Some(ch) = &opts.publish {
                 self.fanout.deliver(
@@ -147,16 +153,8 @@ impl Logs for MemoryStore {
         if l.entries.is_empty() {
             l.entries
                 .extend(entries.iter().filter(|e| e.seq <= l.last_seq).cloned());
-            if opts.max_len > 0 {
-                while l.entries.len() > opts.max_len {
-                    l.entries.pop_front();
-                }
-            }
         }
-        if let Some(ttl) = opts.ttl {
-            l.expires = Some(now + ttl);
-        }
-        l.keep_seq |= opts.keep_seq;
+        l.apply(opts, now);
         Ok(())
     }
 
