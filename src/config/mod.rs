@@ -50,6 +50,14 @@ pub struct ServerConfig {
     /// How long a graceful shutdown may take before the node stops anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Draining: how long the node keeps serving after readiness goes false, so the load
+    /// balancer stops routing to it before connections are closed.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// Draining: WebSockets are closed (1012) evenly over this long, so their clients do
+    /// not all reconnect in the same instant.
+    #[serde(with = "humantime_serde")]
+    pub drain_spread: Duration,
     /// This node's name in logs, metrics and the shared state; empty means generated.
     pub node_id: String,
     /// Peers (IPs or CIDRs) whose `X-Forwarded-For` is believed when finding a client's
@@ -69,6 +77,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             shutdown_grace: Duration::from_secs(30),
+            drain_delay: Duration::from_secs(5),
+            drain_spread: Duration::from_secs(5),
             node_id: String::new(),
             trusted_proxies: Vec::new(),
             worker_threads: 0,
@@ -177,6 +187,12 @@ impl Config {
         };
         if self.server.shutdown_grace.is_zero() {
             return invalid("server.shutdown_grace", "must be greater than zero");
+        }
+        if self.server.drain_delay + self.server.drain_spread >= self.server.shutdown_grace {
+            return invalid(
+                "server.shutdown_grace",
+                "must be longer than server.drain_delay + server.drain_spread",
+            );
         }
         if self.server.worker_threads > MAX_WORKER_THREADS {
             return invalid(

@@ -37,8 +37,12 @@ pub struct AppInner {
     pub media: Option<Arc<crate::media::MediaService>>,
     pub trusted_proxies: Vec<IpNet>,
     pub node_id: String,
-    /// Cancelled when the node starts shutting down.
+    /// Cancelled when the node starts draining: readiness is false from then on.
     pub draining: CancellationToken,
+    /// Cancelled `server.drain_delay` later: no new connections, WebSockets being closed.
+    pub closing: CancellationToken,
+    /// Cancelled by `POST /drain` on the admin listener (the same sequence as SIGTERM).
+    pub drain_requested: CancellationToken,
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -142,6 +146,8 @@ impl AppState {
             trusted_proxies,
             node_id,
             draining: CancellationToken::new(),
+            closing: CancellationToken::new(),
+            drain_requested: CancellationToken::new(),
         }))
     }
 

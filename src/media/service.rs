@@ -47,6 +47,16 @@ impl MediaService {
         self.resources.lock().unwrap().get(id).cloned()
     }
 
+    /// WHIP publishes this node ingests (relays not counted).
+    pub fn ingesting(&self) -> usize {
+        self.resources
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|r| r.kind == ResourceKind::Publish)
+            .count()
+    }
+
     pub fn viewer_count(&self) -> usize {
         self.viewers.load(Ordering::Relaxed)
     }

@@ -1,9 +1,9 @@
-//! The admin listener: `GET /metrics`, `GET /healthz`, `GET /readyz`.
+//! The admin listener: `GET /metrics`, `GET /healthz`, `GET /readyz`, `POST /drain`.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -22,6 +22,7 @@ pub fn router(app: AppState, metrics: PrometheusHandle) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/drain", post(drain))
         .fallback(crate::http::problem::not_found)
         .method_not_allowed_fallback(crate::http::problem::method_not_allowed)
         .with_state(AdminState { app, metrics });
@@ -63,6 +64,24 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
             "node": app.node_id,
             "store": { "backend": app.store.backend(), "healthy": store_ok },
             "connections": app.registry.connections(),
+        })),
+    )
+}
+
+/// Starts draining, as SIGTERM does; the process exits when it is done. Repeating it
+/// changes nothing.
+async fn drain(State(s): State<AdminState>) -> impl IntoResponse {
+    let c = &s.app.config.server;
+    let already = s.app.drain_requested.is_cancelled() || s.app.is_draining();
+    s.app.drain_requested.cancel();
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "draining": true,
+            "already_draining": already,
+            "drain_delay_ms": c.drain_delay.as_millis() as u64,
+            "drain_spread_ms": c.drain_spread.as_millis() as u64,
+            "shutdown_grace_ms": c.shutdown_grace.as_millis() as u64,
         })),
     )
 }

@@ -109,13 +109,13 @@ pub async fn run(
 
     let api_addr = listeners.api.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
-    let draining = app.draining.clone();
     let stopped = CancellationToken::new();
+    metrics::gauge!("streamedge_draining").set(0.0);
 
     let api = tokio::spawn(http::serve(
         listeners.api,
         api_router(app.clone()),
-        draining.clone(),
+        app.closing.clone(),
     ));
     let admin = tokio::spawn({
         let router = admin::router(app.clone(), metrics);
@@ -155,31 +155,78 @@ pub async fn run(
         "streamedge started"
     );
 
-    shutdown.await;
-
-    let grace = config.server.shutdown_grace;
-    let started = Instant::now();
-    tracing::info!(
-        connections = app.registry.connections(),
-        grace = ?grace,
-        "shutting down: draining"
-    );
-    draining.cancel();
-    app.registry.close_all();
-    if let Some(m) = &app.media {
-        m.close_all().await;
+    tokio::select! {
+        _ = shutdown => {}
+        _ = app.drain_requested.cancelled() => tracing::info!("drain requested on the admin listener"),
     }
-    app.registry.tracker().close();
-    let drained = tokio::time::timeout(grace, async {
-        let _ = api.await;
-        app.registry.tracker().wait().await;
-        background.cancel();
-        tasks.wait().await;
-        store.close().await;
-    })
+    let result = drain(
+        &app,
+        &config,
+        DrainParts {
+            api,
+            tasks,
+            background,
+            store: store.clone(),
+        },
+    )
     .await;
     stopped.cancel();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), admin).await;
+    result
+}
+
+/// What the drain stops besides the connections.
+struct DrainParts {
+    api: tokio::task::JoinHandle<()>,
+    tasks: tokio_util::task::TaskTracker,
+    background: CancellationToken,
+    store: Arc<dyn SharedState>,
+}
+
+/// Leaves the fleet without losing anything: readiness false; serving on for
+/// `server.drain_delay` while the load balancer notices; then no new connections and every
+/// WebSocket closed with 1012 spread over `server.drain_spread`; WHIP publishes kept until
+/// their publishers move (or the grace period is nearly over); background work flushed.
+/// All within `server.shutdown_grace`.
+async fn drain(app: &AppState, config: &Config, parts: DrainParts) -> Result<(), RunError> {
+    let s = &config.server;
+    let grace = s.shutdown_grace;
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + grace;
+    tracing::info!(
+        connections = app.registry.connections(),
+        drain_delay = ?s.drain_delay,
+        drain_spread = ?s.drain_spread,
+        grace = ?grace,
+        "draining: readiness false, still serving"
+    );
+    metrics::gauge!("streamedge_draining").set(1.0);
+    app.draining.cancel();
+    tokio::time::sleep(s.drain_delay).await;
+    tracing::info!(
+        connections = app.registry.connections(),
+        "draining: closing connections"
+    );
+    app.closing.cancel();
+    app.registry.close_all_spread(s.drain_spread).await;
+    app.registry.tracker().close();
+    let drained = tokio::time::timeout_at(deadline, async {
+        let _ = parts.api.await;
+        app.registry.tracker().wait().await;
+        if let Some(m) = &app.media {
+            // A publisher moves by publishing to another node; keep its stream here until
+            // then, leaving a second of the grace period to close.
+            let keep_until = deadline - std::time::Duration::from_secs(1);
+            while m.ingesting() > 0 && tokio::time::Instant::now() < keep_until {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            m.close_all().await;
+        }
+        parts.background.cancel();
+        parts.tasks.wait().await;
+        parts.store.close().await;
+    })
+    .await;
     match drained {
         Ok(()) => {
             tracing::info!(elapsed = ?started.elapsed(), "shutdown complete");

@@ -79,6 +79,10 @@ fn describe() {
         "Pub/sub messages a slow local subscriber missed (it resyncs)."
     );
     describe_gauge!("streamedge_ready", "1 while the node reports ready.");
+    describe_gauge!(
+        "streamedge_draining",
+        "1 once the node has started draining (SIGTERM, SIGINT or POST /drain)."
+    );
     describe_gauge!("streamedge_ws_connections", "Open WebSocket connections.");
     describe_counter!(
         "streamedge_ws_connections_total",

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use tokio_util::task::TaskTracker;
@@ -267,6 +268,33 @@ impl Registry {
         for c in streams.values().flat_map(|c| c.values()) {
             c.queue.close(shutdown_reason());
         }
+    }
+
+    /// Closes every connection with 1012 (service restart), evenly over `spread` in at
+    /// most 100 steps, and refuses new ones from the start: clients reconnect elsewhere
+    /// without all arriving in the same instant.
+    pub async fn close_all_spread(&self, spread: Duration) {
+        self.closing.store(true, Ordering::SeqCst);
+        let conns: Vec<Arc<Conn>> = {
+            let streams = self.streams.read().expect("registry lock");
+            streams.values().flat_map(|c| c.values()).cloned().collect()
+        };
+        if conns.is_empty() {
+            return;
+        }
+        let steps = conns.len().min(100);
+        let per_step = conns.len().div_ceil(steps);
+        let pause = spread / steps as u32;
+        for (i, chunk) in conns.chunks(per_step).enumerate() {
+            if i > 0 && !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            for c in chunk {
+                c.queue.close(shutdown_reason());
+            }
+        }
+        // Connections admitted while the first steps ran.
+        self.close_all();
     }
 
     /// Open connections (admitted, including ones still being set up).

@@ -82,6 +82,8 @@ pub fn test_config() -> Config {
     c.agora.app_certificate =
         streamedge::config::Secret::new(streamedge::auth::dev::DEV_AGORA_APP_CERTIFICATE);
     c.server.shutdown_grace = Duration::from_secs(10);
+    c.server.drain_delay = Duration::ZERO;
+    c.server.drain_spread = Duration::ZERO;
     c.server.node_id = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     c.redis.key_prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
     c.redis.health_interval = Duration::from_millis(200);
@@ -199,6 +201,9 @@ impl NodeProcess {
             .env("STREAMEDGE_SERVER__ADMIN_LISTEN", admin.to_string())
             .env("STREAMEDGE_LOG__LEVEL", "warn")
             .env("STREAMEDGE_AUTH__JWT_SECRET", TEST_JWT_SECRET)
+            // Tests that drain say so; the others stop at once.
+            .env("STREAMEDGE_SERVER__DRAIN_DELAY", "0s")
+            .env("STREAMEDGE_SERVER__DRAIN_SPREAD", "0s")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in env {

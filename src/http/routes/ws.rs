@@ -46,7 +46,7 @@ pub async fn stream_ws(
             format!("this endpoint only accepts WebSocket upgrades: {e}"),
         )
     })?;
-    if app.is_draining() {
+    if app.closing.is_cancelled() {
         metrics::counter!("streamedge_ws_rejected_total", "reason" => "draining").increment(1);
         return Err(ApiError::new(
             ErrorKind::Unavailable,
