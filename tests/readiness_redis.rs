@@ -135,3 +135,38 @@ async fn store_commands_and_pubsub_recover_after_redis_restart() {
     );
     store.close().await;
 }
+
+#[tokio::test]
+async fn route_limits_hold_on_the_node_alone_while_redis_is_down() {
+    let mut redis = RedisServer::start();
+    let mut cfg = common::test_config();
+    cfg.redis.url = redis.url();
+    // 3 at once, then one per 100 s: nothing refills during the test.
+    cfg.rate_limit.streams_read.user_per_sec = 0.01;
+    cfg.rate_limit.streams_read.user_burst = 3;
+    cfg.rate_limit.streams_read.ip_per_sec = 0.0;
+    let node = TestNode::start(cfg).await;
+    let stream = node.new_stream().await;
+    redis.stop();
+    let client = node.client();
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        let r = client
+            .get(node.api_url(&format!("/v1/streams/{stream}")))
+            .bearer_auth(common::buyer("greedy"))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap();
+        codes.push((status, body["code"].as_str().unwrap_or("").to_string()));
+    }
+    // The burst passes the limiter (and then finds the shared state down); the rest are
+    // refused by the node's own limiter, not let through.
+    let limited = codes.iter().filter(|(s, c)| *s == 429 && c == "rate_limited");
+    assert_eq!(limited.count(), 3, "{codes:?}");
+    assert!(codes[..3].iter().all(|(s, _)| *s == 503), "{codes:?}");
+    assert!(metric(&node, "streamedge_rate_limit_errors_total").await >= Some(6.0));
+    redis.restart();
+    node.shutdown().await.unwrap();
+}

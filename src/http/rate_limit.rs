@@ -1,14 +1,57 @@
 //! Rate limits per route, per user and per client IP, cluster-wide when Redis is the
 //! backend (the shared GCRA in [`crate::store::KeyValue::rate_limit`]). A refused
-//! request gets 429 with `Retry-After`. If the shared state cannot answer, the request is
-//! let through (and counted): limits protect capacity, they must not add an outage.
+//! request gets 429 with `Retry-After`.
+//!
+//! If the shared state cannot answer, the same limits are applied by this node alone
+//! ([`LocalLimiter`], the same GCRA in memory): the fleet then allows at most the limit
+//! times the number of nodes, instead of nothing (an outage on top of the outage) or
+//! everything (no protection while it is most needed). Each fallback decision counts in
+//! `streamedge_rate_limit_errors_total`, which an alert watches.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Instant;
 
 use super::{ApiError, ErrorKind};
 use crate::config::RouteLimit;
 use crate::domain::keys;
 use crate::http::AppState;
+
+/// The node-local GCRA used while the shared state is unreachable.
+pub struct LocalLimiter {
+    start: Instant,
+    tats: Mutex<HashMap<String, u64>>,
+}
+
+/// Keys a local limiter holds before it forgets those whose state has run out.
+const LOCAL_KEYS: usize = 100_000;
+
+impl Default for LocalLimiter {
+    fn default() -> Self {
+        Self {
+            start: Instant::now(),
+            tats: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl LocalLimiter {
+    /// One request against `key`'s limit, now.
+    pub fn check(&self, key: &str, per_sec: f64, burst: u32) -> crate::store::RateDecision {
+        let now_us = self.start.elapsed().as_micros() as u64;
+        let mut tats = self.tats.lock().expect("limiter lock");
+        let (decision, tat) = crate::store::gcra(now_us, tats.get(key).copied(), per_sec, burst);
+        if let Some(t) = tat {
+            if tats.len() >= LOCAL_KEYS {
+                // A TAT in the past is the same as no entry.
+                tats.retain(|_, t| *t > now_us);
+            }
+            tats.insert(key.to_string(), t);
+        }
+        decision
+    }
+}
 
 /// The rate-limited routes (`[rate_limit.<route>]` in the configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,9 +101,17 @@ pub async fn check(
         checks.push(("ip", key, l.ip_per_sec, l.ip_burst));
     }
     for (scope, key, rate, burst) in checks {
-        match app.store.rate_limit(&key, rate, burst).await {
-            Ok(d) if d.allowed => {}
-            Ok(d) => {
+        let decision = match app.store.rate_limit(&key, rate, burst).await {
+            Ok(d) => d,
+            Err(e) => {
+                metrics::counter!("streamedge_rate_limit_errors_total").increment(1);
+                tracing::warn!(error = %e, route = route.name(), "shared rate limiter unavailable; limiting on this node");
+                app.local_limits.check(&key, rate, burst)
+            }
+        };
+        match decision {
+            d if d.allowed => {}
+            d => {
                 metrics::counter!("streamedge_rate_limited_total", "route" => route.name(), "scope" => scope)
                     .increment(1);
                 let secs = d.retry_after.as_secs_f64().ceil().max(1.0) as u64;
@@ -70,10 +121,6 @@ pub async fn check(
                     format!("too many requests for this {scope}; retry in {secs} s"),
                 )
                 .with_retry_after(secs));
-            }
-            Err(e) => {
-                metrics::counter!("streamedge_rate_limit_errors_total").increment(1);
-                tracing::warn!(error = %e, route = route.name(), "rate limiter unavailable; allowing");
             }
         }
     }

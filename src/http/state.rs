@@ -36,6 +36,8 @@ pub struct AppInner {
     /// `None` unless `media.enabled`.
     pub media: Option<Arc<crate::media::MediaService>>,
     pub trusted_proxies: Vec<IpNet>,
+    /// Route rate limits applied by this node alone while the shared state fails.
+    pub local_limits: super::rate_limit::LocalLimiter,
     pub node_id: String,
     /// Cancelled when the node starts draining: readiness is false from then on.
     pub draining: CancellationToken,
@@ -144,6 +146,7 @@ impl AppState {
             store,
             registry,
             trusted_proxies,
+            local_limits: Default::default(),
             node_id,
             draining: CancellationToken::new(),
             closing: CancellationToken::new(),
