@@ -163,7 +163,9 @@ async fn route_limits_hold_on_the_node_alone_while_redis_is_down() {
     }
     // The burst passes the limiter (and then finds the shared state down); the rest are
     // refused by the node's own limiter, not let through.
-    let limited = codes.iter().filter(|(s, c)| *s == 429 && c == "rate_limited");
+    let limited = codes
+        .iter()
+        .filter(|(s, c)| *s == 429 && c == "rate_limited");
     assert_eq!(limited.count(), 3, "{codes:?}");
     assert!(codes[..3].iter().all(|(s, _)| *s == 503), "{codes:?}");
     assert!(metric(&node, "streamedge_rate_limit_errors_total").await >= Some(6.0));

@@ -114,8 +114,13 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port/db`; empty selects the embedded in-memory backend.
+    /// `redis://[user:password@]host:port/db` (`rediss://` for TLS, `#insecure` at the end
+    /// to skip certificate checks in test setups); empty selects the embedded in-memory
+    /// backend.
     pub url: String,
+    /// PEM file with the CA certificate(s) that sign the Redis server's TLS certificate;
+    /// empty: the system's roots. Only with `rediss://`.
+    pub tls_ca_file: String,
     /// Prefix of every key and channel this node uses, so several deployments can share one
     /// Redis.
     pub key_prefix: String,
@@ -132,6 +137,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
+            tls_ca_file: String::new(),
             key_prefix: "streamedge:".into(),
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(2),
@@ -210,6 +216,14 @@ impl Config {
                 || self.redis.url.starts_with("redis+unix://");
             if !ok || redis::Client::open(self.redis.url.as_str()).is_err() {
                 return invalid("redis.url", "must be a redis://, rediss:// or unix:// URL");
+            }
+        }
+        if !self.redis.tls_ca_file.is_empty() {
+            if !self.redis.url.starts_with("rediss://") {
+                return invalid("redis.tls_ca_file", "needs a rediss:// redis.url");
+            }
+            if std::fs::metadata(&self.redis.tls_ca_file).is_err() {
+                return invalid("redis.tls_ca_file", "cannot read that file");
             }
         }
         for (key, d) in [

@@ -82,13 +82,27 @@ fn ms(d: Duration) -> u64 {
     d.as_millis().clamp(1, u64::MAX as u128) as u64
 }
 
+/// The Redis client `redis.url` describes, with `redis.tls_ca_file`'s roots for TLS.
+fn client(cfg: &RedisConfig) -> StoreResult<redis::Client> {
+    let invalid = |e: RedisError| StoreError::Backend(format!("invalid redis.url: {e}"));
+    if cfg.tls_ca_file.is_empty() {
+        return redis::Client::open(cfg.url.as_str()).map_err(invalid);
+    }
+    let root = std::fs::read(&cfg.tls_ca_file)
+        .map_err(|e| StoreError::Backend(format!("redis.tls_ca_file: {e}")))?;
+    let certs = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root),
+    };
+    redis::Client::build_with_tls(cfg.url.as_str(), certs).map_err(invalid)
+}
+
 impl RedisStore {
     /// Prepares the store and starts its health and pub/sub tasks. It does not wait for
     /// Redis to be reachable: a node may start while Redis is down and becomes ready when
     /// Redis answers.
     pub async fn connect(cfg: &RedisConfig) -> StoreResult<Self> {
-        let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|e| StoreError::Backend(format!("invalid redis.url: {e}")))?;
+        let client = client(cfg)?;
         let mgr_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.connect_timeout))
             .set_response_timeout(Some(cfg.command_timeout))
