@@ -1,7 +1,7 @@
 //! Access-token verification end to end: an attack table against a running node, JWKS
 //! keys served by a real local HTTP server (with rotation and outage), anonymous viewers.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

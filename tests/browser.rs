@@ -3,7 +3,7 @@
 //! plays with WHEP and must decode video (`framesDecoded > 0` from `getStats`).
 //! `scripts/test` installs Chromium when it is missing.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

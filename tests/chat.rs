@@ -1,7 +1,7 @@
 //! Chat across nodes: ordered, gapless, exactly-once delivery on three node processes;
 //! resume after a disconnect; idempotent sends across nodes; history; malformed frames.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! publisher sends synthetic VP8 and Opus RTP, three viewers receive the same payloads in
 //! order; DELETE tears it down and the session follows; bad requests get clear errors.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::sync::Arc;
 use std::time::Duration;

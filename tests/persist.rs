@@ -2,7 +2,7 @@
 //! zero loss through a PostgreSQL outage, a killed node and a restart without Redis,
 //! restoring after Redis lost its data, and session exports.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::time::Duration;
 

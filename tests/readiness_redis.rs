@@ -1,7 +1,7 @@
 //! Readiness follows Redis: a node on a Redis that dies reports 503 and recovers by itself
 //! when Redis comes back; pub/sub subscribers are told to resync after the reconnect.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::time::Duration;
 

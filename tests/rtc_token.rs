@@ -2,7 +2,7 @@
 //! the node's encoder, refusals (banned, ended, unknown, unauthenticated), and rate limits
 //! that hold across two node processes sharing one Redis.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::collections::BTreeMap;
 use std::io::Read;

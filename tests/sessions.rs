@@ -2,7 +2,7 @@
 //! summaries; racing commands on two nodes; timeouts enforced by a node that never saw
 //! the seller.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::time::Duration;
 

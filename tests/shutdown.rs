@@ -1,6 +1,6 @@
 //! Graceful shutdown of the real binary: SIGTERM with 100 open WebSockets.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::time::Duration;
 

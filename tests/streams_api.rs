@@ -1,7 +1,7 @@
 //! `POST /v1/streams`, `GET /v1/streams/{id}`, `GET /v1/streams`: ownership,
 //! idempotent creation, browsing with cursors, and bad input.
 
-mod common;
+use streamedge_testkit as common;
 
 use common::TestNode;
 use serde_json::{json, Value};

@@ -2,7 +2,7 @@
 //! SIGKILL takes its viewers with it within `viewers.ttl`, and 5,000 viewers over two
 //! nodes are counted exactly on both.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::time::{Duration, Instant};
 

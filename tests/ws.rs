@@ -1,7 +1,7 @@
 //! The stream WebSocket endpoint: upgrade checks, admission, keepalive, frame handling and
 //! limits, against a node running in-process.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::time::Duration;
 

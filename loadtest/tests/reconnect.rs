@@ -2,8 +2,7 @@
 //! Redis that `scripts/test` starts), with viewers dropping and reconnecting to the other
 //! node, and checks the report: every viewer got every message exactly once, in order.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use streamedge_testkit as common;
 
 use common::TestNode;
 
