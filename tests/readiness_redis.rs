@@ -16,12 +16,7 @@ async fn readyz(node: &TestNode) -> (u16, serde_json::Value) {
 }
 
 async fn metric(node: &TestNode, name: &str) -> Option<f64> {
-    let text = reqwest::get(node.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = node.metrics().await;
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())

@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::auth::{buyer, seller, TEST_JWT_SECRET};
-use crate::http::create_stream;
+use crate::chat::stream_ws_url;
+use crate::http::{create_stream, metrics_page};
 use crate::support::free_port;
 
 /// A config for tests: loopback, short grace, quiet logs, a fresh key prefix, the test
@@ -59,6 +60,15 @@ impl TestNode {
         node
     }
 
+    /// Two nodes on `config` (so on the same Redis when it names one), the second with the
+    /// node id `test-b`; started one after the other.
+    pub async fn start_pair(mut config: Config) -> (Self, Self) {
+        let a = Self::start(config.clone()).await;
+        config.server.node_id = "test-b".into();
+        let b = Self::start(config).await;
+        (a, b)
+    }
+
     async fn wait_http(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -80,17 +90,17 @@ impl TestNode {
 
     /// The stream WebSocket URL, with a buyer's token in the query.
     pub fn ws_url(&self, stream: &uuid::Uuid) -> String {
-        format!(
-            "ws://{}/v1/streams/{}/ws?access_token={}",
-            self.api,
-            stream,
-            buyer("viewer")
-        )
+        stream_ws_url(self.api, stream, &buyer("viewer"))
     }
 
     /// Creates a stream as `seller-1` and returns its id.
     pub async fn new_stream(&self) -> uuid::Uuid {
         create_stream(&self.api_url("/v1/streams"), &seller("seller-1")).await
+    }
+
+    /// The node's Prometheus text page (admin `/metrics`).
+    pub async fn metrics(&self) -> String {
+        metrics_page(&self.admin_url("/metrics")).await
     }
 
     pub fn client(&self) -> reqwest::Client {
@@ -116,6 +126,15 @@ pub struct NodeProcess {
 impl NodeProcess {
     pub fn api_url(&self, path: &str) -> String {
         format!("http://{}{}", self.api, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// The node's Prometheus text page (admin `/metrics`).
+    pub async fn metrics(&self) -> String {
+        metrics_page(&self.admin_url("/metrics")).await
     }
 
     pub fn spawn(env: &[(&str, String)]) -> Self {

@@ -20,6 +20,18 @@ pub fn redis_server_bin() -> PathBuf {
         .unwrap_or_else(|| panic!("REDIS_SERVER_BIN is not set: {RUN_THROUGH_SCRIPT}"))
 }
 
+/// The environment for node processes on the shared Redis ([`redis_url`]) under a fresh
+/// key prefix: processes spawned with the same environment share their state.
+pub fn redis_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("STREAMEDGE_REDIS__URL", redis_url()),
+        (
+            "STREAMEDGE_REDIS__KEY_PREFIX",
+            crate::node::test_config().redis.key_prefix,
+        ),
+    ]
+}
+
 /// A private `redis-server` that a test may stop and restart on the same port.
 pub struct RedisServer {
     pub port: u16,
