@@ -227,9 +227,7 @@ async fn resume_delivers_exactly_what_was_missed_then_live() {
 
 #[tokio::test]
 async fn a_repeated_client_msg_id_is_one_message_even_across_nodes() {
-    let mut cfg = common::test_config();
-    cfg.redis.url = common::redis_url();
-    let (a, b) = TestNode::start_pair(cfg).await;
+    let (a, b) = TestNode::start_pair(common::redis_test_config()).await;
     let stream = a.new_stream().await.to_string();
     let (mut watcher, _) = join(b.api, &stream, "watcher").await;
     common::next_of_type(&mut watcher, "viewers", T).await;
@@ -413,8 +411,7 @@ async fn history_pages_backwards() {
 
 #[tokio::test]
 async fn moderation_ban_on_one_node_stops_sends_on_another_and_deletes_reach_everyone() {
-    let mut cfg = common::test_config();
-    cfg.redis.url = common::redis_url();
+    let mut cfg = common::redis_test_config();
     cfg.chat.user_per_sec = 0.0;
     let (a, b) = TestNode::start_pair(cfg).await;
     let stream = a.new_stream().await.to_string();

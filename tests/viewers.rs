@@ -77,9 +77,7 @@ async fn viewers_of_a_killed_node_drop_out_within_the_ttl() {
 
 #[tokio::test]
 async fn two_tabs_count_once_and_leaving_is_seen_everywhere() {
-    let mut cfg = common::test_config();
-    cfg.redis.url = common::redis_url();
-    let (a, b) = TestNode::start_pair(cfg).await;
+    let (a, b) = TestNode::start_pair(common::redis_test_config()).await;
     let stream = a.new_stream().await.to_string();
     let (api_a, api_b) = (format!("http://{}", a.api), format!("http://{}", b.api));
     let mut tab1 = viewer(a.api, &stream, "same-user").await;
@@ -138,8 +136,7 @@ async fn two_tabs_count_once_and_leaving_is_seen_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_viewers_over_two_nodes_are_counted_exactly_on_both() {
     const N: usize = 5000;
-    let mut cfg = common::test_config();
-    cfg.redis.url = common::redis_url();
+    let mut cfg = common::redis_test_config();
     cfg.ws.max_connections = N;
     let (a, b) = TestNode::start_pair(cfg).await;
     let stream = a.new_stream().await.to_string();

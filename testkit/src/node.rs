@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use crate::auth::{buyer, seller, TEST_JWT_SECRET};
 use crate::chat::stream_ws_url;
 use crate::http::{create_stream, metrics_page};
+use crate::redis::redis_url;
 use crate::support::free_port;
 
 /// A config for tests: loopback, short grace, quiet logs, a fresh key prefix, the test
@@ -30,6 +31,13 @@ pub fn test_config() -> Config {
     c.redis.health_interval = Duration::from_millis(200);
     c.redis.connect_timeout = Duration::from_millis(500);
     c.redis.command_timeout = Duration::from_millis(1000);
+    c
+}
+
+/// [`test_config`] on the shared Redis that `scripts/test` started ([`redis_url`]).
+pub fn redis_test_config() -> Config {
+    let mut c = test_config();
+    c.redis.url = redis_url();
     c
 }
 

@@ -85,6 +85,13 @@ pub async fn close_code(ws: &mut Ws, limit: Duration) -> u16 {
     }
 }
 
+/// Sends a `ping` frame and returns the next frame (as [`next_json`]: the `pong`, when
+/// the connection is healthy).
+pub async fn ping(ws: &mut Ws, limit: Duration) -> serde_json::Value {
+    send_text(ws, r#"{"type":"ping"}"#).await;
+    next_json(ws, limit).await
+}
+
 /// Sends one text frame.
 pub async fn send_text(ws: &mut Ws, text: &str) {
     ws.send(Message::Text(text.into())).await.unwrap();
