@@ -1,7 +1,7 @@
 //! The admin listener (`/metrics`, `/healthz`, `/readyz`) and the HTTP basics every route
 //! shares: request ids and problem+json errors.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::time::Duration;
 

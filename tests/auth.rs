@@ -1,7 +1,7 @@
 //! Access-token verification end to end: an attack table against a running node, JWKS
 //! keys served by a real local HTTP server (with rotation and outage), anonymous viewers.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -42,6 +42,11 @@ fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) ->
 
 fn es_key(name: &str) -> EncodingKey {
     EncodingKey::from_ec_pem(fixture(&format!("{name}.pem")).as_bytes()).unwrap()
+}
+
+/// An ES256 token for `user` signed with the key `kid` under its own kid.
+fn es256(kid: &str, user: &str) -> String {
+    sign(Algorithm::ES256, Some(kid), &es_key(kid), &claims(user))
 }
 
 fn rs_key(name: &str) -> EncodingKey {
@@ -205,26 +210,13 @@ async fn attack_table_every_bad_token_is_401_with_its_own_code() {
     );
 
     // None of them reached the handler: nothing was created.
-    let list: Value = reqwest::Client::new()
-        .get(node.api_url("/v1/streams"))
-        .bearer_auth(&good)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = common::get_json(&node.api_url("/v1/streams"), &good).await;
     assert_eq!(list["streams"].as_array().unwrap().len(), 0);
 
     // And the valid ones pass: HS256, ES256 and RS256 from the JWKS.
     for token in [
         good.clone(),
-        sign(
-            Algorithm::ES256,
-            Some("es256-a"),
-            &es_key("es256-a"),
-            &claims("u2"),
-        ),
+        es256("es256-a", "u2"),
         sign(
             Algorithm::RS256,
             Some("rs256-a"),
@@ -260,18 +252,8 @@ async fn attack_table_every_bad_token_is_401_with_its_own_code() {
 async fn jwks_rotation_and_outage() {
     let jwks = jwks_server(vec![jwk("es256-a")]).await;
     let node = node_with_jwks(&jwks).await;
-    let token_a = sign(
-        Algorithm::ES256,
-        Some("es256-a"),
-        &es_key("es256-a"),
-        &claims("ua"),
-    );
-    let token_b = sign(
-        Algorithm::ES256,
-        Some("es256-b"),
-        &es_key("es256-b"),
-        &claims("ub"),
-    );
+    let token_a = es256("es256-a", "ua");
+    let token_b = es256("es256-b", "ub");
 
     assert_eq!(call(&node, Some(&token_a)).await.0, 201);
     assert_eq!(call(&node, Some(&token_b)).await.1, "token_unknown_kid");
@@ -314,12 +296,7 @@ async fn jwks_unreachable_from_the_start_is_503_not_401() {
     let jwks = jwks_server(vec![jwk("es256-a")]).await;
     *jwks.up.lock().unwrap() = false;
     let node = node_with_jwks(&jwks).await;
-    let token_a = sign(
-        Algorithm::ES256,
-        Some("es256-a"),
-        &es_key("es256-a"),
-        &claims("ua"),
-    );
+    let token_a = es256("es256-a", "ua");
     assert_eq!(
         call(&node, Some(&token_a)).await,
         (503, "auth_keys_unavailable".to_string())
@@ -356,13 +333,8 @@ async fn anonymous_viewers_only_when_allowed() {
     cfg.auth.allow_anonymous_viewers = true;
     let node = TestNode::start(cfg).await;
     let stream = node.new_stream().await;
-    let r = reqwest::Client::new()
-        .get(node.api_url(&format!("/v1/streams/{stream}")))
-        .bearer_auth(&anon)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (status, _) = common::get(&node.api_url(&format!("/v1/streams/{stream}")), &anon).await;
+    assert_eq!(status, 200);
     // An anonymous viewer never sells, whatever its claims say.
     let anon_seller = common::token_with(
         "anon-2",

@@ -3,7 +3,7 @@
 //! plays with WHEP and must decode video (`framesDecoded > 0` from `getStats`).
 //! `scripts/test` installs Chromium when it is missing.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -120,12 +120,7 @@ async fn chromium_publishes_with_whip_and_another_chromium_decodes_it_with_whep(
             .unwrap_or_else(|_| panic!("no result from the browsers; reports so far: {seen:?}"))
             .unwrap();
         if let Some(e) = r.get("error") {
-            let m = reqwest::get(node.admin_url("/metrics"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let m = node.metrics().await;
             let media: Vec<&str> = m
                 .lines()
                 .filter(|l| l.starts_with("streamedge_media"))
@@ -141,13 +136,7 @@ async fn chromium_publishes_with_whip_and_another_chromium_decodes_it_with_whep(
         seen.push(r);
     };
     assert!(frames > 0);
-    let (_, s) = common::call(
-        reqwest::Method::GET,
-        &format!("{api}/v1/streams/{stream}"),
-        &seller,
-        None,
-    )
-    .await;
+    let (_, s) = common::get(&format!("{api}/v1/streams/{stream}"), &seller).await;
     assert_eq!(s["state"], "live");
     drop(_viewer);
     drop(_publisher);

@@ -1,7 +1,7 @@
 //! Chat across nodes: ordered, gapless, exactly-once delivery on three node processes;
 //! resume after a disconnect; idempotent sends across nodes; history; malformed frames.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::time::Duration;
 
@@ -10,46 +10,21 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(15);
 
+/// Joins `stream` as the buyer `user`; returns the socket and the welcome's `last_seq`.
 async fn join(addr: std::net::SocketAddr, stream: &str, user: &str) -> (common::Ws, u64) {
-    let mut ws = common::ws_connect(&format!(
-        "ws://{addr}/v1/streams/{stream}/ws?access_token={}",
-        common::buyer(user)
-    ))
-    .await;
-    let welcome = common::next_json(&mut ws, T).await;
-    assert_eq!(welcome["type"], "welcome");
+    let (ws, welcome) = common::join_with(addr, stream, &common::buyer(user)).await;
     (ws, welcome["last_seq"].as_u64().unwrap())
-}
-
-async fn send(ws: &mut common::Ws, id: &str, body: &str) {
-    common::send_text(
-        ws,
-        &json!({"type": "send", "client_msg_id": id, "body": body}).to_string(),
-    )
-    .await;
 }
 
 /// Reads `message` frames until `n` were received (acks and others are collected apart).
 async fn messages(ws: &mut common::Ws, n: usize) -> Vec<Value> {
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let f = common::next_json(ws, T).await;
-        if f["type"] == "message" {
-            out.push(f);
-        }
-    }
-    out
+    common::messages(ws, n, T).await
 }
 
 fn chat_env() -> Vec<(&'static str, String)> {
-    vec![
-        ("STREAMEDGE_REDIS__URL", common::redis_url()),
-        (
-            "STREAMEDGE_REDIS__KEY_PREFIX",
-            common::test_config().redis.key_prefix,
-        ),
-        ("STREAMEDGE_CHAT__USER_PER_SEC", "0".into()),
-    ]
+    let mut env = common::redis_env();
+    env.push(("STREAMEDGE_CHAT__USER_PER_SEC", "0".into()));
+    env
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,7 +47,7 @@ async fn three_nodes_thirty_clients_ten_senders_identical_gapless_order() {
     let (senders, readers) = clients.split_at_mut(10);
     let sends = senders.iter_mut().enumerate().map(|(i, ws)| async move {
         for j in 0..PER_SENDER {
-            send(ws, &format!("m-{i}-{j}"), &format!("hello {i}/{j}")).await;
+            common::send_chat(ws, &format!("m-{i}-{j}"), &format!("hello {i}/{j}")).await;
         }
         messages(ws, 10 * PER_SENDER).await
     });
@@ -148,12 +123,12 @@ async fn resume_delivers_exactly_what_was_missed_then_live() {
     let stream = node.new_stream().await.to_string();
     let (mut talker, _) = join(node.api, &stream, "talker").await;
     let (mut listener, _) = join(node.api, &stream, "listener").await;
-    send(&mut talker, "before", "before the drop").await;
+    common::send_chat(&mut talker, "before", "before the drop").await;
     let seen = messages(&mut listener, 1).await;
     let last = seen[0]["seq"].as_u64().unwrap();
     drop(listener); // the phone drops off Wi-Fi
     for i in 0..200 {
-        send(&mut talker, &format!("gap-{i}"), &format!("missed {i}")).await;
+        common::send_chat(&mut talker, &format!("gap-{i}"), &format!("missed {i}")).await;
     }
     messages(&mut talker, 201).await;
     let (mut back, _) = join(node.api, &stream, "listener").await;
@@ -171,7 +146,7 @@ async fn resume_delivers_exactly_what_was_missed_then_live() {
     assert_eq!(seqs, (last + 1..=last + 200).collect::<Vec<_>>());
     assert_eq!(missed[199]["body"], "missed 199");
     // Then the live feed, seamlessly.
-    send(&mut talker, "after", "live again").await;
+    common::send_chat(&mut talker, "after", "live again").await;
     let live = messages(&mut back, 1).await;
     assert_eq!(live[0]["seq"], last + 201);
     assert_eq!(live[0]["body"], "live again");
@@ -180,7 +155,7 @@ async fn resume_delivers_exactly_what_was_missed_then_live() {
     let mark = last + 201;
     drop(back);
     for i in 0..30 {
-        send(
+        common::send_chat(
             &mut talker,
             &format!("gap2-{i}"),
             &format!("missed again {i}"),
@@ -196,7 +171,7 @@ async fn resume_delivers_exactly_what_was_missed_then_live() {
     .await;
     let first = common::next_json(&mut url_back, T).await;
     assert_eq!(first["type"], "welcome", "{first}");
-    send(&mut talker, "after2", "live once more").await;
+    common::send_chat(&mut talker, "after2", "live once more").await;
     let mut kinds = Vec::new();
     let mut seqs = Vec::new();
     while seqs.len() < 31 {
@@ -234,7 +209,7 @@ async fn resume_delivers_exactly_what_was_missed_then_live() {
     let s2 = small.new_stream().await.to_string();
     let (mut t2, _) = join(small.api, &s2, "t2").await;
     for i in 0..80 {
-        send(&mut t2, &format!("x{i}"), "x").await;
+        common::send_chat(&mut t2, &format!("x{i}"), "x").await;
     }
     messages(&mut t2, 80).await;
     common::send_text(
@@ -252,17 +227,13 @@ async fn resume_delivers_exactly_what_was_missed_then_live() {
 
 #[tokio::test]
 async fn a_repeated_client_msg_id_is_one_message_even_across_nodes() {
-    let mut cfg = common::test_config();
-    cfg.redis.url = common::redis_url();
-    let a = TestNode::start(cfg.clone()).await;
-    cfg.server.node_id = "test-b".into();
-    let b = TestNode::start(cfg).await;
+    let (a, b) = TestNode::start_pair(common::redis_test_config()).await;
     let stream = a.new_stream().await.to_string();
     let (mut watcher, _) = join(b.api, &stream, "watcher").await;
     common::next_of_type(&mut watcher, "viewers", T).await;
     let (mut ws, _) = join(a.api, &stream, "retrier").await;
-    send(&mut ws, "once-1", "only once").await;
-    send(&mut ws, "once-1", "only once").await;
+    common::send_chat(&mut ws, "once-1", "only once").await;
+    common::send_chat(&mut ws, "once-1", "only once").await;
     let acks: Vec<Value> = {
         let mut v = Vec::new();
         while v.len() < 2 {
@@ -277,7 +248,7 @@ async fn a_repeated_client_msg_id_is_one_message_even_across_nodes() {
     drop(ws);
     // Reconnect to the other node and retry.
     let (mut ws, _) = join(b.api, &stream, "retrier").await;
-    send(&mut ws, "once-1", "only once").await;
+    common::send_chat(&mut ws, "once-1", "only once").await;
     let ack = common::next_of_type(&mut ws, "ack", T).await;
     assert_eq!(ack["seq"], acks[0]["seq"]);
     assert_eq!(ack["client_msg_id"], "once-1");
@@ -286,15 +257,11 @@ async fn a_repeated_client_msg_id_is_one_message_even_across_nodes() {
     let extra = tokio::time::timeout(Duration::from_millis(500), messages(&mut watcher, 1)).await;
     assert!(extra.is_err(), "published twice: {extra:?}");
     // History holds it once.
-    let page: Value = reqwest::Client::new()
-        .get(format!("http://{}/v1/streams/{stream}/messages", a.api))
-        .bearer_auth(common::buyer("x"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = common::get_json(
+        &format!("http://{}/v1/streams/{stream}/messages", a.api),
+        &common::buyer("x"),
+    )
+    .await;
     assert_eq!(page["messages"].as_array().unwrap().len(), 1);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
@@ -353,13 +320,13 @@ async fn malformed_and_refused_sends_get_error_frames_and_the_connection_stays_u
     }
     // Rate limit: 3 at once, then refused.
     for i in 0..3 {
-        send(&mut ws, &format!("ok-{i}"), "fine").await;
+        common::send_chat(&mut ws, &format!("ok-{i}"), "fine").await;
         assert_eq!(
             common::next_of_type(&mut ws, "ack", T).await["client_msg_id"],
             format!("ok-{i}")
         );
     }
-    send(&mut ws, "too-fast", "whoa").await;
+    common::send_chat(&mut ws, "too-fast", "whoa").await;
     let e = common::next_of_type(&mut ws, "error", T).await;
     assert_eq!(
         (e["code"].as_str(), e["ref"].as_str()),
@@ -383,13 +350,9 @@ async fn malformed_and_refused_sends_get_error_frames_and_the_connection_stays_u
         Duration::from_secs(600),
         true,
     );
-    let mut ws = common::ws_connect(&format!(
-        "ws://{}/v1/streams/{stream}/ws?access_token={anon}",
-        node.api
-    ))
-    .await;
+    let mut ws = common::ws_connect(&common::stream_ws_url(node.api, &stream, &anon)).await;
     common::next_json(&mut ws, T).await;
-    send(&mut ws, "a1", "hello").await;
+    common::send_chat(&mut ws, "a1", "hello").await;
     assert_eq!(
         common::next_of_type(&mut ws, "error", T).await["code"],
         "forbidden"
@@ -405,25 +368,21 @@ async fn history_pages_backwards() {
     let stream = node.new_stream().await.to_string();
     let (mut ws, _) = join(node.api, &stream, "writer").await;
     for i in 1..=25 {
-        send(&mut ws, &format!("h{i}"), &format!("msg {i}")).await;
+        common::send_chat(&mut ws, &format!("h{i}"), &format!("msg {i}")).await;
     }
     messages(&mut ws, 25).await;
     let token = common::buyer("reader");
     let mut seen = Vec::new();
     let mut before = String::new();
     loop {
-        let page: Value = reqwest::Client::new()
-            .get(format!(
+        let page = common::get_json(
+            &format!(
                 "http://{}/v1/streams/{stream}/messages?limit=10{before}",
                 node.api
-            ))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            ),
+            &token,
+        )
+        .await;
         for m in page["messages"].as_array().unwrap() {
             assert!(m.get("client_msg_id").is_none());
             seen.push(m["seq"].as_u64().unwrap());
@@ -439,66 +398,36 @@ async fn history_pages_backwards() {
         ("?before_seq=-3", "invalid_query"),
         ("?x=1", "invalid_query"),
     ] {
-        let r = reqwest::Client::new()
-            .get(format!(
-                "http://{}/v1/streams/{stream}/messages{q}",
-                node.api
-            ))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 400);
-        let b: Value = r.json().await.unwrap();
+        let (status, b) = common::get(
+            &format!("http://{}/v1/streams/{stream}/messages{q}", node.api),
+            &token,
+        )
+        .await;
+        assert_eq!(status, 400);
         assert_eq!(b["code"], code);
     }
     node.shutdown().await.unwrap();
 }
 
-async fn api(
-    method: reqwest::Method,
-    url: String,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, url)
-        .bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn moderation_ban_on_one_node_stops_sends_on_another_and_deletes_reach_everyone() {
-    let mut cfg = common::test_config();
-    cfg.redis.url = common::redis_url();
+    let mut cfg = common::redis_test_config();
     cfg.chat.user_per_sec = 0.0;
-    let a = TestNode::start(cfg.clone()).await;
-    cfg.server.node_id = "test-b".into();
-    let b = TestNode::start(cfg).await;
+    let (a, b) = TestNode::start_pair(cfg).await;
     let stream = a.new_stream().await.to_string();
     let seller = common::seller("seller-1");
     let (mut troll, _) = join(b.api, &stream, "troll").await;
     let (mut fan, _) = join(a.api, &stream, "fan").await;
     common::next_of_type(&mut fan, "viewers", T).await;
-    send(&mut troll, "t1", "spam").await;
+    common::send_chat(&mut troll, "t1", "spam").await;
     let spam = messages(&mut fan, 1).await;
     let spam_seq = spam[0]["seq"].as_u64().unwrap();
 
     // Ban through node A; the troll is on node B.
     let base = format!("http://{}/v1/streams/{stream}", a.api);
-    let (s, v) = api(
-        reqwest::Method::PUT,
-        format!("{base}/bans/troll"),
-        &seller,
-        None,
-    )
-    .await;
+    let (s, v) = common::put(&format!("{base}/bans/troll"), &seller).await;
     assert_eq!((s, v["user_id"].as_str()), (200, Some("troll")));
-    send(&mut troll, "t2", "more spam").await;
+    common::send_chat(&mut troll, "t2", "more spam").await;
     let e = common::next_of_type(&mut troll, "error", T).await;
     assert_eq!(
         (e["code"].as_str(), e["ref"].as_str()),
@@ -506,36 +435,31 @@ async fn moderation_ban_on_one_node_stops_sends_on_another_and_deletes_reach_eve
     );
     // Lifted; then a 1-second timeout that expires by itself.
     assert_eq!(
-        api(
-            reqwest::Method::DELETE,
-            format!("{base}/bans/troll"),
-            &seller,
-            None
-        )
-        .await
-        .0,
+        common::delete(&format!("{base}/bans/troll"), &seller)
+            .await
+            .0,
         204
     );
-    send(&mut troll, "t3", "sorry").await;
+    common::send_chat(&mut troll, "t3", "sorry").await;
     assert_eq!(
         common::next_of_type(&mut troll, "ack", T).await["client_msg_id"],
         "t3"
     );
-    let (s, v) = api(
+    let (s, v) = common::call(
         reqwest::Method::PUT,
-        format!("{base}/bans/troll"),
+        &format!("{base}/bans/troll"),
         &seller,
         Some(json!({"duration_secs": 1})),
     )
     .await;
     assert_eq!((s, v["expires_in_secs"].as_u64()), (200, Some(1)));
-    send(&mut troll, "t4", "x").await;
+    common::send_chat(&mut troll, "t4", "x").await;
     assert_eq!(
         common::next_of_type(&mut troll, "error", T).await["code"],
         "banned"
     );
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    send(&mut troll, "t5", "back").await;
+    common::send_chat(&mut troll, "t5", "back").await;
     assert_eq!(
         common::next_of_type(&mut troll, "ack", T).await["client_msg_id"],
         "t5"
@@ -543,27 +467,16 @@ async fn moderation_ban_on_one_node_stops_sends_on_another_and_deletes_reach_eve
 
     // Delete the spam: everyone is told, and history and resumes no longer have it.
     assert_eq!(
-        api(
-            reqwest::Method::DELETE,
-            format!("{base}/messages/{spam_seq}"),
-            &seller,
-            None
-        )
-        .await
-        .0,
+        common::delete(&format!("{base}/messages/{spam_seq}"), &seller)
+            .await
+            .0,
         204
     );
     let d = common::next_of_type(&mut fan, "deleted", T).await;
     assert_eq!(d["seq"], spam_seq);
     let d = common::next_of_type(&mut troll, "deleted", T).await;
     assert_eq!(d["seq"], spam_seq);
-    let (_, hist) = api(
-        reqwest::Method::GET,
-        format!("{base}/messages"),
-        &seller,
-        None,
-    )
-    .await;
+    let (_, hist) = common::get(&format!("{base}/messages"), &seller).await;
     let seqs: Vec<u64> = hist["messages"]
         .as_array()
         .unwrap()
@@ -655,7 +568,7 @@ async fn moderation_ban_on_one_node_stops_sends_on_another_and_deletes_reach_eve
             "invalid_body",
         ),
     ] {
-        let (s, v) = api(method, url.clone(), &token, body).await;
+        let (s, v) = common::call(method, &url, &token, body).await;
         assert_eq!(
             (s, v["code"].as_str().unwrap_or("")),
             (status, code),
@@ -673,33 +586,33 @@ async fn slow_mode_spaces_out_each_users_messages() {
     let node = TestNode::start(cfg).await;
     let stream = node.new_stream().await.to_string();
     let seller = common::seller("seller-1");
-    let (s, _) = api(
+    let (s, _) = common::call(
         reqwest::Method::PUT,
-        format!("http://{}/v1/streams/{stream}/chat-settings", node.api),
+        &format!("http://{}/v1/streams/{stream}/chat-settings", node.api),
         &seller,
         Some(json!({"slow_mode_secs": 1})),
     )
     .await;
     assert_eq!(s, 200);
     let (mut ws, _) = join(node.api, &stream, "chatty").await;
-    send(&mut ws, "s1", "one").await;
+    common::send_chat(&mut ws, "s1", "one").await;
     assert_eq!(
         common::next_of_type(&mut ws, "ack", T).await["client_msg_id"],
         "s1"
     );
-    send(&mut ws, "s2", "two").await;
+    common::send_chat(&mut ws, "s2", "two").await;
     assert_eq!(
         common::next_of_type(&mut ws, "error", T).await["code"],
         "slow_mode"
     );
     let (mut other, _) = join(node.api, &stream, "other").await;
-    send(&mut other, "o1", "mine").await;
+    common::send_chat(&mut other, "o1", "mine").await;
     assert_eq!(
         common::next_of_type(&mut other, "ack", T).await["client_msg_id"],
         "o1"
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    send(&mut ws, "s3", "three").await;
+    common::send_chat(&mut ws, "s3", "three").await;
     assert_eq!(
         common::next_of_type(&mut ws, "ack", T).await["client_msg_id"],
         "s3"
@@ -733,19 +646,14 @@ async fn a_client_that_stops_reading_is_closed_with_4002_and_others_keep_receivi
     let mut closed = false;
     for round in 0..600 {
         for i in 0..50 {
-            send(&mut fast, &format!("b{round}-{i}"), &body).await;
+            common::send_chat(&mut fast, &format!("b{round}-{i}"), &body).await;
         }
         let got = messages(&mut fast, 50).await;
         for m in got {
             assert_eq!(m["seq"], next_seq, "the fast client misses nothing");
             next_seq += 1;
         }
-        let metrics = reqwest::get(node.admin_url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = node.metrics().await;
         if metrics.contains(r#"streamedge_ws_closed_total{reason="slow_consumer"} 1"#) {
             closed = true;
             break;
@@ -755,16 +663,15 @@ async fn a_client_that_stops_reading_is_closed_with_4002_and_others_keep_receivi
     // It was the client that stopped reading (the node hung up on it: it sees the 4002
     // close frame, or the end of the stream when the frame could not be written); the
     // fast one still works.
-    let admin = node.admin_url("/metrics");
     let gone = common::eventually(Duration::from_secs(20), || async {
-        let m = reqwest::get(&admin).await.unwrap().text().await.unwrap();
+        let m = node.metrics().await;
         m.lines().any(|l| l == "streamedge_ws_connections 1")
     })
     .await;
     assert!(gone, "the slow connection is still open on the node");
     let end = slow.read_until_close(Duration::from_secs(20)).await;
     assert!(matches!(end, Some(4002) | None), "{end:?}");
-    send(&mut fast, "still-here", "ok").await;
+    common::send_chat(&mut fast, "still-here", "ok").await;
     assert_eq!(
         common::next_of_type(&mut fast, "ack", T).await["client_msg_id"],
         "still-here"

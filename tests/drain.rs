@@ -2,7 +2,7 @@
 //! `server.drain_delay`; then WebSockets close with 1012 spread over `server.drain_spread`;
 //! the process exits 0. Triggered by SIGTERM or by `POST /drain` on the admin listener.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::time::{Duration, Instant};
 

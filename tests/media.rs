@@ -2,7 +2,7 @@
 //! publisher sends synthetic VP8 and Opus RTP, three viewers receive the same payloads in
 //! order; DELETE tears it down and the session follows; bad requests get clear errors.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -244,13 +244,7 @@ async fn whip_publisher_reaches_three_whep_viewers_and_delete_tears_down() {
         .unwrap();
 
     // Publishing made the session live.
-    let (_, s) = common::call(
-        Method::GET,
-        &format!("{api}/v1/streams/{stream}"),
-        &seller,
-        None,
-    )
-    .await;
+    let (_, s) = common::get(&format!("{api}/v1/streams/{stream}"), &seller).await;
     assert_eq!(s["state"], "live");
 
     // Packets flow from here on: payload = a counter, so order and content are checkable.
@@ -269,12 +263,7 @@ async fn whip_publisher_reaches_three_whep_viewers_and_delete_tears_down() {
     for (_, rx, _, _) in viewers.iter_mut() {
         expect_ordered_packets(rx, 30).await;
     }
-    let metrics = reqwest::get(node.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.metrics().await;
     assert!(metrics.contains("streamedge_media_viewers 3"), "{metrics}");
     assert!(metrics.contains("streamedge_media_publishers 1"));
     // Forwarding is timed (one packet in 64 sampled; 3 viewers × 30+ packets each).
@@ -284,70 +273,29 @@ async fn whip_publisher_reaches_three_whep_viewers_and_delete_tears_down() {
     );
 
     // A viewer cannot end another's session or the publish.
-    let (st, body) = common::call(
-        Method::DELETE,
-        &format!("{api}{}", viewers[0].2),
-        &viewers[1].3,
-        None,
-    )
-    .await;
+    let (st, body) = common::delete(&format!("{api}{}", viewers[0].2), &viewers[1].3).await;
     assert_eq!((st, body["code"].as_str()), (403, Some("not_owner")));
-    let (st, _) = common::call(
-        Method::DELETE,
-        &format!("{api}{whip_resource}"),
-        &viewers[1].3,
-        None,
-    )
-    .await;
+    let (st, _) = common::delete(&format!("{api}{whip_resource}"), &viewers[1].3).await;
     assert_eq!(st, 403);
     // One viewer leaves.
-    let (st, _) = common::call(
-        Method::DELETE,
-        &format!("{api}{}", viewers[0].2),
-        &viewers[0].3,
-        None,
-    )
-    .await;
+    let (st, _) = common::delete(&format!("{api}{}", viewers[0].2), &viewers[0].3).await;
     assert_eq!(st, 200);
     // The publisher stops: everything is torn down and the session pauses.
-    let (st, _) = common::call(
-        Method::DELETE,
-        &format!("{api}{whip_resource}"),
-        &seller,
-        None,
-    )
-    .await;
+    let (st, _) = common::delete(&format!("{api}{whip_resource}"), &seller).await;
     assert_eq!(st, 200);
     sending.store(false, std::sync::atomic::Ordering::Relaxed);
     let _ = sender.await;
-    let (_, s) = common::call(
-        Method::GET,
-        &format!("{api}/v1/streams/{stream}"),
-        &seller,
-        None,
-    )
-    .await;
+    let (_, s) = common::get(&format!("{api}/v1/streams/{stream}"), &seller).await;
     assert_eq!(s["state"], "paused");
     assert!(
         common::eventually(T, || async {
-            let m = reqwest::get(node.admin_url("/metrics"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let m = node.metrics().await;
             m.contains("streamedge_media_viewers 0") && m.contains("streamedge_media_publishers 0")
         })
         .await,
         "viewers or publisher left dangling"
     );
-    let (st, body) = common::call(
-        Method::DELETE,
-        &format!("{api}{whip_resource}"),
-        &seller,
-        None,
-    )
-    .await;
+    let (st, body) = common::delete(&format!("{api}{whip_resource}"), &seller).await;
     assert_eq!(
         (st, body["code"].as_str()),
         (404, Some("media_session_not_found"))
@@ -452,12 +400,7 @@ async fn bad_whip_and_whep_requests_get_clear_errors() {
     assert_eq!(r.headers()["accept-post"], "application/sdp");
     assert_eq!(r.headers()["access-control-allow-origin"], "*");
     // Nothing was left behind by the refused requests.
-    let m = reqwest::get(node.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = node.metrics().await;
     assert!(!m.contains("streamedge_media_publishers 1"));
     let _ = pc.close().await;
     node.shutdown().await.unwrap();
@@ -570,16 +513,13 @@ async fn a_viewer_on_another_node_is_served_through_a_relay() {
         .expect("second edge viewer got nothing")
         .unwrap();
     // The publish ends on A: the relay and B's viewers end with it.
-    let (st, _) = common::call(Method::DELETE, &format!("{api_a}{whip}"), &seller, None).await;
+    let (st, _) = common::delete(&format!("{api_a}{whip}"), &seller).await;
     assert_eq!(st, 200);
     sending.store(false, std::sync::atomic::Ordering::Relaxed);
     let _ = sender.await;
     assert!(
         common::eventually(T, || async {
-            common::call(Method::DELETE, &format!("{api_b}{whep}"), &buyer, None)
-                .await
-                .0
-                == 404
+            common::delete(&format!("{api_b}{whep}"), &buyer).await.0 == 404
         })
         .await,
         "the edge viewer outlived the publish"
@@ -755,7 +695,7 @@ async fn keyframe_requests_travel_upstream_and_edge_ports_come_from_the_range() 
     );
 
     // The viewer leaves: its port comes back at once, the idle relay's soon after.
-    let (st, _) = common::call(Method::DELETE, &format!("{api_b}{whep}"), &buyer, None).await;
+    let (st, _) = common::delete(&format!("{api_b}{whep}"), &buyer).await;
     assert_eq!(st, 200);
     assert!(
         common::eventually(T, || async {
@@ -775,7 +715,7 @@ async fn keyframe_requests_travel_upstream_and_edge_ports_come_from_the_range() 
         start_viewer(&api_b, &stream, &common::buyer("pli-viewer-2")).await;
     expect_ordered_packets(&mut rx2, 10).await;
 
-    let (st, _) = common::call(Method::DELETE, &format!("{api_a}{whip}"), &seller, None).await;
+    let (st, _) = common::delete(&format!("{api_a}{whip}"), &seller).await;
     assert_eq!(st, 200);
     sending.store(false, std::sync::atomic::Ordering::Relaxed);
     let _ = sender.await;
@@ -813,7 +753,7 @@ async fn a_full_port_range_answers_503_until_a_session_ends() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["code"], "media_full", "{body}");
     // The publish ends: its port is free again for the next publish.
-    let (st, _) = common::call(Method::DELETE, &format!("{api}{whip}"), &seller, None).await;
+    let (st, _) = common::delete(&format!("{api}{whip}"), &seller).await;
     assert_eq!(st, 200);
     sending.store(false, std::sync::atomic::Ordering::Relaxed);
     let _ = sender.await;

@@ -2,12 +2,11 @@
 //! zero loss through a PostgreSQL outage, a killed node and a restart without Redis,
 //! restoring after Redis lost its data, and session exports.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::time::Duration;
 
 use common::{NodeProcess, PgServer, RedisServer, TestNode};
-use reqwest::Method;
 use serde_json::{json, Value};
 use streamedge::config::{Config, Secret};
 use uuid::Uuid;
@@ -63,20 +62,6 @@ async fn wait_count(db: &str, sql: &str, want: i64) {
         last = count(db, sql).await;
     }
     assert!(ok, "{sql}: {last}, wanted {want}");
-}
-
-/// Creates a stream as `seller` and starts its session.
-async fn live_stream(api: &str, seller: &str) -> Uuid {
-    let id = common::create_stream(&format!("{api}/v1/streams"), &common::seller(seller)).await;
-    let (st, body) = common::call(
-        Method::POST,
-        &format!("{api}/v1/streams/{id}/session/start"),
-        &common::seller(seller),
-        None,
-    )
-    .await;
-    assert_eq!(st, 200, "{body}");
-    id
 }
 
 /// Sends `n` messages numbered from `from`, each acknowledged.
@@ -286,7 +271,7 @@ async fn every_acknowledged_message_is_persisted_once_through_a_postgresql_outag
     cfg.redis.url = common::redis_url();
     let node = TestNode::start(cfg).await;
     let api = node.api_url("");
-    let stream = live_stream(&api, "seller-pg").await;
+    let stream = common::live_stream(&api, "seller-pg").await;
     let (mut ws, _) = common::join_with(node.api, &stream, &common::buyer("talker")).await;
 
     let mut seqs = send_many(&mut ws, 0, 100).await;
@@ -331,12 +316,7 @@ async fn every_acknowledged_message_is_persisted_once_through_a_postgresql_outag
         1,
     )
     .await;
-    let metrics = reqwest::get(node.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.metrics().await;
     assert!(
         metrics
             .lines()
@@ -377,7 +357,7 @@ async fn records_a_killed_node_took_are_persisted_by_another_node() {
         common::free_port()
     );
     let a = NodeProcess::spawn(&persist_env(&unreachable, &common::redis_url(), &prefix));
-    let stream = live_stream(&a.api_url(""), "seller-kill").await;
+    let stream = common::live_stream(&a.api_url(""), "seller-kill").await;
     let (mut ws, _) = common::join_with(a.api, &stream, &common::buyer("talker")).await;
     let seqs = send_many(&mut ws, 0, 50).await;
     assert_eq!(seqs.len(), 50);
@@ -416,7 +396,7 @@ async fn without_redis_the_local_outbox_is_replayed_after_a_crash() {
         ("STREAMEDGE_CHAT__USER_PER_SEC", "0".to_string()),
     ];
     let node = NodeProcess::spawn(&env);
-    let stream = live_stream(&node.api_url(""), "seller-local").await;
+    let stream = common::live_stream(&node.api_url(""), "seller-local").await;
     let (mut ws, _) = common::join_with(node.api, &stream, &common::buyer("talker")).await;
     let seqs = send_many(&mut ws, 0, 40).await;
     assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
@@ -434,7 +414,7 @@ async fn without_redis_the_local_outbox_is_replayed_after_a_crash() {
     .await;
     // Replayed once: the outbox is confirmed and a second restart writes nothing new.
     common::eventually(T, || async {
-        common::metrics_page(&format!("http://{}/metrics", node.admin))
+        node.metrics()
             .await
             .lines()
             .any(|l| l == "streamedge_persist_outbox_depth 0")
@@ -457,27 +437,15 @@ async fn after_redis_loses_its_data_streams_history_bans_and_sequence_come_back(
     let node = TestNode::start(cfg).await;
     let api = node.api_url("");
     let seller = common::seller("seller-restore");
-    let stream = live_stream(&api, "seller-restore").await;
+    let stream = common::live_stream(&api, "seller-restore").await;
     let (mut ws, _) = common::join_with(node.api, &stream, &common::buyer("talker")).await;
     send_many(&mut ws, 0, 30).await;
     drop(ws);
-    let (st, _) = common::call(
-        Method::PUT,
-        &format!("{api}/v1/streams/{stream}/bans/spammer"),
-        &seller,
-        None,
-    )
-    .await;
+    let (st, _) = common::put(&format!("{api}/v1/streams/{stream}/bans/spammer"), &seller).await;
     assert_eq!(st, 200);
     // Message 5 is older than the shared history (20): deleting it needs the archive.
     wait_count(&db, "select count(*) from chat_messages", 30).await;
-    let (st, _) = common::call(
-        Method::DELETE,
-        &format!("{api}/v1/streams/{stream}/messages/5"),
-        &seller,
-        None,
-    )
-    .await;
+    let (st, _) = common::delete(&format!("{api}/v1/streams/{stream}/messages/5"), &seller).await;
     assert_eq!(st, 204);
     wait_count(&db, "select count(*) from chat_messages", 30).await;
     wait_count(
@@ -499,13 +467,7 @@ async fn after_redis_loses_its_data_streams_history_bans_and_sequence_come_back(
         })
         .await
     );
-    let (st, body) = common::call(
-        Method::GET,
-        &format!("{api}/v1/streams/{stream}"),
-        &seller,
-        None,
-    )
-    .await;
+    let (st, body) = common::get(&format!("{api}/v1/streams/{stream}"), &seller).await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["state"], "live");
     assert_eq!(body["owner_id"], "seller-restore");
@@ -514,7 +476,7 @@ async fn after_redis_loses_its_data_streams_history_bans_and_sequence_come_back(
     let mut seen = Vec::new();
     let mut url = format!("{api}/v1/streams/{stream}/messages?limit=8");
     loop {
-        let (st, page) = common::call(Method::GET, &url, &seller, None).await;
+        let (st, page) = common::get(&url, &seller).await;
         assert_eq!(st, 200, "{page}");
         for m in page["messages"].as_array().unwrap() {
             seen.push(m["seq"].as_u64().unwrap());
@@ -580,7 +542,7 @@ async fn export_streams_a_sessions_summary_and_transcript_as_json_and_csv() {
     let node = TestNode::start(cfg).await;
     let api = node.api_url("");
     let seller = common::seller("seller-export");
-    let stream = live_stream(&api, "seller-export").await;
+    let stream = common::live_stream(&api, "seller-export").await;
     let (mut ws, _) =
         common::join_with(node.api, &stream, &common::buyer("buyer, \"quoted\"")).await;
     let n = 2500;
@@ -599,13 +561,8 @@ async fn export_streams_a_sessions_summary_and_transcript_as_json_and_csv() {
             break;
         }
     }
-    let (st, ended) = common::call(
-        Method::POST,
-        &format!("{api}/v1/streams/{stream}/session/end"),
-        &seller,
-        None,
-    )
-    .await;
+    let (st, ended) =
+        common::post(&format!("{api}/v1/streams/{stream}/session/end"), &seller).await;
     assert_eq!(st, 200);
     let session = ended["stream"]["session"]["id"]
         .as_str()
@@ -673,30 +630,24 @@ async fn export_streams_a_sessions_summary_and_transcript_as_json_and_csv() {
     }
 
     // Only the owner exports; formats are checked.
-    let (st, body) = common::call(
-        Method::GET,
+    let (st, body) = common::get(
         &format!("{api}/v1/streams/{stream}/sessions/{session}/export?format=json"),
         &common::buyer("someone"),
-        None,
     )
     .await;
     assert_eq!((st, body["code"].as_str()), (403, Some("not_owner")));
-    let (st, body) = common::call(
-        Method::GET,
+    let (st, body) = common::get(
         &format!("{api}/v1/streams/{stream}/sessions/{session}/export?format=xml"),
         &seller,
-        None,
     )
     .await;
     assert_eq!((st, body["code"].as_str()), (400, Some("invalid_format")));
-    let (st, body) = common::call(
-        Method::GET,
+    let (st, body) = common::get(
         &format!(
             "{api}/v1/streams/{stream}/sessions/{}/export",
             Uuid::new_v4()
         ),
         &seller,
-        None,
     )
     .await;
     assert_eq!(
@@ -709,22 +660,18 @@ async fn export_streams_a_sessions_summary_and_transcript_as_json_and_csv() {
     .await
     .unwrap();
     assert_eq!(r.status(), 401);
-    let (st, body) = common::call(
-        Method::GET,
+    let (st, body) = common::get(
         &format!("{api}/v1/streams/{stream}/sessions/not-a-uuid/export"),
         &seller,
-        None,
     )
     .await;
     assert_eq!(
         (st, body["code"].as_str()),
         (400, Some("invalid_session_id"))
     );
-    let (st, body) = common::call(
-        Method::GET,
+    let (st, body) = common::get(
         &format!("{api}/v1/streams/{stream}/sessions/{session}/export?format=csv&extra=1"),
         &seller,
-        None,
     )
     .await;
     assert_eq!((st, body["code"].as_str()), (400, Some("invalid_query")));

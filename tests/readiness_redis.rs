@@ -1,7 +1,7 @@
 //! Readiness follows Redis: a node on a Redis that dies reports 503 and recovers by itself
 //! when Redis comes back; pub/sub subscribers are told to resync after the reconnect.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::time::Duration;
 
@@ -16,12 +16,7 @@ async fn readyz(node: &TestNode) -> (u16, serde_json::Value) {
 }
 
 async fn metric(node: &TestNode, name: &str) -> Option<f64> {
-    let text = reqwest::get(node.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = node.metrics().await;
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())

@@ -3,7 +3,7 @@
 //! `#insecure`; refused against the system roots. A private TLS `redis-server` with a
 //! throw-away CA made by `openssl`.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

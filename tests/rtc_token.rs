@@ -2,7 +2,7 @@
 //! the node's encoder, refusals (banned, ended, unknown, unauthenticated), and rate limits
 //! that hold across two node processes sharing one Redis.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -168,8 +168,7 @@ async fn seller_gets_publisher_privileges_and_buyers_join_only() {
 async fn refusals_have_clear_codes() {
     // A Redis-backed node, so the test can write moderation state the way another node
     // (or the moderation capability) would.
-    let mut cfg = common::test_config();
-    cfg.redis.url = common::redis_url();
+    let cfg = common::redis_test_config();
     let prefix = cfg.redis.key_prefix.clone();
     let node = TestNode::start(cfg.clone()).await;
     let api = format!("http://{}", node.api);

@@ -2,7 +2,7 @@
 //! summaries; racing commands on two nodes; timeouts enforced by a node that never saw
 //! the seller.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::time::Duration;
 
@@ -10,26 +10,6 @@ use common::{NodeProcess, TestNode};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(10);
-
-async fn act(api: &str, stream: &str, action: &str, token: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{api}/v1/streams/{stream}/session/{action}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
-async fn get_json(url: &str, token: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
 
 #[tokio::test]
 async fn lifecycle_over_http_and_websocket() {
@@ -49,20 +29,12 @@ async fn lifecycle_over_http_and_websocket() {
     // A message before the session does not count towards it. (Chat goes through another
     // connection, so `ws` sees the state frames in order.)
     let mut chatter = common::ws_connect(&node.ws_url(&stream.parse().unwrap())).await;
-    common::send_text(
-        &mut chatter,
-        r#"{"type":"send","client_msg_id":"pre","body":"early"}"#,
-    )
-    .await;
+    common::send_chat(&mut chatter, "pre", "early").await;
     common::next_of_type(&mut chatter, "ack", T).await;
-    let (s, started) = act(&api, &stream, "start", &seller).await;
+    let (s, started) = common::session_action(&api, &stream, "start", &seller).await;
     assert_eq!(s, 200, "{started}");
     for id in ["c1", "c2"] {
-        common::send_text(
-            &mut chatter,
-            &format!(r#"{{"type":"send","client_msg_id":"{id}","body":"hi"}}"#),
-        )
-        .await;
+        common::send_chat(&mut chatter, id, "hi").await;
         common::next_of_type(&mut chatter, "ack", T).await;
     }
     let session = started["stream"]["session"]["id"]
@@ -72,7 +44,7 @@ async fn lifecycle_over_http_and_websocket() {
     assert_eq!(started["stream"]["state"], "live");
     assert_eq!(started["transition"]["kind"], "start");
     // Repeating start is a no-op returning the same session.
-    let (s, again) = act(&api, &stream, "start", &seller).await;
+    let (s, again) = common::session_action(&api, &stream, "start", &seller).await;
     assert_eq!(s, 200);
     assert_eq!(again["stream"]["session"]["id"], session.as_str());
     assert!(again.get("transition").is_none());
@@ -85,7 +57,7 @@ async fn lifecycle_over_http_and_websocket() {
         ("end", "ended"),
         ("end", "ended"),
     ] {
-        let (s, body) = act(&api, &stream, action, &seller).await;
+        let (s, body) = common::session_action(&api, &stream, action, &seller).await;
         assert_eq!(
             (s, body["stream"]["state"].as_str()),
             (200, Some(state)),
@@ -114,14 +86,14 @@ async fn lifecycle_over_http_and_websocket() {
 
     // Impossible transitions: 409 with the current state.
     for action in ["pause", "resume", "heartbeat"] {
-        let (s, body) = act(&api, &stream, action, &seller).await;
+        let (s, body) = common::session_action(&api, &stream, action, &seller).await;
         assert_eq!(
             (s, body["code"].as_str(), body["state"].as_str()),
             (409, Some("invalid_transition"), Some("ended"))
         );
     }
     // The summary.
-    let (s, sum) = get_json(
+    let (s, sum) = common::get(
         &format!("{api}/v1/streams/{stream}/sessions/{session}"),
         &seller,
     )
@@ -139,13 +111,13 @@ async fn lifecycle_over_http_and_websocket() {
     );
     assert_eq!(d, l + p);
     // A new session after the end.
-    let (s, restarted) = act(&api, &stream, "start", &seller).await;
+    let (s, restarted) = common::session_action(&api, &stream, "start", &seller).await;
     assert_eq!(s, 200);
     assert_ne!(restarted["stream"]["session"]["id"], session.as_str());
     assert_eq!(restarted["transition"]["version"], 5);
     // The old summary is still there.
     assert_eq!(
-        get_json(
+        common::get(
             &format!("{api}/v1/streams/{stream}/sessions/{session}"),
             &seller
         )
@@ -213,7 +185,7 @@ async fn refusals() {
         ),
     ];
     for (id, action, token, status, code) in cases {
-        let (s, body) = act(&api, &id, action, &token).await;
+        let (s, body) = common::session_action(&api, &id, action, &token).await;
         assert_eq!(
             (s, body["code"].as_str().unwrap_or("")),
             (status, code),
@@ -239,14 +211,14 @@ async fn refusals() {
             "invalid_query",
         ),
     ] {
-        let (s, body) = get_json(&format!("{api}{path}"), &seller).await;
+        let (s, body) = common::get(&format!("{api}{path}"), &seller).await;
         assert_eq!(
             (s, body["code"].as_str().unwrap_or("")),
             (status, code),
             "{path}: {body}"
         );
     }
-    let (s, body) = get_json(
+    let (s, body) = common::get(
         &format!("{api}/v1/streams/{stream}/viewers"),
         &common::buyer("b"),
     )
@@ -279,11 +251,7 @@ async fn collect_states(ws: &mut common::Ws, until: u64, limit: Duration) -> Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_commands_on_two_nodes_end_in_a_serial_history() {
-    let prefix = common::test_config().redis.key_prefix;
-    let env = vec![
-        ("STREAMEDGE_REDIS__URL", common::redis_url()),
-        ("STREAMEDGE_REDIS__KEY_PREFIX", prefix),
-    ];
+    let env = common::redis_env();
     let a = NodeProcess::spawn(&env);
     let b = NodeProcess::spawn(&env);
     let seller = common::seller("racer");
@@ -294,16 +262,12 @@ async fn racing_commands_on_two_nodes_end_in_a_serial_history() {
     let viewer = common::buyer("watcher");
     let mut observers = Vec::new();
     for n in [&a, &b] {
-        let mut ws = common::ws_connect(&format!(
-            "ws://{}/v1/streams/{stream}/ws?access_token={viewer}",
-            n.api
-        ))
-        .await;
+        let mut ws = common::ws_connect(&common::stream_ws_url(n.api, &stream, &viewer)).await;
         common::next_json(&mut ws, T).await;
         common::next_of_type(&mut ws, "viewers", T).await;
         observers.push(ws);
     }
-    let (s, _) = act(&a.api_url(""), &stream, "start", &seller).await;
+    let (s, _) = common::session_action(&a.api_url(""), &stream, "start", &seller).await;
     assert_eq!(s, 200);
 
     let actions = ["pause", "resume", "end"];
@@ -316,7 +280,7 @@ async fn racing_commands_on_two_nodes_end_in_a_serial_history() {
         };
         let (stream, seller) = (stream.clone(), seller.clone());
         tasks.push(tokio::spawn(async move {
-            act(&api, &stream, actions[i % 3], &seller).await
+            common::session_action(&api, &stream, actions[i % 3], &seller).await
         }));
     }
     let mut made = Vec::new();
@@ -333,7 +297,7 @@ async fn racing_commands_on_two_nodes_end_in_a_serial_history() {
     made.dedup();
     assert_eq!(before, made.len(), "a transition was reported twice");
 
-    let (_, fin) = get_json(&a.api_url(&format!("/v1/streams/{stream}")), &viewer).await;
+    let (_, fin) = common::get(&a.api_url(&format!("/v1/streams/{stream}")), &viewer).await;
     let final_version = fin["version"].as_u64().unwrap();
     assert_eq!(
         final_version as usize,
@@ -361,23 +325,28 @@ async fn racing_commands_on_two_nodes_end_in_a_serial_history() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_never_saw_the_seller_pauses_then_ends_the_session() {
-    let prefix = common::test_config().redis.key_prefix;
-    let env = vec![
-        ("STREAMEDGE_REDIS__URL", common::redis_url()),
-        ("STREAMEDGE_REDIS__KEY_PREFIX", prefix),
+    let mut env = common::redis_env();
+    env.extend([
         ("STREAMEDGE_SESSION__HEARTBEAT_TIMEOUT", "1s".to_string()),
         ("STREAMEDGE_SESSION__PAUSE_TIMEOUT", "2s".to_string()),
         ("STREAMEDGE_SESSION__SWEEP_INTERVAL", "200ms".to_string()),
-    ];
+    ]);
     let mut a = NodeProcess::spawn(&env);
     let seller = common::seller("flaky");
     let stream = common::create_stream(&a.api_url("/v1/streams"), &seller)
         .await
         .to_string();
-    assert_eq!(act(&a.api_url(""), &stream, "start", &seller).await.0, 200);
+    assert_eq!(
+        common::session_action(&a.api_url(""), &stream, "start", &seller)
+            .await
+            .0,
+        200
+    );
     for _ in 0..3 {
         assert_eq!(
-            act(&a.api_url(""), &stream, "heartbeat", &seller).await.0,
+            common::session_action(&a.api_url(""), &stream, "heartbeat", &seller)
+                .await
+                .0,
             200
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -387,11 +356,7 @@ async fn a_node_that_never_saw_the_seller_pauses_then_ends_the_session() {
     a.child.wait().unwrap();
     let b = NodeProcess::spawn(&env);
     let viewer = common::buyer("w");
-    let mut ws = common::ws_connect(&format!(
-        "ws://{}/v1/streams/{stream}/ws?access_token={viewer}",
-        b.api
-    ))
-    .await;
+    let mut ws = common::ws_connect(&common::stream_ws_url(b.api, &stream, &viewer)).await;
     let welcome = common::next_json(&mut ws, T).await;
     let from_version = welcome["version"].as_u64().unwrap();
     let events = collect_states(&mut ws, 3, Duration::from_secs(15)).await;
@@ -411,7 +376,7 @@ async fn a_node_that_never_saw_the_seller_pauses_then_ends_the_session() {
         expected[skip.min(2)..].to_vec(),
         "after version {from_version}"
     );
-    let (_, fin) = get_json(&b.api_url(&format!("/v1/streams/{stream}")), &viewer).await;
+    let (_, fin) = common::get(&b.api_url(&format!("/v1/streams/{stream}")), &viewer).await;
     assert_eq!(fin["state"], "ended");
     assert_eq!(fin["version"], 3, "start, auto_pause, auto_end — each once");
     assert_eq!(fin["session"]["end_reason"], "pause_timeout");

@@ -1,6 +1,6 @@
 //! Graceful shutdown of the real binary: SIGTERM with 100 open WebSockets.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::time::Duration;
 
@@ -23,22 +23,13 @@ async fn sigterm_closes_100_websockets_with_1012_and_exits_0() {
     let viewer = common::buyer("viewer");
     let mut clients = Vec::new();
     for i in 0..100 {
-        let url = format!(
-            "ws://{}/v1/streams/{}/ws?access_token={viewer}",
-            node.api,
-            streams[i % streams.len()]
-        );
+        let url = common::stream_ws_url(node.api, streams[i % streams.len()], &viewer);
         let mut ws = common::ws_connect(&url).await;
         let welcome = common::next_json(&mut ws, Duration::from_secs(5)).await;
         assert_eq!(welcome["type"], "welcome");
         clients.push(ws);
     }
-    let metrics = reqwest::get(format!("http://{}/metrics", node.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.metrics().await;
     assert!(
         metrics.contains("streamedge_ws_connections 100"),
         "expected 100 connections in metrics"
@@ -78,11 +69,7 @@ async fn sigterm_closes_100_websockets_with_1012_and_exits_0() {
 async fn sigint_also_drains() {
     let mut node = NodeProcess::spawn(&[]);
     let stream = common::create_stream(&node.api_url("/v1/streams"), &common::seller("s")).await;
-    let url = format!(
-        "ws://{}/v1/streams/{stream}/ws?access_token={}",
-        node.api,
-        common::buyer("v")
-    );
+    let url = common::stream_ws_url(node.api, stream, &common::buyer("v"));
     let mut ws = common::ws_connect(&url).await;
     common::next_json(&mut ws, Duration::from_secs(5)).await;
     node.signal("INT");

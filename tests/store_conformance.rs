@@ -1,7 +1,7 @@
 //! One conformance suite for the shared-state backends: every test runs against the
 //! in-memory backend and against a real Redis (the one `scripts/test` starts).
 
-mod common;
+use streamedge_testkit as common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

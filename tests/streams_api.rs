@@ -1,7 +1,7 @@
 //! `POST /v1/streams`, `GET /v1/streams/{id}`, `GET /v1/streams`: ownership,
 //! idempotent creation, browsing with cursors, and bad input.
 
-mod common;
+use streamedge_testkit as common;
 
 use common::TestNode;
 use serde_json::{json, Value};
@@ -34,13 +34,7 @@ async fn post_json(node: &TestNode, token: &str, body: Value) -> (u16, Value) {
 }
 
 async fn get(node: &TestNode, token: &str, path: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .get(node.api_url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    common::get(&node.api_url(path), token).await
 }
 
 #[tokio::test]

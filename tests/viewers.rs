@@ -2,42 +2,30 @@
 //! SIGKILL takes its viewers with it within `viewers.ttl`, and 5,000 viewers over two
 //! nodes are counted exactly on both.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::time::{Duration, Instant};
 
 use common::{NodeProcess, TestNode};
-use serde_json::Value;
 
 async fn current(api: &str, stream: &str) -> u64 {
-    let r = reqwest::Client::new()
-        .get(format!("{api}/v1/streams/{stream}"))
-        .bearer_auth(common::buyer("counter"))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = r.json().await.unwrap();
+    let v = common::get_json(
+        &format!("{api}/v1/streams/{stream}"),
+        &common::buyer("counter"),
+    )
+    .await;
     v["viewers"]["current"].as_u64().unwrap()
 }
 
 async fn viewer(api_addr: std::net::SocketAddr, stream: &str, user: &str) -> common::Ws {
-    let mut ws = common::ws_connect(&format!(
-        "ws://{api_addr}/v1/streams/{stream}/ws?access_token={}",
-        common::buyer(user)
-    ))
-    .await;
+    let url = common::stream_ws_url(api_addr, stream, &common::buyer(user));
+    let mut ws = common::ws_connect(&url).await;
     common::next_json(&mut ws, Duration::from_secs(10)).await;
     ws
 }
 
 fn redis_env(extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    let mut env = vec![
-        ("STREAMEDGE_REDIS__URL", common::redis_url()),
-        (
-            "STREAMEDGE_REDIS__KEY_PREFIX",
-            common::test_config().redis.key_prefix,
-        ),
-    ];
+    let mut env = common::redis_env();
     env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     env
 }
@@ -89,11 +77,7 @@ async fn viewers_of_a_killed_node_drop_out_within_the_ttl() {
 
 #[tokio::test]
 async fn two_tabs_count_once_and_leaving_is_seen_everywhere() {
-    let mut cfg = common::test_config();
-    cfg.redis.url = common::redis_url();
-    let a = TestNode::start(cfg.clone()).await;
-    cfg.server.node_id = "test-b".into();
-    let b = TestNode::start(cfg).await;
+    let (a, b) = TestNode::start_pair(common::redis_test_config()).await;
     let stream = a.new_stream().await.to_string();
     let (api_a, api_b) = (format!("http://{}", a.api), format!("http://{}", b.api));
     let mut tab1 = viewer(a.api, &stream, "same-user").await;
@@ -134,15 +118,7 @@ async fn two_tabs_count_once_and_leaving_is_seen_everywhere() {
     let mut cursor = String::new();
     loop {
         let url = format!("{api_a}/v1/streams/{stream}/viewers?limit=3{cursor}");
-        let page: Value = reqwest::Client::new()
-            .get(url)
-            .bearer_auth(&seller)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = common::get_json(&url, &seller).await;
         for v in page["viewers"].as_array().unwrap() {
             seen.push(v.as_str().unwrap().to_string());
         }
@@ -160,12 +136,9 @@ async fn two_tabs_count_once_and_leaving_is_seen_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_viewers_over_two_nodes_are_counted_exactly_on_both() {
     const N: usize = 5000;
-    let mut cfg = common::test_config();
-    cfg.redis.url = common::redis_url();
+    let mut cfg = common::redis_test_config();
     cfg.ws.max_connections = N;
-    let a = TestNode::start(cfg.clone()).await;
-    cfg.server.node_id = "test-b".into();
-    let b = TestNode::start(cfg).await;
+    let (a, b) = TestNode::start_pair(cfg).await;
     let stream = a.new_stream().await.to_string();
     // A watcher on each node sees the pushed counts.
     let mut watch_a = viewer(a.api, &stream, "watcher-a").await;
@@ -179,7 +152,7 @@ async fn five_thousand_viewers_over_two_nodes_are_counted_exactly_on_both() {
     use futures_util::StreamExt;
     for (i, t) in tokens.iter().enumerate() {
         let addr = if i % 2 == 0 { a.api } else { b.api };
-        let url = format!("ws://{addr}/v1/streams/{stream}/ws?access_token={t}");
+        let url = common::stream_ws_url(addr, &stream, t);
         pending.push(async move {
             tokio_tungstenite::connect_async(url)
                 .await

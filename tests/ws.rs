@@ -1,7 +1,7 @@
 //! The stream WebSocket endpoint: upgrade checks, admission, keepalive, frame handling and
 //! limits, against a node running in-process.
 
-mod common;
+use streamedge_testkit as common;
 
 use std::time::Duration;
 
@@ -61,8 +61,7 @@ async fn malformed_frames_get_error_frames_and_the_connection_stays_up() {
     let e = next_json(&mut ws, T).await;
     assert_eq!(e["code"], "binary_not_supported");
     // Still alive and answering.
-    send_text(&mut ws, r#"{"type":"ping"}"#).await;
-    assert_eq!(next_json(&mut ws, T).await["type"], "pong");
+    assert_eq!(common::ping(&mut ws, T).await["type"], "pong");
     node.shutdown().await.unwrap();
 }
 
@@ -79,8 +78,7 @@ async fn oversized_message_closes_with_1009() {
     // Other connections are unaffected.
     let mut other = common::ws_connect(&node.ws_url(&node.new_stream().await)).await;
     next_json(&mut other, T).await;
-    send_text(&mut other, r#"{"type":"ping"}"#).await;
-    assert_eq!(next_json(&mut other, T).await["type"], "pong");
+    assert_eq!(common::ping(&mut other, T).await["type"], "pong");
     node.shutdown().await.unwrap();
 }
 
@@ -115,8 +113,7 @@ async fn answering_pings_keeps_a_quiet_connection_open() {
         }
     }
     assert!(pings >= 3, "expected keepalive pings, got {pings}");
-    send_text(&mut ws, r#"{"type":"ping"}"#).await;
-    assert_eq!(next_json(&mut ws, T).await["type"], "pong");
+    assert_eq!(common::ping(&mut ws, T).await["type"], "pong");
     node.shutdown().await.unwrap();
 }
 

@@ -2,15 +2,13 @@
 //! Redis that `scripts/test` starts), with viewers dropping and reconnecting to the other
 //! node, and checks the report: every viewer got every message exactly once, in order.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use streamedge_testkit as common;
 
 use common::TestNode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnecting_viewers_get_every_message_once_in_order_across_nodes() {
-    let mut cfg = common::test_config();
-    cfg.redis.url = common::redis_url();
+    let mut cfg = common::redis_test_config();
     cfg.chat.user_per_sec = 0.0;
     cfg.rate_limit.enabled = false;
     let a = TestNode::start(cfg.clone()).await;

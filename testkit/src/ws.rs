@@ -1,0 +1,98 @@
+//! WebSocket clients for the stream endpoint: connecting with the `streamedge.v1`
+//! subprotocol, reading JSON frames and close codes, sending text.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A client WebSocket to a node.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a stream WebSocket offering the `streamedge.v1` subprotocol.
+pub async fn ws_connect(url: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "streamedge.v1".parse().unwrap());
+    let (ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket connect");
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap()),
+        Some("streamedge.v1")
+    );
+    ws
+}
+
+/// The next text frame as JSON, skipping pings and the periodic `viewers` frames
+/// (use [`next_of_type`] to wait for those), failing after `limit`.
+pub async fn next_json(ws: &mut Ws, limit: Duration) -> serde_json::Value {
+    loop {
+        let v = next_any_json(ws, limit).await;
+        if v["type"] != "viewers" {
+            return v;
+        }
+    }
+}
+
+/// The next frame of type `kind`, skipping others, failing after `limit`.
+pub async fn next_of_type(ws: &mut Ws, kind: &str, limit: Duration) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let v = next_any_json(ws, left).await;
+        if v["type"] == kind {
+            return v;
+        }
+    }
+}
+
+/// The next text frame as JSON (skipping pings), failing after `limit`.
+pub async fn next_any_json(ws: &mut Ws, limit: Duration) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("timed out waiting for a frame")
+            .expect("connection ended")
+            .expect("websocket error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).expect("server sent JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the close frame and returns its code (skipping other frames).
+pub async fn close_code(ws: &mut Ws, limit: Duration) -> u16 {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("timed out waiting for close")
+        {
+            Some(Ok(Message::Close(Some(f)))) => return f.code.into(),
+            Some(Ok(Message::Close(None))) => panic!("close frame without a code"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("connection failed before a close frame: {e}"),
+            None => panic!("connection ended without a close frame"),
+        }
+    }
+}
+
+/// Sends a `ping` frame and returns the next frame (as [`next_json`]: the `pong`, when
+/// the connection is healthy).
+pub async fn ping(ws: &mut Ws, limit: Duration) -> serde_json::Value {
+    send_text(ws, r#"{"type":"ping"}"#).await;
+    next_json(ws, limit).await
+}
+
+/// Sends one text frame.
+pub async fn send_text(ws: &mut Ws, text: &str) {
+    ws.send(Message::Text(text.into())).await.unwrap();
+}
