@@ -272,7 +272,7 @@ mod tests {
         let c = load(&env(&[
             ("STREAMEDGE_REDIS__URL", "redis://127.0.0.1:6390/"),
             ("STREAMEDGE_WS__MAX_CONNECTIONS", "42"),
-            ("STREAMEDGE_SERVER__SHUTDOWN_GRACE", "5s"),
+            ("STREAMEDGE_SERVER__SHUTDOWN_GRACE", "15s"),
             ("STREAMEDGE_SERVER__LISTEN", "0.0.0.0:8081"),
             ("STREAMEDGE_LOG__FORMAT", "json"),
             ("STREAMEDGE_CONFIG", "/ignored.toml"),
@@ -281,7 +281,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.redis.url, "redis://127.0.0.1:6390/");
         assert_eq!(c.ws.max_connections, 42);
-        assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(15));
         assert_eq!(c.server.listen.port(), 8081);
         assert_eq!(c.log.format, crate::config::LogFormat::Json);
     }

@@ -75,9 +75,24 @@ pub trait SharedState:
     fn is_healthy(&self) -> bool;
     /// Checks the backend now.
     async fn ping(&self) -> StoreResult<()>;
+    /// Whether what the backend acknowledges (the outbox above all) survives a restart of
+    /// the backend.
+    async fn durability(&self) -> Durability;
 
     /// Stops background tasks (health checks, the pub/sub connection).
     async fn close(&self);
+}
+
+/// The answer of [`SharedState::durability`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledged writes survive a restart (Redis with an append-only file synced at
+    /// least every second; the local outbox file).
+    Durable,
+    /// They may not; the text names the setting.
+    Volatile(String),
+    /// The backend does not say (`CONFIG` disabled, as on some managed services).
+    Unknown(String),
 }
 
 /// Builds the backend the configuration selects: Redis when `redis.url` is set, the

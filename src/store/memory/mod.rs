@@ -172,6 +172,12 @@ impl SharedState for MemoryStore {
         Ok(())
     }
 
+    /// The memory itself dies with the process; the outbox (the only part that must not)
+    /// is the local append-only file, written before a record is acknowledged.
+    async fn durability(&self) -> crate::store::Durability {
+        crate::store::Durability::Durable
+    }
+
     async fn close(&self) {
         if let Some(h) = self.sweeper.lock().expect("sweeper lock").take() {
             h.abort();

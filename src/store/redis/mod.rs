@@ -227,13 +227,71 @@ impl SharedState for RedisStore {
         r
     }
 
+    async fn durability(&self) -> crate::store::Durability {
+        use crate::store::Durability;
+        let mut c = self.conn();
+        let r = self
+            .run(async move {
+                let aof: Vec<String> = redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("appendonly")
+                    .query_async(&mut c)
+                    .await?;
+                let fsync: Vec<String> = redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("appendfsync")
+                    .query_async(&mut c)
+                    .await?;
+                Ok((aof.get(1).cloned(), fsync.get(1).cloned()))
+            })
+            .await;
+        match r {
+            Ok((Some(aof), Some(fsync))) => durability_of(&aof, &fsync),
+            Ok(_) => Durability::Unknown("CONFIG GET answered nothing".into()),
+            Err(e) => Durability::Unknown(format!("CONFIG GET failed: {e}")),
+        }
+    }
+
     async fn close(&self) {
         self.stop.cancel();
     }
 }
 
+/// What Redis's `appendonly` and `appendfsync` settings mean for acknowledged writes.
+fn durability_of(appendonly: &str, appendfsync: &str) -> crate::store::Durability {
+    use crate::store::Durability;
+    if !appendonly.eq_ignore_ascii_case("yes") {
+        return Durability::Volatile(format!(
+            "appendonly is {appendonly}: a Redis restart loses what was written since the last \
+             snapshot, outbox records not yet in PostgreSQL included"
+        ));
+    }
+    if appendfsync.eq_ignore_ascii_case("no") {
+        return Durability::Volatile(
+            "appendfsync is no: the operating system decides when the append-only file \
+             reaches the disk"
+                .into(),
+        );
+    }
+    Durability::Durable
+}
+
 impl Drop for RedisStore {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::durability_of;
+    use crate::store::Durability;
+
+    #[test]
+    fn only_an_append_only_file_synced_by_redis_is_durable() {
+        assert_eq!(durability_of("yes", "everysec"), Durability::Durable);
+        assert_eq!(durability_of("yes", "always"), Durability::Durable);
+        assert!(matches!(durability_of("no", "everysec"), Durability::Volatile(_)));
+        assert!(matches!(durability_of("yes", "no"), Durability::Volatile(_)));
     }
 }
