@@ -71,7 +71,8 @@ fn crate_references(code: &str) -> BTreeSet<String> {
                     }
                     ',' if depth == 1 => start_of_item = true,
                     c if depth == 1 && start_of_item && is_ident(c) => {
-                        let name: String = group[j..].chars().take_while(|c| is_ident(*c)).collect();
+                        let name: String =
+                            group[j..].chars().take_while(|c| is_ident(*c)).collect();
                         out.insert(name);
                         start_of_item = false;
                     }
@@ -153,7 +154,12 @@ fn top_level_modules_form_no_cycle() {
     if let Some(cycle) = find_cycle(&graph) {
         let edges: Vec<String> = graph
             .iter()
-            .map(|(k, v)| format!("  {k} -> {}", v.iter().cloned().collect::<Vec<_>>().join(", ")))
+            .map(|(k, v)| {
+                format!(
+                    "  {k} -> {}",
+                    v.iter().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })
             .collect();
         panic!(
             "import cycle between top-level modules of src/: {}\n(move what the lower module needs \
