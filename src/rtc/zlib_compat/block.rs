@@ -7,7 +7,7 @@ use super::*;
 /// Calls `f(length, count)` for each run of `tree.len[..=max_code]`, in order (a run is
 /// a maximal stretch of equal lengths). Only the leaves are visited: the zero runs are
 /// the gaps between them. Zero counts are passed along and mean nothing.
-pub(super) fn for_each_run(tree: &Tree, mut f: impl FnMut(u8, usize)) {
+fn for_each_run(tree: &Tree, mut f: impl FnMut(u8, usize)) {
     let mut next = 0; // first symbol not yet part of a run
     let (mut run_len, mut run_value) = (0, 0);
     for (base, &word) in tree.leaves.iter().enumerate() {
@@ -36,7 +36,7 @@ pub(super) fn for_each_run(tree: &Tree, mut f: impl FnMut(u8, usize)) {
 /// - other lengths: up to 3 are sent plainly; otherwise the first is sent plainly and
 ///   repeated with code 16 for the rest of the first 7, and any further ones go in
 ///   chunks of 6 (code 16), the last chunk as code 16 (3..=6) or plainly.
-pub(super) fn run_ops(value: u8, count: usize, emit: &mut impl FnMut(usize, usize, u32)) {
+fn run_ops(value: u8, count: usize, emit: &mut impl FnMut(usize, usize, u32)) {
     let plain = usize::from(value);
     if value == 0 {
         for _ in 0..count / 138 {
@@ -64,14 +64,14 @@ pub(super) fn run_ops(value: u8, count: usize, emit: &mut impl FnMut(usize, usiz
 }
 
 /// zlib's `scan_tree`: tallies the code-length codes needed to send the tree's lengths.
-pub(super) fn scan_tree(tree: &Tree, bl_freq: &mut [u32; BL_CODES]) {
+fn scan_tree(tree: &Tree, bl_freq: &mut [u32; BL_CODES]) {
     for_each_run(tree, |value, count| {
         run_ops(value, count, &mut |symbol, _, _| bl_freq[symbol] += 1);
     });
 }
 
 /// zlib's `send_tree`: emits the tree's lengths with the code-length code.
-pub(super) fn send_tree(out: &mut BitWriter, tree: &Tree, bl_len: &[u8], bl_code: &[u16]) {
+fn send_tree(out: &mut BitWriter, tree: &Tree, bl_len: &[u8], bl_code: &[u16]) {
     for_each_run(tree, |value, count| {
         run_ops(value, count, &mut |symbol, extra, extra_bits| {
             let len = u32::from(bl_len[symbol]);
@@ -146,7 +146,7 @@ pub(super) fn flush_final_block(
 /// zlib's `compress_block`: emits the symbols with the given (code, length) tables of
 /// the literal/length and distance alphabets. Each Huffman code goes out together with
 /// its extra bits (code first, as deflate orders them).
-pub(super) fn compress_block(
+fn compress_block(
     out: &mut BitWriter,
     syms: &[u32],
     (lit_code, lit_len): (&[u16], &[u8]),
@@ -191,7 +191,7 @@ pub(super) struct BitWriter {
 
 impl BitWriter {
     /// Appends the low `len` bits of `value` (`len <= 32`; higher bits must be zero).
-    pub(super) fn put_bits(&mut self, value: u32, len: u32) {
+    fn put_bits(&mut self, value: u32, len: u32) {
         self.acc |= u64::from(value) << self.nbits;
         self.nbits += len;
         if self.nbits >= 32 {

@@ -14,14 +14,14 @@ pub(super) struct Freqs {
 }
 
 impl Freqs {
-    pub(super) fn literal(&mut self, syms: &mut Vec<u32>, c: u8) {
+    fn literal(&mut self, syms: &mut Vec<u32>, c: u8) {
         syms.push(u32::from(c));
         let c = usize::from(c);
         self.lit[c] += 1;
         self.lit_used[c / 64] |= 1 << (c % 64);
     }
 
-    pub(super) fn matched(&mut self, syms: &mut Vec<u32>, len: usize, dist: usize) {
+    fn matched(&mut self, syms: &mut Vec<u32>, len: usize, dist: usize) {
         syms.push(((dist as u32) << 8) | (len - MIN_MATCH) as u32);
         let l = length_code(len - MIN_MATCH).0 + LITERALS + 1;
         self.lit[l] += 1;
@@ -134,7 +134,7 @@ pub(super) fn lz77(scratch: &mut Scratch, data: &[u8], freqs: &mut Freqs) {
 /// zlib's `longest_match`: walks the hash chain from `cur_match` looking for a match
 /// longer than `prev_length`. Returns the (clamped) best length and, when it improved
 /// on `prev_length`, where that match starts.
-pub(super) fn longest_match(
+fn longest_match(
     window: &[u8],
     prev: &[u16],
     strstart: usize,

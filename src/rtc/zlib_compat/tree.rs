@@ -10,7 +10,7 @@ pub(super) struct Tree {
     /// One bit per leaf symbol (the symbols with a non-zero length).
     pub(super) leaves: [u64; L_CODES.div_ceil(64)],
     /// Code count per length, as `gen_bitlen` left it.
-    pub(super) bl_count: [u16; MAX_BITS + 1],
+    bl_count: [u16; MAX_BITS + 1],
     /// Largest symbol with a non-zero frequency (after zlib's padding to two codes).
     pub(super) max_code: usize,
 }
@@ -26,10 +26,10 @@ impl Tree {
 /// Static properties of one of the three alphabets.
 pub(super) struct TreeKind {
     /// Code lengths in the fixed code, for zlib's fixed-block estimate.
-    pub(super) static_len: Option<&'static [u8]>,
+    static_len: Option<&'static [u8]>,
     /// Extra bits sent after each symbol, one entry per symbol.
-    pub(super) extra_bits: &'static [u8],
-    pub(super) max_length: usize,
+    extra_bits: &'static [u8],
+    max_length: usize,
 }
 
 pub(super) const LITERAL_TREE: TreeKind = TreeKind {
@@ -49,7 +49,7 @@ pub(super) const BIT_LENGTH_TREE: TreeKind = TreeKind {
 };
 
 /// Extra bits per literal/length symbol (0 for literals and end-of-block).
-pub(super) const L_EXTRA_BITS: [u8; L_CODES] = {
+const L_EXTRA_BITS: [u8; L_CODES] = {
     let mut xbits = [0u8; L_CODES];
     let mut code = 0;
     while code < LENGTH_CODES {
@@ -82,7 +82,7 @@ pub(super) struct TreeScratch {
 /// Heap entry: zlib's ordering key (frequency, then depth) above the node number, so
 /// comparing needs no indirect lookups. Frequencies stay below 2^15 (at most 16 002
 /// symbols per block) and depths are zlib's `uch`, so the fields never overlap.
-pub(super) fn heap_entry(freq: u32, depth: u8, node: usize) -> u64 {
+fn heap_entry(freq: u32, depth: u8, node: usize) -> u64 {
     (u64::from(freq) << 24) | (u64::from(depth) << 16) | node as u64
 }
 
@@ -90,15 +90,15 @@ pub(super) fn heap_entry(freq: u32, depth: u8, node: usize) -> u64 {
 pub(super) const HEAP_ARRAY: usize = L_CODES + 2;
 
 /// Ranks after every real entry, so a missing right child is never preferred.
-pub(super) const SENTINEL: u64 = u64::MAX;
+const SENTINEL: u64 = u64::MAX;
 
 /// zlib's `smaller(a, b)`: lower frequency first, then lower-or-equal depth; the same
 /// as `a >> 16 <= b >> 16`.
-pub(super) fn smaller(a: u64, b: u64) -> bool {
+fn smaller(a: u64, b: u64) -> bool {
     a <= b | 0xffff
 }
 
-pub(super) fn entry_node(entry: u64) -> usize {
+fn entry_node(entry: u64) -> usize {
     usize::from(entry as u16)
 }
 
@@ -274,12 +274,7 @@ pub(super) fn build_tree(
 /// `heap[1..=heap_len]` (whose slot `start` it replaces) and returns what ends up at
 /// `start`. [`SENTINEL`] at `heap_len + 1` lets the smaller-child choice go without a
 /// bounds test, as a conditional move.
-pub(super) fn down_heap(
-    heap: &mut [u64; HEAP_ARRAY],
-    heap_len: usize,
-    start: usize,
-    v: u64,
-) -> u64 {
+fn down_heap(heap: &mut [u64; HEAP_ARRAY], heap_len: usize, start: usize, v: u64) -> u64 {
     let mut k = start;
     let mut j = k << 1;
     let mut top = v;
