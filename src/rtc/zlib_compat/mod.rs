@@ -1,19 +1,19 @@
-//! **Why a port and not C zlib:** C zlib (`flate2` on a static `libz-sys`, one
-//! `Compress` per thread, `reset()` between tokens) produces the same bytes by
-//! construction, but building a token with it took 6.0 µs instead of 3.3–3.7 µs
-//! (publisher) and 5.6 µs instead of 2.9 µs (subscriber), criterion medians on
-//! 2026-11-30, and the token endpoint lost 8–15 % of its requests per second: for
-//! ~200-byte inputs zlib's per-stream setup (`deflateReset` clears its 64 KiB hash table)
-//! and its full-alphabet tree passes outweigh the compression itself. See
-//! docs/benchmarks.md, "AccessToken2 compressor: C zlib vs the port (2026-11-30)".
-//! Byte-compatibility is held by the reference vectors in the token tests.
-//!
 //! Reproduces, bit for bit, what C zlib's `compress` produces at its default level (6)
 //! with the default window (32 KiB) and memory level (8), for inputs small enough to
 //! fit one block without the window ever sliding. Other zlib implementations
 //! (miniz_oxide, zlib-rs, Go's compress/flate) emit different — equally valid — bytes,
 //! so this is what makes our tokens identical to the ones Agora's Python, Java, Node.js
 //! and PHP builders produce.
+//!
+//! **Why a port and not C zlib:** C zlib (`flate2` on a static `libz-sys`, one
+//! `Compress` per thread, `reset()` between tokens) produces the same bytes by
+//! construction, but building a token with it took 6.0 µs instead of 3.3–3.7 µs
+//! (publisher) and 5.6 µs instead of 2.9 µs (subscriber), criterion medians on
+//! 2026-11-30, and the token endpoint lost 8–15 % of its requests per second (not
+//! profiled; on ~200-byte inputs zlib's per-stream setup — `deflateReset` clears its
+//! 64 KiB hash table — and its full-alphabet tree passes likely dominate). See
+//! docs/benchmarks.md, "AccessToken2 compressor: C zlib vs the port (2026-11-30)".
+//! Byte-compatibility is held by the reference vectors in the token tests.
 //!
 //! The algorithm: lazy-matching LZ77 over a 3-byte rolling hash with hash chains (chain
 //! limit 128, cut to 32 once a match of 8 is in hand, lazy evaluation below 16, stop at
@@ -24,6 +24,10 @@
 //! This runs once per issued token, so it avoids per-call allocation and zeroing (large
 //! tables live in a reused per-thread [`Scratch`]) and only visits used symbols. None of
 //! that changes a decision zlib makes, so the output bytes are unchanged.
+//!
+//! Files: this one holds the tables, the per-thread scratch and the entry points;
+//! `lz77.rs` the matching pass; `tree.rs` the Huffman tree construction; `block.rs` the
+//! block-type choice, the sending of the trees and symbols, and the bit packer.
 
 use std::cell::Cell;
 
