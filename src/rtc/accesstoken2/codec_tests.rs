@@ -1,11 +1,15 @@
 //! Tests of the AccessToken2 codec: reference vectors, an independent reader, property
 //! tests and malformed input.
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use proptest::prelude::*;
 use proptest::sample::Index;
 
+use super::compress::{compress, inflate};
+use super::wire::{put_string, put_u16, put_u32};
 use super::*;
 
 const APP_ID: &str = "5c1e0b7a9d2f4e3c8b6a0d1f2e3c4b5a";
