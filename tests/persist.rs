@@ -429,10 +429,13 @@ async fn without_redis_the_local_outbox_is_replayed_after_a_crash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_redis_loses_its_data_streams_history_bans_and_sequence_come_back() {
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::start_volatile();
     let db = common::fresh_database().await;
     let mut cfg = persist_config(&db);
     cfg.redis.url = redis.url();
+    // The operator accepted a Redis without persistence: what it loses comes back from
+    // PostgreSQL.
+    cfg.persist.allow_volatile_redis = true;
     cfg.chat.history_size = 20;
     let node = TestNode::start(cfg).await;
     let api = node.api_url("");
@@ -689,5 +692,36 @@ async fn export_streams_a_sessions_summary_and_transcript_as_json_and_csv() {
     )
     .await;
     drop(ws);
+    node.shutdown().await.unwrap();
+}
+
+/// With persistence on, a Redis without an append-only file would lose acknowledged
+/// outbox records on a restart: the node refuses to start against it, saying what to do,
+/// unless the operator accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_can_lose_the_outbox_is_refused_unless_accepted() {
+    let redis = RedisServer::start_volatile();
+    let db = common::fresh_database().await;
+    let mut cfg = persist_config(&db);
+    cfg.redis.url = redis.url();
+    let mut bound = cfg.clone();
+    bound.server.listen = "127.0.0.1:0".parse().unwrap();
+    bound.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+    let listeners = streamedge::server::Listeners::bind(&bound)
+        .await
+        .expect("bind loopback listeners");
+    let run = streamedge::server::run(cfg.clone(), listeners, std::future::pending::<()>());
+    let err = tokio::time::timeout(T, run)
+        .await
+        .expect("the node started instead of refusing")
+        .expect_err("the node started against a volatile Redis");
+    let text = err.to_string();
+    assert!(text.contains("appendonly"), "{text}");
+    assert!(text.contains("persist.allow_volatile_redis"), "{text}");
+
+    cfg.persist.allow_volatile_redis = true;
+    let node = TestNode::start(cfg).await;
+    let (st, _) = common::get(&node.api_url("/v1/streams?limit=1"), &common::buyer("b")).await;
+    assert_eq!(st, 200);
     node.shutdown().await.unwrap();
 }

@@ -48,6 +48,10 @@ pub struct PersistConfig {
     pub restore: bool,
     /// Apply the bundled migrations when the node starts.
     pub migrate_on_start: bool,
+    /// Start even when Redis may lose acknowledged outbox records on a restart
+    /// (`appendonly no`, or `appendfsync no`). Off: the node refuses to start against such a
+    /// Redis.
+    pub allow_volatile_redis: bool,
 }
 
 impl Default for PersistConfig {
@@ -67,6 +71,7 @@ impl Default for PersistConfig {
             local_outbox_dir: PathBuf::from("data/outbox"),
             local_fsync_interval: Duration::from_millis(100),
             restore: true,
+            allow_volatile_redis: false,
             migrate_on_start: false,
         }
     }

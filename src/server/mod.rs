@@ -61,6 +61,12 @@ pub enum RunError {
     Io(#[from] std::io::Error),
     #[error("persistence: {0:#}")]
     Persist(anyhow::Error),
+    #[error(
+        "persistence needs a Redis that keeps what it acknowledges ({0}); enable the \
+         append-only file (appendonly yes, appendfsync everysec) or set \
+         persist.allow_volatile_redis = true to accept losing outbox records on a Redis restart"
+    )]
+    VolatileOutbox(String),
     #[error("shutdown did not finish within server.shutdown_grace ({0:?})")]
     GraceExceeded(std::time::Duration),
 }
@@ -85,6 +91,9 @@ pub async fn run(
     let config = Arc::new(config);
     let node_id = node_id(&config);
     let store: Arc<dyn SharedState> = store::from_config(&config).await?;
+    if config.persist.enabled() {
+        check_outbox_durability(store.as_ref(), &config).await?;
+    }
     let persist = if config.persist.enabled() {
         let p = crate::persist::Persistence::new(&config.persist, store.clone(), &node_id)
             .map_err(RunError::Persist)?;
@@ -238,6 +247,23 @@ async fn drain(app: &AppState, config: &Config, parts: DrainParts) -> Result<(),
                 "shutdown grace period exceeded; stopping anyway"
             );
             Err(RunError::GraceExceeded(grace))
+        }
+    }
+}
+
+/// The outbox holds acknowledged records until they are in PostgreSQL: a backend that may
+/// lose them on a restart is refused unless the operator accepts it.
+async fn check_outbox_durability(store: &dyn SharedState, config: &Config) -> Result<(), RunError> {
+    match store.durability().await {
+        store::Durability::Durable => Ok(()),
+        store::Durability::Volatile(why) if config.persist.allow_volatile_redis => {
+            tracing::warn!(reason = %why, "persist.allow_volatile_redis: outbox records may be lost on a Redis restart");
+            Ok(())
+        }
+        store::Durability::Volatile(why) => Err(RunError::VolatileOutbox(why)),
+        store::Durability::Unknown(why) => {
+            tracing::warn!(reason = %why, "cannot tell whether Redis persists what it acknowledges; make sure its append-only file is on (appendonly yes, appendfsync everysec)");
+            Ok(())
         }
     }
 }

@@ -37,10 +37,24 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// `appendonly yes` (what the docs require): a restart keeps the data.
+    durable: bool,
 }
 
 impl RedisServer {
+    /// With the append-only file on (`appendfsync everysec`), as production runs it: a
+    /// restart keeps what Redis acknowledged.
     pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// Without persistence: a restart comes back empty (a node with persistence needs
+    /// `persist.allow_volatile_redis` to use it).
+    pub fn start_volatile() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(durable: bool) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("se-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -48,6 +62,7 @@ impl RedisServer {
             port,
             dir,
             child: None,
+            durable,
         };
         s.restart();
         s
@@ -62,7 +77,12 @@ impl RedisServer {
         assert!(self.child.is_none(), "already running");
         let child = Command::new(redis_server_bin())
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", ""])
+            .args(if self.durable {
+                ["--appendonly", "yes", "--appendfsync", "everysec"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "everysec"]
+            })
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())

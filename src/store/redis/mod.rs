@@ -291,7 +291,13 @@ mod tests {
     fn only_an_append_only_file_synced_by_redis_is_durable() {
         assert_eq!(durability_of("yes", "everysec"), Durability::Durable);
         assert_eq!(durability_of("yes", "always"), Durability::Durable);
-        assert!(matches!(durability_of("no", "everysec"), Durability::Volatile(_)));
-        assert!(matches!(durability_of("yes", "no"), Durability::Volatile(_)));
+        assert!(matches!(
+            durability_of("no", "everysec"),
+            Durability::Volatile(_)
+        ));
+        assert!(matches!(
+            durability_of("yes", "no"),
+            Durability::Volatile(_)
+        ));
     }
 }
