@@ -531,6 +531,61 @@ async fn a_viewer_on_another_node_is_served_through_a_relay() {
     a.shutdown().await.unwrap();
 }
 
+/// Behind a load balancer a `DELETE` lands on any node: the node that does not hold the
+/// session forwards it to the one that does, whose answer comes back — for the publish and
+/// for a viewer, in both directions, with the owner check still made by the session's node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_reaches_the_sessions_node_from_any_node() {
+    let mut cfg = media_config();
+    cfg.redis.url = common::redis_url();
+    let mut cfg_b = cfg.clone();
+    cfg_b.server.node_id = format!("{}-b", cfg.server.node_id);
+    let a = TestNode::start(cfg).await;
+    let b = TestNode::start(cfg_b).await;
+    let (api_a, api_b) = (a.api_url(""), b.api_url(""));
+    let seller = common::seller("seller-lb");
+    let stream = common::create_stream(&format!("{api_a}/v1/streams"), &seller).await;
+    let (pub_pc, tracks, whip) = start_publisher(&api_a, &stream, &seller).await;
+    let (sending, sender) = send_packets(tracks);
+    let buyer = common::buyer("lb-viewer");
+    let (view_pc, mut rx, whep) = start_viewer(&api_a, &stream, &buyer).await;
+    expect_ordered_packets(&mut rx, 10).await;
+
+    // Someone else's DELETE of the viewer's session, sent to B: A refuses it.
+    let (st, body) = common::delete(&format!("{api_b}{whep}"), &common::buyer("other")).await;
+    assert_eq!(st, 403, "{body}");
+    // The viewer's own DELETE, sent to B, ends its session on A.
+    let (st, body) = common::delete(&format!("{api_b}{whep}"), &buyer).await;
+    assert_eq!(st, 200, "{body}");
+    let (st, _) = common::delete(&format!("{api_a}{whep}"), &buyer).await;
+    assert_eq!(st, 404, "the viewer's session outlived its DELETE");
+    // The seller's DELETE of the publish, sent to B, ends it on A and pauses the session.
+    let (st, body) = common::delete(&format!("{api_b}{whip}"), &seller).await;
+    assert_eq!(st, 200, "{body}");
+    let (_, s) = common::get(&format!("{api_a}/v1/streams/{stream}"), &seller).await;
+    assert_eq!(s["state"], "paused", "{s}");
+    // Gone everywhere now.
+    for api in [&api_a, &api_b] {
+        let (st, _) = common::delete(&format!("{api}{whip}"), &seller).await;
+        assert_eq!(st, 404);
+    }
+    assert!(
+        metric(
+            &b.admin_url("/metrics"),
+            "streamedge_media_deletes_forwarded_total"
+        )
+        .await
+            >= 3.0
+    );
+    sending.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = sender.await;
+    for pc in [view_pc, pub_pc] {
+        let _ = pc.close().await;
+    }
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
+
 /// Sends numbered packets on the tracks every 10 ms until the flag is cleared.
 fn send_packets(
     tracks: Vec<(Arc<TrackLocalStaticRTP>, u8, u32)>,

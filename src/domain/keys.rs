@@ -89,6 +89,12 @@ pub fn media_ingest(stream: &Uuid) -> String {
     format!("media:ingest:{stream}")
 }
 
+/// Which node holds a WHIP/WHEP resource (a session lives on one node; a `DELETE` that
+/// lands on another is forwarded there).
+pub fn media_resource(resource: &str) -> String {
+    format!("media:resource:{resource}")
+}
+
 /// An HTTP route's rate limit for one user.
 pub fn route_rate_user(route: &str, user: &str) -> String {
     format!("{route}:u:{user}")
@@ -132,6 +138,7 @@ mod tests {
         assert_eq!(chat_sent(&s, "u", "m"), format!("chat:{id}:sent:u:m"));
         assert_eq!(chat_rate(&s, "u"), format!("chat:{id}:u"));
         assert_eq!(media_ingest(&s), format!("media:ingest:{id}"));
+        assert_eq!(media_resource("abc"), "media:resource:abc");
         assert_eq!(route_rate_user("rtc_token", "u"), "rtc_token:u:u");
         assert_eq!(
             route_rate_ip("rtc_token", "10.0.0.1".parse().unwrap()),

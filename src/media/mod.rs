@@ -12,6 +12,7 @@
 pub mod feedback;
 mod forward;
 mod ingest;
+pub use ingest::ResourceHome;
 mod keyframes;
 mod peer;
 pub mod ports;

@@ -118,7 +118,8 @@ impl MediaService {
         self.resources
             .lock()
             .unwrap()
-            .insert(resource_id, resource.clone());
+            .insert(resource_id.clone(), resource.clone());
+        self.record_home(&resource_id).await;
         metrics::gauge!("streamedge_media_publishers")
             .set(self.publications.lock().unwrap().len() as f64);
         Ok((Answer { resource, sdp }, publication, state_rx))
@@ -132,6 +133,9 @@ impl MediaService {
             .unwrap()
             .remove(id)
             .ok_or(MediaError::NoSuchResource)?;
+        if r.kind != ResourceKind::Relay {
+            self.forget_home(id).await;
+        }
         if matches!(r.kind, ResourceKind::Publish | ResourceKind::Relay) {
             let p = {
                 let mut pubs = self.publications.lock().unwrap();

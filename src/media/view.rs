@@ -113,6 +113,7 @@ impl MediaService {
             .lock()
             .unwrap()
             .insert(resource_id.clone(), resource.clone());
+        self.record_home(&resource_id).await;
         for (fwd, local, ssrc, pt) in locals {
             tokio::spawn(forward::track(
                 fwd,

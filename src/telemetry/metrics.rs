@@ -79,6 +79,10 @@ fn describe() {
         "Pub/sub messages a slow local subscriber missed (it resyncs)."
     );
     describe_gauge!("streamedge_ready", "1 while the node reports ready.");
+    describe_counter!(
+        "streamedge_media_deletes_forwarded_total",
+        "WHIP/WHEP DELETEs forwarded to the node that holds the session."
+    );
     describe_gauge!(
         "streamedge_draining",
         "1 once the node has started draining (SIGTERM, SIGINT or POST /drain)."

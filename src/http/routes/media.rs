@@ -284,13 +284,36 @@ pub async fn whep(State(app): State<AppState>, req: OfferRequest) -> Result<Resp
 
 /// `DELETE /v1/streams/{stream_id}/whip/{resource}` and `.../whep/{resource}`: only the
 /// user who created the session.
+///
+/// A session lives on the node that created it; behind a load balancer the `DELETE` may
+/// land on another node, which forwards it (path and `Authorization`) to the session's
+/// node — recorded in the shared state — and answers with that node's answer.
 pub async fn delete(
     State(app): State<AppState>,
     Path((stream_id, resource)): Path<(String, String)>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let media = media_enabled(&app)?;
     let id = parse_stream_id(&stream_id)?;
+    if media.resource(&resource).is_none() {
+        if let Some(home) = media.home_elsewhere(&resource).await {
+            let auth = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            let (status, content_type, body) =
+                media.forward_delete(&home, uri.path(), auth).await?;
+            let mut r = (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                body,
+            )
+                .into_response();
+            if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                r.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            return Ok(r);
+        }
+    }
     let user = caller(&app, &headers, &id).await?;
     let r = media
         .resource(&resource)
@@ -308,7 +331,7 @@ pub async fn delete(
         // The seller stopped publishing: the session pauses at once.
         let _ = app.sessions.command(&id, &user, Command::Pause).await;
     }
-    Ok(StatusCode::OK)
+    Ok(StatusCode::OK.into_response())
 }
 
 /// `PATCH` on a session: trickle ICE and ICE restarts are not supported (the answer holds
