@@ -12,6 +12,7 @@
 mod auth;
 mod chat;
 mod http;
+mod nginx;
 mod node;
 mod postgres;
 mod raw_ws;
@@ -22,6 +23,7 @@ mod ws;
 pub use auth::*;
 pub use chat::*;
 pub use http::*;
+pub use nginx::*;
 pub use node::*;
 pub use postgres::*;
 pub use raw_ws::*;

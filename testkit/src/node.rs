@@ -150,6 +150,12 @@ impl NodeProcess {
     pub fn spawn(env: &[(&str, String)]) -> Self {
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::spawn_on(api, admin, env)
+    }
+
+    /// [`NodeProcess::spawn`] on given listeners (a node restarted behind a balancer that
+    /// knows its address).
+    pub fn spawn_on(api: SocketAddr, admin: SocketAddr, env: &[(&str, String)]) -> Self {
         let mut cmd = Command::new(node_bin());
         cmd.arg("serve")
             .env_remove("RUST_LOG")
