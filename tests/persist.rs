@@ -4,6 +4,7 @@
 
 use streamedge_testkit as common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{NodeProcess, PgServer, RedisServer, TestNode};
@@ -723,5 +724,103 @@ async fn a_redis_that_can_lose_the_outbox_is_refused_unless_accepted() {
     let node = TestNode::start(cfg).await;
     let (st, _) = common::get(&node.api_url("/v1/streams?limit=1"), &common::buyer("b")).await;
     assert_eq!(st, 200);
+    node.shutdown().await.unwrap();
+}
+
+/// Redis crashes (SIGKILL) and restarts with its append-only file — the settings the docs
+/// require — while a client sends chat, retrying with the same `client_msg_id` whatever
+/// goes wrong: every acknowledged message is in the stream's history afterwards, once and
+/// in order, and reaches PostgreSQL exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_crash_under_chat_load_loses_nothing_acknowledged() {
+    const N: usize = 150;
+    let mut redis = RedisServer::start();
+    let db = common::fresh_database().await;
+    let mut cfg = persist_config(&db);
+    cfg.redis.url = redis.url();
+    let node = TestNode::start(cfg).await;
+    let api = node.api_url("");
+    let stream = common::live_stream(&api, "seller-crash").await;
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<(String, u64)>::new()));
+    let sender = {
+        let (addr, acked) = (node.api, acked.clone());
+        tokio::spawn(async move {
+            let token = common::buyer("talker");
+            let (mut ws, _) = common::join_with(addr, &stream, &token).await;
+            for i in 0..N {
+                let id = format!("m{i}");
+                loop {
+                    let f = common::send_and_ack(&mut ws, &id, &format!("message {i}")).await;
+                    if f["type"] == "ack" {
+                        let seq = f["seq"].as_u64().unwrap();
+                        acked.lock().unwrap().push((id.clone(), seq));
+                        break;
+                    }
+                    // `unavailable` while Redis is away: retry the same id.
+                    assert_eq!(f["code"], "unavailable", "{f}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        })
+    };
+    assert!(
+        common::eventually(T, || async { acked.lock().unwrap().len() >= N / 3 }).await,
+        "no progress before the crash"
+    );
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    redis.restart();
+    tokio::time::timeout(T, sender)
+        .await
+        .expect("the sender never finished")
+        .unwrap();
+
+    let acked = acked.lock().unwrap().clone();
+    let seqs: Vec<u64> = acked.iter().map(|(_, s)| *s).collect();
+    assert_eq!(
+        seqs,
+        (1..=N as u64).collect::<Vec<_>>(),
+        "acks out of order or repeated"
+    );
+    // The history (newest first) holds every acknowledged message once.
+    let seller = common::seller("seller-crash");
+    let (st, page) = common::get(
+        &format!("{api}/v1/streams/{stream}/messages?limit=200"),
+        &seller,
+    )
+    .await;
+    assert_eq!(st, 200, "{page}");
+    let history: Vec<(String, u64)> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|m| {
+            (
+                m["body"].as_str().unwrap().to_string(),
+                m["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, u64)> = acked
+        .iter()
+        .map(|(id, s)| (format!("message {}", &id[1..]), *s))
+        .collect();
+    assert_eq!(history, expected);
+    // PostgreSQL gets each exactly once.
+    wait_count(&db, "select count(*) from chat_messages", N as i64).await;
+    let c = common::pg(&db).await;
+    let rows = c
+        .query(
+            "select client_msg_id, seq from chat_messages order by seq",
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+        .collect();
+    assert_eq!(stored, acked);
     node.shutdown().await.unwrap();
 }
