@@ -23,6 +23,8 @@ impl Ticker {
     /// Waits for the next tick; `false` once `stop` is cancelled.
     pub async fn next(&mut self) -> bool {
         tokio::select! {
+            // Stopping wins over a tick that is due at the same time.
+            biased;
             _ = self.stop.cancelled() => false,
             _ = self.tick.tick() => true,
         }
