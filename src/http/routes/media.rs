@@ -372,22 +372,23 @@ pub async fn accept_post(mut r: Response) -> Response {
 pub async fn options() -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
     let h = r.headers_mut();
-    h.insert("accept-post", HeaderValue::from_static("application/sdp"));
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST, DELETE, PATCH, OPTIONS"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("Authorization, Content-Type"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Location, Link"),
-    );
+    for (name, value) in [
+        (
+            header::HeaderName::from_static("accept-post"),
+            "application/sdp",
+        ),
+        (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        (
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            "POST, DELETE, PATCH, OPTIONS",
+        ),
+        (
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            "Authorization, Content-Type",
+        ),
+        (header::ACCESS_CONTROL_EXPOSE_HEADERS, "Location, Link"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
     r
 }
