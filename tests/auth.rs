@@ -119,6 +119,76 @@ async fn call(node: &TestNode, token: Option<&str>) -> (u16, String) {
     (status, body["code"].as_str().unwrap_or("").to_string())
 }
 
+/// Tokens whose signature is good but whose content breaks the rules: a critical header
+/// extension this verifier does not understand (RFC 7515), times out of any sane range,
+/// `is_anonymous` that is not a boolean, a `sub` with hidden or reordering characters.
+#[tokio::test]
+async fn well_signed_tokens_with_unsound_content_are_refused() {
+    let node = TestNode::start(common::test_config()).await;
+    let secret = hs(common::TEST_JWT_SECRET);
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let with = |k: &str, v: Value| {
+        let mut c = claims("u1");
+        c[k] = v;
+        sign(Algorithm::HS256, None, &secret, &c)
+    };
+    let crit = {
+        let input = format!(
+            "{}.{}",
+            b64(&json!({"alg": "HS256", "typ": "JWT", "crit": ["b64"]})),
+            b64(&claims("u1"))
+        );
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &secret, Algorithm::HS256).unwrap();
+        format!("{input}.{sig}")
+    };
+    let table = [
+        ("crit header", crit, "token_malformed"),
+        (
+            "exp 2^63",
+            with("exp", json!(9_223_372_036_854_775_808u64)),
+            "token_invalid_claim",
+        ),
+        (
+            "iat negative",
+            with("iat", json!(-5)),
+            "token_invalid_claim",
+        ),
+        (
+            "nbf a string",
+            with("nbf", json!("soon")),
+            "token_malformed",
+        ),
+        (
+            "is_anonymous a string",
+            with("is_anonymous", json!("true")),
+            "token_invalid_claim",
+        ),
+        (
+            "sub with an override",
+            with("sub", json!("u\u{202E}1")),
+            "token_invalid_claim",
+        ),
+        (
+            "sub invisible only",
+            with("sub", json!("\u{200B}")),
+            "token_invalid_claim",
+        ),
+        (
+            "sub a number",
+            with("sub", json!(42)),
+            "token_invalid_claim",
+        ),
+    ];
+    for (name, token, want) in &table {
+        let (status, code) = call(&node, Some(token)).await;
+        assert_eq!((status, code.as_str()), (401, *want), "{name}");
+    }
+    // The same token with sound content is accepted.
+    let (status, _) = call(&node, Some(&with("sub", json!("u-1")))).await;
+    assert_eq!(status, 201);
+    node.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn attack_table_every_bad_token_is_401_with_its_own_code() {
     let jwks = jwks_server(vec![jwk("es256-a"), jwk("rs256-a")]).await;

@@ -306,6 +306,23 @@ async fn malformed_and_refused_sends_get_error_frames_and_the_connection_stays_u
             json!({"type": "send", "client_msg_id": "a", "body": "bell\u{7}"}),
             "invalid_body",
         ),
+        // The text rule (docs/api.md): something visible, nothing that hides or reorders.
+        (
+            json!({"type": "send", "client_msg_id": "a", "body": "\u{200B}\u{FEFF}"}),
+            "empty_body",
+        ),
+        (
+            json!({"type": "send", "client_msg_id": "a", "body": "\u{3164}"}),
+            "empty_body",
+        ),
+        (
+            json!({"type": "send", "client_msg_id": "a", "body": "line\u{2028}break"}),
+            "invalid_body",
+        ),
+        (
+            json!({"type": "send", "client_msg_id": "a", "body": "tag\u{E0041}ged"}),
+            "invalid_body",
+        ),
         (json!({"type": "resume"}), "missing_field"),
         (json!({"type": "resume", "since_seq": -1}), "invalid_field"),
         (json!({"type": "resume", "since_seq": "7"}), "invalid_field"),

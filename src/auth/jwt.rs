@@ -47,6 +47,8 @@ pub enum AuthError {
     WrongIssuer,
     #[error("the access token lacks a required claim")]
     MissingClaim,
+    #[error("the access token has a claim of the wrong type or out of its range")]
+    InvalidClaim,
     #[error("the access token's role claim is not `seller` or `buyer`")]
     InvalidRole,
     #[error("anonymous viewers are not allowed")]
@@ -71,6 +73,7 @@ impl AuthError {
             AuthError::WrongAudience => "token_wrong_audience",
             AuthError::WrongIssuer => "token_wrong_issuer",
             AuthError::MissingClaim => "token_missing_claim",
+            AuthError::InvalidClaim => "token_invalid_claim",
             AuthError::InvalidRole => "token_invalid_role",
             AuthError::AnonymousNotAllowed => "token_anonymous_not_allowed",
             AuthError::KeysUnavailable => "auth_keys_unavailable",
@@ -106,6 +109,9 @@ pub struct Verifier {
 struct RawHeader {
     alg: Option<serde_json::Value>,
     kid: Option<String>,
+    /// Critical extensions (RFC 7515 §4.1.11): this verifier understands none, so a token
+    /// that lists any is refused.
+    crit: Option<serde_json::Value>,
 }
 
 fn b64(segment: &str) -> Result<Vec<u8>, base64::DecodeError> {
@@ -158,6 +164,9 @@ impl Verifier {
         let header_json = b64(head).map_err(|_| AuthError::Malformed)?;
         let header: RawHeader =
             serde_json::from_slice(&header_json).map_err(|_| AuthError::Malformed)?;
+        if header.crit.is_some() {
+            return Err(AuthError::Malformed);
+        }
         let payload_json = b64(payload).map_err(|_| AuthError::Malformed)?;
         let alg = match header.alg.as_ref().and_then(|a| a.as_str()) {
             Some("HS256") => Algorithm::HS256,
@@ -229,6 +238,7 @@ impl Verifier {
             ClaimsError::MissingSubject => AuthError::MissingClaim,
             ClaimsError::AnonymousNotAllowed => AuthError::AnonymousNotAllowed,
             ClaimsError::InvalidRole(_) => AuthError::InvalidRole,
+            ClaimsError::InvalidClaim(_) => AuthError::InvalidClaim,
         })
     }
 }

@@ -34,6 +34,34 @@ pub enum ClaimsError {
     MissingSubject,
     AnonymousNotAllowed,
     InvalidRole(String),
+    /// A claim of the wrong type, or out of its range (the name says which).
+    InvalidClaim(&'static str),
+}
+
+/// Latest time a token's `exp`, `nbf` or `iat` may name: 3000-01-01T00:00:00Z. Later
+/// values are not a token that never expires but a broken one.
+pub const MAX_CLAIM_TIME: f64 = 32_503_680_000.0;
+
+/// `exp`, `nbf` and `iat`, when present, are numbers of seconds between 1970 and
+/// [`MAX_CLAIM_TIME`]; `is_anonymous`, when present, is a boolean.
+fn check_claim_types(claims: &serde_json::Value) -> Result<(), ClaimsError> {
+    for name in ["exp", "nbf", "iat"] {
+        match claims.get(name) {
+            None => {}
+            Some(v) => {
+                let ok = v
+                    .as_f64()
+                    .is_some_and(|t| (0.0..=MAX_CLAIM_TIME).contains(&t));
+                if !ok {
+                    return Err(ClaimsError::InvalidClaim(name));
+                }
+            }
+        }
+    }
+    match claims.get("is_anonymous") {
+        None | Some(serde_json::Value::Bool(_)) => Ok(()),
+        Some(_) => Err(ClaimsError::InvalidClaim("is_anonymous")),
+    }
 }
 
 /// Reads a dotted claim path (`app_metadata.role`) from the claims object.
@@ -53,15 +81,18 @@ pub fn principal_from_claims(
     role_claim: &str,
     allow_anonymous: bool,
 ) -> Result<Principal, ClaimsError> {
+    check_claim_types(claims)?;
     let anonymous = claims.get("is_anonymous").and_then(|v| v.as_bool()) == Some(true)
         || claims.get("role").and_then(|v| v.as_str()) == Some("anon");
     if anonymous && !allow_anonymous {
         return Err(ClaimsError::AnonymousNotAllowed);
     }
-    let sub = claims
-        .get("sub")
-        .and_then(|v| v.as_str())
-        .filter(|s| !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control));
+    let sub = match claims.get("sub") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) if s.is_empty() => None,
+        Some(serde_json::Value::String(s)) if crate::domain::text::valid_user_id(s) => Some(s),
+        Some(_) => return Err(ClaimsError::InvalidClaim("sub")),
+    };
     let user_id = match (sub, anonymous) {
         (Some(s), _) => s.to_string(),
         (None, true) => "anonymous".to_string(),

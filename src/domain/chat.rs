@@ -20,12 +20,16 @@ fn rejected(code: &'static str, message: impl Into<String>) -> Rejected {
     }
 }
 
-/// Checks a message body: not empty (after trimming), at most `max_chars` characters, no
-/// control characters (line breaks included) and no bidirectional overrides.
+/// Checks a message body: the text rule of [`super::text`] (something visible, nothing
+/// that hides or reorders text — line breaks included), and at most `max_chars`
+/// characters after trimming.
 pub fn validate_body(body: &str, max_chars: usize) -> Result<String, Rejected> {
     let t = body.trim();
-    if t.is_empty() {
-        return Err(rejected("empty_body", "message body is empty"));
+    if super::text::check(t) == Err(super::text::TextError::Empty) {
+        return Err(rejected(
+            "empty_body",
+            "message body has no visible character",
+        ));
     }
     if t.chars().count() > max_chars {
         return Err(rejected(
@@ -33,14 +37,10 @@ pub fn validate_body(body: &str, max_chars: usize) -> Result<String, Rejected> {
             format!("message body is longer than {max_chars} characters"),
         ));
     }
-    if t.chars().any(|c| {
-        c.is_control()
-            || ('\u{202a}'..='\u{202e}').contains(&c)
-            || ('\u{2066}'..='\u{2069}').contains(&c)
-    }) {
+    if super::text::check(t).is_err() {
         return Err(rejected(
             "invalid_body",
-            "message body contains control characters",
+            "message body contains line breaks, control, bidirectional or tag characters",
         ));
     }
     Ok(t.to_string())

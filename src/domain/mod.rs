@@ -7,6 +7,7 @@ pub mod clock;
 pub mod keys;
 pub mod session;
 pub mod stream;
+pub mod text;
 pub mod viewers;
 
 pub use session::SessionSummary;

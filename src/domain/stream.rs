@@ -65,22 +65,21 @@ pub enum TitleError {
     Empty,
     #[error("title must be at most {MAX_TITLE_CHARS} characters")]
     TooLong,
-    #[error("title must not contain control characters")]
+    #[error("title must not contain line breaks, control, bidirectional or tag characters")]
     ControlCharacter,
 }
 
 /// Trims and checks a title.
 pub fn validate_title(raw: &str) -> Result<String, TitleError> {
+    use super::text::{check, TextError};
     let t = raw.trim();
-    if t.is_empty() {
+    if check(t) == Err(TextError::Empty) {
         return Err(TitleError::Empty);
     }
     if t.chars().count() > MAX_TITLE_CHARS {
         return Err(TitleError::TooLong);
     }
-    if t.chars()
-        .any(|c| c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c))
-    {
+    if check(t).is_err() {
         return Err(TitleError::ControlCharacter);
     }
     Ok(t.to_string())

@@ -78,9 +78,10 @@ pub struct ModerationService {
 }
 
 fn valid_user_id(user: &str) -> Result<(), ModerationError> {
-    if user.is_empty() || user.len() > 128 || user.chars().any(char::is_control) {
+    if !crate::domain::text::valid_user_id(user) {
         return Err(ModerationError::InvalidUserId(
-            "user id must be 1–128 characters without control characters",
+            "user id must be at most 128 bytes with a visible character, and no line break, \
+             control, bidirectional or tag character",
         ));
     }
     Ok(())
