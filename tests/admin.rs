@@ -112,6 +112,24 @@ async fn every_response_carries_a_request_id() {
         .await
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "client-chosen-42");
+    // One too long to log, or with spaces: replaced by a generated one.
+    for bad in ["x".repeat(129), "has space".to_string()] {
+        let r = client
+            .get(node.api_url("/nope"))
+            .header("x-request-id", &bad)
+            .send()
+            .await
+            .unwrap();
+        let id = r.headers()["x-request-id"].to_str().unwrap();
+        assert_eq!(id.len(), 36, "{bad:?} was echoed as {id}");
+    }
+    let r = client
+        .get(node.api_url("/nope"))
+        .header("x-request-id", "y".repeat(128))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "y".repeat(128).as_str());
     node.shutdown().await.unwrap();
 }
 

@@ -1,5 +1,6 @@
 //! The middleware every listener uses: a request id (`x-request-id`, taken from the client
-//! or generated) on every request, its response and its log span, plus request metrics.
+//! when it is at most 128 visible ASCII characters, generated otherwise) on every request,
+//! its response and its log span, plus request metrics.
 //!
 //! Request metrics are on every request's path, so they are kept cheap: the matched route
 //! rides back on the response (no shared slot to allocate), and the counter and histogram
@@ -43,6 +44,22 @@ pub fn wrap(router: Router, listener: &'static str) -> Router {
             )
         }))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::map_request(drop_unfit_request_id))
+}
+
+/// Longest client-chosen request id kept.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A client's `x-request-id` is echoed and logged: one over [`MAX_REQUEST_ID_LEN`] bytes
+/// or with anything but visible ASCII is dropped, and a fresh one is generated instead.
+async fn drop_unfit_request_id(mut req: Request) -> Request {
+    let unfit = req.headers().get("x-request-id").is_some_and(|v| {
+        v.len() > MAX_REQUEST_ID_LEN || !v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    });
+    if unfit {
+        req.headers_mut().remove("x-request-id");
+    }
+    req
 }
 
 /// The matched route of a request, left on its response by [`note_route`] (which runs
