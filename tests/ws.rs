@@ -263,3 +263,33 @@ async fn unmasked_client_frame_closes_with_1002() {
     assert_eq!(ws.read_until_close(T).await, Some(1002));
     node.shutdown().await.unwrap();
 }
+
+/// Clients that vanish (their TCP connection dropped, no close frame) are not counted as
+/// protocol errors: an alert on those must not fire for phones losing their network.
+#[tokio::test]
+async fn clients_that_drop_their_connection_are_not_protocol_errors() {
+    let node = TestNode::start(common::test_config()).await;
+    let stream = node.new_stream().await;
+    for _ in 0..20 {
+        let mut ws = common::ws_connect(&node.ws_url(&stream)).await;
+        next_json(&mut ws, T).await;
+        // Dropping the stream closes the socket without a close frame.
+        drop(ws);
+    }
+    assert!(
+        common::eventually(T, || async {
+            node.metrics()
+                .await
+                .lines()
+                .any(|l| l == "streamedge_ws_connections 0")
+        })
+        .await,
+        "connections were not released"
+    );
+    let metrics = node.metrics().await;
+    assert!(
+        !metrics.contains(r#"streamedge_ws_closed_total{reason="protocol_error"}"#),
+        "{metrics}"
+    );
+    node.shutdown().await.unwrap();
+}

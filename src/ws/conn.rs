@@ -202,6 +202,11 @@ fn classify_read_error(e: &axum::Error) -> Option<(u16, &'static str)> {
             Some(tungstenite::Error::Utf8(_)) => {
                 return Some((close_code::INVALID_PAYLOAD, "invalid_utf8"))
             }
+            // The client dropped its TCP connection without a close frame: it is gone,
+            // not misbehaving.
+            Some(tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            )) => return None,
             Some(tungstenite::Error::Protocol(_)) => {
                 return Some((close_code::PROTOCOL_ERROR, "protocol_error"))
             }
@@ -210,4 +215,31 @@ fn classify_read_error(e: &axum::Error) -> Option<(u16, &'static str)> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(e: tungstenite::Error) -> Option<(u16, &'static str)> {
+        classify_read_error(&axum::Error::new(e))
+    }
+
+    #[test]
+    fn a_dropped_connection_is_not_a_protocol_error() {
+        use tungstenite::error::ProtocolError;
+        assert_eq!(
+            classify(tungstenite::Error::Protocol(
+                ProtocolError::ResetWithoutClosingHandshake
+            )),
+            None
+        );
+        assert_eq!(
+            classify(tungstenite::Error::Protocol(
+                ProtocolError::UnmaskedFrameFromClient
+            )),
+            Some((close_code::PROTOCOL_ERROR, "protocol_error"))
+        );
+        assert_eq!(classify(tungstenite::Error::ConnectionClosed), None);
+    }
 }
