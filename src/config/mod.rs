@@ -64,6 +64,10 @@ pub struct ServerConfig {
     /// Peers (IPs or CIDRs) whose `X-Forwarded-For` is believed when finding a client's
     /// IP for rate limits. Empty: the peer address is the client.
     pub trusted_proxies: Vec<String>,
+    /// Largest request head (request line and headers) the API listener reads, in bytes;
+    /// larger ones get `431` and the connection closes. Bounds what an unauthenticated
+    /// connection can make the node buffer.
+    pub max_request_head_bytes: usize,
     /// Runtime worker threads; 0 means one per CPU the process may use (tokio's default,
     /// which also honours `TOKIO_WORKER_THREADS`).
     pub worker_threads: usize,
@@ -82,6 +86,7 @@ impl Default for ServerConfig {
             drain_spread: Duration::from_secs(5),
             node_id: String::new(),
             trusted_proxies: Vec::new(),
+            max_request_head_bytes: 32 * 1024,
             worker_threads: 0,
         }
     }

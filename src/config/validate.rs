@@ -21,6 +21,12 @@ impl Config {
                 "must be longer than server.drain_delay + server.drain_spread",
             );
         }
+        if !(8192..=1024 * 1024).contains(&self.server.max_request_head_bytes) {
+            return invalid(
+                "server.max_request_head_bytes",
+                "must be between 8192 and 1048576",
+            );
+        }
         if self.server.worker_threads > MAX_WORKER_THREADS {
             return invalid(
                 "server.worker_threads",

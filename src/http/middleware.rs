@@ -47,6 +47,32 @@ pub fn wrap(router: Router, listener: &'static str) -> Router {
         .layer(axum::middleware::map_request(drop_unfit_request_id))
 }
 
+/// Refuses a request whose head (request line and header fields) is larger than
+/// `server.max_request_head_bytes` with `431`. The server's read buffer already keeps heads
+/// near that size (it may read up to about twice it); this makes the limit exact.
+pub async fn limit_head(
+    axum::extract::State(max): axum::extract::State<usize>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let head = req.uri().to_string().len()
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if head > max {
+        use axum::response::IntoResponse;
+        return super::ApiError::new(
+            super::ErrorKind::HeadersTooLarge,
+            "headers_too_large",
+            format!("the request line and headers exceed {max} bytes"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
 /// Longest client-chosen request id kept.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 

@@ -28,10 +28,18 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 /// Serves `router` on `listener` until `stop`, then drains the open connections.
-pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    stop: CancellationToken,
+    max_head_bytes: usize,
+) {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .pipeline_flush(true)
+        // The read buffer: a request head larger than this gets 431 (hyper's default,
+        // ~400 KB, let one slow unauthenticated client hold that much).
+        .max_buf_size(max_head_bytes.max(8192))
         .timer(TokioTimer::new())
         // A client has this long to send a request's headers.
         .header_read_timeout(std::time::Duration::from_secs(30));

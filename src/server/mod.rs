@@ -125,6 +125,7 @@ pub async fn run(
         listeners.api,
         api_router(app.clone()),
         app.closing.clone(),
+        config.server.max_request_head_bytes,
     ));
     let admin = tokio::spawn({
         let router = admin::router(app.clone(), metrics);
