@@ -18,7 +18,7 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::jwt::AuthError;
+use super::error::AuthError;
 
 /// An HS256 key with its HMAC state prepared (inner and outer pads already absorbed).
 #[derive(Clone)]

@@ -2,6 +2,7 @@
 //! [`Principal`], and where a request carries the token (header, query, subprotocol).
 
 pub mod dev;
+pub mod error;
 pub mod extract;
 pub mod hs256;
 pub mod jwks;

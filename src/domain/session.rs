@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use super::stream::{Cause, Session};
 use super::stream::{Stream, StreamState};
 
 /// What the seller (or the node on their behalf) asks for.
@@ -37,66 +38,6 @@ impl Command {
             Command::End => "end",
             Command::Heartbeat => "heartbeat",
         }
-    }
-}
-
-/// Why a transition happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Cause {
-    /// The seller asked.
-    Seller,
-    /// No heartbeat for `session.heartbeat_timeout`.
-    SellerDisconnected,
-    /// A heartbeat arrived while auto-paused.
-    SellerReconnected,
-    /// Paused for longer than `session.pause_timeout`.
-    PauseTimeout,
-}
-
-impl Cause {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cause::Seller => "seller",
-            Cause::SellerDisconnected => "seller_disconnected",
-            Cause::SellerReconnected => "seller_reconnected",
-            Cause::PauseTimeout => "pause_timeout",
-        }
-    }
-}
-
-/// One broadcast of a stream (start to end).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Session {
-    pub id: Uuid,
-    pub started_at_ms: u64,
-    /// When the current live stretch began (while live).
-    pub live_since_ms: Option<u64>,
-    /// When the current pause began (while paused).
-    pub paused_at_ms: Option<u64>,
-    pub pause_reason: Option<Cause>,
-    pub last_heartbeat_ms: u64,
-    /// Time live in finished stretches.
-    pub live_ms: u64,
-    /// Time paused in finished stretches.
-    pub paused_ms: u64,
-    pub ended_at_ms: Option<u64>,
-    pub end_reason: Option<Cause>,
-    /// The stream's last chat sequence number when the session started and ended: the
-    /// difference is the session's chat message count.
-    #[serde(default)]
-    pub chat_seq_start: u64,
-    #[serde(default)]
-    pub chat_seq_end: Option<u64>,
-}
-
-impl Session {
-    /// Live and paused time up to `now` (or the end).
-    pub fn times(&self, now_ms: u64) -> (u64, u64) {
-        let until = self.ended_at_ms.unwrap_or(now_ms);
-        let live = self.live_ms + self.live_since_ms.map_or(0, |t| until.saturating_sub(t));
-        let paused = self.paused_ms + self.paused_at_ms.map_or(0, |t| until.saturating_sub(t));
-        (live, paused)
     }
 }
 

@@ -1,5 +1,6 @@
-//! Streams and their owners: the record, its states, and the pure rules for titles and
-//! list cursors.
+//! Streams and their owners: the record, its states, its current session's record (the
+//! rules that move it are in [`super::session`]), and the pure rules for titles and list
+//! cursors.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -52,10 +53,70 @@ pub struct Stream {
     pub updated_at_ms: u64,
     /// The current (or last) session; `None` before the first start.
     #[serde(default)]
-    pub session: Option<super::session::Session>,
+    pub session: Option<Session>,
     /// Transitions so far: 1, 2, 3, … (events carry it, so gaps and repeats show).
     #[serde(default)]
     pub version: u64,
+}
+
+/// Why a transition happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The seller asked.
+    Seller,
+    /// No heartbeat for `session.heartbeat_timeout`.
+    SellerDisconnected,
+    /// A heartbeat arrived while auto-paused.
+    SellerReconnected,
+    /// Paused for longer than `session.pause_timeout`.
+    PauseTimeout,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Seller => "seller",
+            Cause::SellerDisconnected => "seller_disconnected",
+            Cause::SellerReconnected => "seller_reconnected",
+            Cause::PauseTimeout => "pause_timeout",
+        }
+    }
+}
+
+/// One broadcast of a stream (start to end).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: Uuid,
+    pub started_at_ms: u64,
+    /// When the current live stretch began (while live).
+    pub live_since_ms: Option<u64>,
+    /// When the current pause began (while paused).
+    pub paused_at_ms: Option<u64>,
+    pub pause_reason: Option<Cause>,
+    pub last_heartbeat_ms: u64,
+    /// Time live in finished stretches.
+    pub live_ms: u64,
+    /// Time paused in finished stretches.
+    pub paused_ms: u64,
+    pub ended_at_ms: Option<u64>,
+    pub end_reason: Option<Cause>,
+    /// The stream's last chat sequence number when the session started and ended: the
+    /// difference is the session's chat message count.
+    #[serde(default)]
+    pub chat_seq_start: u64,
+    #[serde(default)]
+    pub chat_seq_end: Option<u64>,
+}
+
+impl Session {
+    /// Live and paused time up to `now` (or the end).
+    pub fn times(&self, now_ms: u64) -> (u64, u64) {
+        let until = self.ended_at_ms.unwrap_or(now_ms);
+        let live = self.live_ms + self.live_since_ms.map_or(0, |t| until.saturating_sub(t));
+        let paused = self.paused_ms + self.paused_at_ms.map_or(0, |t| until.saturating_sub(t));
+        (live, paused)
+    }
 }
 
 /// Why a title is refused.

@@ -29,7 +29,7 @@ pub fn test_config() -> Config {
     c.server.drain_delay = Duration::ZERO;
     c.server.drain_spread = Duration::ZERO;
     c.server.node_id = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    c.redis.key_prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
+    c.redis.key_prefix = crate::support::fresh_key_prefix();
     c.redis.health_interval = Duration::from_millis(200);
     c.redis.connect_timeout = Duration::from_millis(500);
     c.redis.command_timeout = Duration::from_millis(1000);

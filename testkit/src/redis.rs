@@ -27,7 +27,7 @@ pub fn redis_env() -> Vec<(&'static str, String)> {
         ("STREAMEDGE_REDIS__URL", redis_url()),
         (
             "STREAMEDGE_REDIS__KEY_PREFIX",
-            crate::node::test_config().redis.key_prefix,
+            crate::support::fresh_key_prefix(),
         ),
     ]
 }

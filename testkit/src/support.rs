@@ -33,3 +33,8 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A key prefix no other test uses, so tests can share one Redis.
+pub fn fresh_key_prefix() -> String {
+    format!("t{}:", uuid::Uuid::new_v4().simple())
+}
