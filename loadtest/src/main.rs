@@ -5,6 +5,7 @@
 
 mod chat;
 mod conn;
+mod drain;
 mod fanout;
 mod http1;
 mod idle;
@@ -37,6 +38,9 @@ enum Scenario {
     /// Chat resume: viewers drop and reconnect while senders publish; every viewer must
     /// get every message exactly once, in order.
     Reconnect(reconnect::Args),
+    /// Drain one node under N viewers (POST /drain or SIGTERM): time from each 1012 close
+    /// to the reconnection's welcome, until all are back, failures, other nodes' CPU.
+    Drain(drain::Args),
     /// Load the RTC token endpoint with valid access tokens.
     Tokens(tokens::Args),
     /// Chat rows per second written to PostgreSQL and the persistence lag.
@@ -62,6 +66,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Media(a) => media::run(a).await,
             Scenario::ChatFanout(a) => fanout::run(a).await,
             Scenario::Reconnect(a) => reconnect::run(a).await,
+            Scenario::Drain(a) => drain::run(a).await,
             Scenario::IdleWorker(a) => idle::worker(a).await,
         }
     })
