@@ -282,8 +282,8 @@ impl Registry {
         if conns.is_empty() {
             return;
         }
-        let steps = conns.len().min(100);
-        let per_step = conns.len().div_ceil(steps);
+        let per_step = conns.len().div_ceil(100);
+        let steps = conns.len().div_ceil(per_step);
         let pause = spread / steps as u32;
         for (i, chunk) in conns.chunks(per_step).enumerate() {
             if i > 0 && !pause.is_zero() {

@@ -51,6 +51,7 @@ impl Nginx {
         // The shipped upstream lists 18081-18083 and listens on 18080.
         let mut conf = String::new();
         let mut in_servers = false;
+        let mut listens = 0;
         for line in shipped.lines() {
             if line.trim_start().starts_with("server 127.0.0.1:1808") {
                 if !in_servers {
@@ -59,15 +60,19 @@ impl Nginx {
                 }
                 continue;
             }
+            if line.contains("listen 127.0.0.1:18080") {
+                listens += 1;
+            }
             conf.push_str(&line.replace(
-                "listen 127.0.0.1:18080;",
-                &format!("listen 127.0.0.1:{port};"),
+                "listen 127.0.0.1:18080",
+                &format!("listen 127.0.0.1:{port}"),
             ));
             conf.push('\n');
         }
         assert!(
-            in_servers,
-            "deploy/nginx/streamedge.conf has no upstream servers to replace"
+            in_servers && listens == 1,
+            "deploy/nginx/streamedge.conf: expected upstream servers 127.0.0.1:1808x and one \
+             listen 127.0.0.1:18080 to replace"
         );
         let dir = std::env::temp_dir().join(format!("se-nginx-{}-{port}", std::process::id()));
         for sub in ["logs", "tmp"] {
