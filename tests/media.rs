@@ -488,14 +488,16 @@ async fn start_viewer_with(
     (pc, rx, loc.unwrap(), answer)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_viewer_on_another_node_is_served_through_a_relay() {
+/// Two media nodes sharing the test Redis.
+async fn media_pair() -> (TestNode, TestNode) {
     let mut cfg = media_config();
     cfg.redis.url = common::redis_url();
-    let mut cfg_b = cfg.clone();
-    cfg_b.server.node_id = format!("{}-b", cfg.server.node_id);
-    let a = TestNode::start(cfg).await;
-    let b = TestNode::start(cfg_b).await;
+    TestNode::start_pair(cfg).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_on_another_node_is_served_through_a_relay() {
+    let (a, b) = media_pair().await;
     let (api_a, api_b) = (a.api_url(""), b.api_url(""));
     let seller = common::seller("seller-relay");
     let stream = common::create_stream(&format!("{api_a}/v1/streams"), &seller).await;
@@ -536,12 +538,7 @@ async fn a_viewer_on_another_node_is_served_through_a_relay() {
 /// for a viewer, in both directions, with the owner check still made by the session's node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_reaches_the_sessions_node_from_any_node() {
-    let mut cfg = media_config();
-    cfg.redis.url = common::redis_url();
-    let mut cfg_b = cfg.clone();
-    cfg_b.server.node_id = format!("{}-b", cfg.server.node_id);
-    let a = TestNode::start(cfg).await;
-    let b = TestNode::start(cfg_b).await;
+    let (a, b) = media_pair().await;
     let (api_a, api_b) = (a.api_url(""), b.api_url(""));
     let seller = common::seller("seller-lb");
     let stream = common::create_stream(&format!("{api_a}/v1/streams"), &seller).await;

@@ -286,54 +286,29 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
     assert_eq!(statuses, vec!["200", "404", "200"]);
     // A malformed request line gets 400 and the connection closes (hyper's
     // pipeline_flush would otherwise keep the 400 to itself).
-    let mut bad = tokio::net::TcpStream::connect(node.api).await.unwrap();
-    bad.write_all(b"NOT HTTP AT ALL\r\n\r\n").await.unwrap();
-    let mut out = String::new();
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        bad.read_to_string(&mut out),
-    )
-    .await
-    .expect("an answer and a close");
+    let out = raw_exchange(node.api, b"NOT HTTP AT ALL\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     // Too many header fields: 431, then the close.
-    let mut big = tokio::net::TcpStream::connect(node.api).await.unwrap();
     let mut req = String::from("GET /v1/streams HTTP/1.1\r\nHost: x\r\n");
     for i in 0..200 {
         req.push_str(&format!("X-Filler-{i}: y\r\n"));
     }
     req.push_str("\r\n");
-    big.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        big.read_to_string(&mut out),
-    )
-    .await
-    .expect("an answer and a close");
+    let out = raw_exchange(node.api, req.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
     // A head over server.max_request_head_bytes (32 KiB): 431 as well, and a head just
-    // under it is served.
-    // (A far larger head is cut off while the client is still writing it: 431, or a reset
-    // that loses the 431 — either way nothing more is read.)
+    // under it is served. (A far larger head is cut off while the client is still writing
+    // it: a 431, or a reset that loses it — either way nothing more is read.)
     for (filler, want) in [
         (200 * 1024, ""),
         (40 * 1024, "HTTP/1.1 431"),
         (20 * 1024, "HTTP/1.1 401"),
     ] {
-        let mut c = tokio::net::TcpStream::connect(node.api).await.unwrap();
         let req = format!(
             "GET /v1/streams HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
             "y".repeat(filler)
         );
-        c.write_all(req.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            c.read_to_string(&mut out),
-        )
-        .await
-        .expect("an answer and a close");
+        let out = raw_exchange(node.api, req.as_bytes()).await;
         assert!(
             out.starts_with(want)
                 && (!want.is_empty() || out.is_empty() || out.starts_with("HTTP/1.1 431")),
@@ -341,4 +316,17 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
         );
     }
     node.shutdown().await.unwrap();
+}
+
+/// Writes `bytes` on a fresh connection (the server may close it before all are written)
+/// and reads everything it answers until it closes.
+async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = c.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_end(&mut out))
+        .await
+        .expect("an answer and a close");
+    String::from_utf8_lossy(&out).into_owned()
 }
