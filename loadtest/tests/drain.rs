@@ -21,25 +21,16 @@ async fn every_viewer_of_a_drained_node_comes_back_on_the_other() {
     cfg.server.node_id = format!("{}-b", cfg.server.node_id);
     let b = TestNode::start(cfg.clone()).await;
 
-    let out = std::env::temp_dir().join(format!("drain-{}.json", std::process::id()));
-    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamedge-load"))
-        .arg("drain")
-        .args(["--api", &format!("{},{}", a.api, b.api)])
-        .args(["--jwt-secret", common::TEST_JWT_SECRET])
-        .args(["--viewers", "50", "--messages", "5", "--timeout", "30s"])
-        .args(["--drain-admin", &a.admin.to_string()])
-        .arg("--json")
-        .arg(&out)
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success());
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&out);
-    let n = |k: &str| {
-        r[k].as_u64()
-            .unwrap_or_else(|| panic!("{k} missing in {r:#}"))
-    };
+    let r = common::load_report(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_streamedge-load"))
+            .arg("drain")
+            .args(["--api", &format!("{},{}", a.api, b.api)])
+            .args(["--jwt-secret", common::TEST_JWT_SECRET])
+            .args(["--viewers", "50", "--messages", "5", "--timeout", "30s"])
+            .args(["--drain-admin", &a.admin.to_string()]),
+    )
+    .await;
+    let n = |k: &str| common::report_count(&r, k);
     assert_eq!(r["timed_out"], false, "{r:#}");
     assert_eq!(r["drained_node"], a_id.as_str(), "{r:#}");
     assert_eq!(r["nodes_before"][&a_id], 25, "{r:#}");

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use streamedge_testkit as common;
+
 use streamedge::config::{Config, Secret};
 use streamedge::server::{self, Listeners};
 
@@ -20,27 +22,22 @@ async fn chat_fanout_report_counts_every_delivery_once() {
     let node = tokio::spawn(server::run(cfg, Listeners { api, admin }, async {
         let _ = stopped.await;
     }));
-    let out = std::env::temp_dir().join(format!("fanout-{}.json", std::process::id()));
-    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamedge-load"))
-        .args(["chat-fanout", "--api", &addr.to_string()])
-        .args(["--jwt-secret", "loadtest-secret-0123456789abcdefghij"])
-        .args([
-            "--viewers",
-            "50",
-            "--senders",
-            "5",
-            "--rate",
-            "100",
-            "--duration",
-            "2s",
-        ])
-        .arg("--json")
-        .arg(&out)
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success());
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let report = common::load_report(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_streamedge-load"))
+            .args(["chat-fanout", "--api", &addr.to_string()])
+            .args(["--jwt-secret", "loadtest-secret-0123456789abcdefghij"])
+            .args([
+                "--viewers",
+                "50",
+                "--senders",
+                "5",
+                "--rate",
+                "100",
+                "--duration",
+                "2s",
+            ]),
+    )
+    .await;
     let sent = report["sent"].as_u64().unwrap();
     assert!(sent >= 150, "sent {sent}");
     assert_eq!(report["deliveries"].as_u64().unwrap(), sent * 50);
@@ -50,7 +47,6 @@ async fn chat_fanout_report_counts_every_delivery_once() {
     assert_eq!(report["out_of_order"], 0);
     assert_eq!(report["viewers_closed"], 0);
     assert!(report["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
-    let _ = std::fs::remove_file(&out);
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(15), node)
         .await

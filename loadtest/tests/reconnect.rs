@@ -15,32 +15,23 @@ async fn reconnecting_viewers_get_every_message_once_in_order_across_nodes() {
     cfg.server.node_id = format!("{}-b", cfg.server.node_id);
     let b = TestNode::start(cfg).await;
 
-    let out = std::env::temp_dir().join(format!("reconnect-{}.json", std::process::id()));
-    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamedge-load"))
-        .arg("reconnect")
-        .args(["--api", &format!("{},{}", a.api, b.api)])
-        .args(["--jwt-secret", common::TEST_JWT_SECRET])
-        .args(["--viewers", "40", "--senders", "4", "--rate", "100"])
-        .args(["--duration", "3s", "--drop-fraction", "0.5"])
-        .args([
-            "--drop-every",
-            "400ms",
-            "--offline",
-            "150ms",
-            "--switch-node",
-        ])
-        .arg("--json")
-        .arg(&out)
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success());
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&out);
-    let n = |k: &str| {
-        r[k].as_u64()
-            .unwrap_or_else(|| panic!("{k} missing in {r:#}"))
-    };
+    let r = common::load_report(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_streamedge-load"))
+            .arg("reconnect")
+            .args(["--api", &format!("{},{}", a.api, b.api)])
+            .args(["--jwt-secret", common::TEST_JWT_SECRET])
+            .args(["--viewers", "40", "--senders", "4", "--rate", "100"])
+            .args(["--duration", "3s", "--drop-fraction", "0.5"])
+            .args([
+                "--drop-every",
+                "400ms",
+                "--offline",
+                "150ms",
+                "--switch-node",
+            ]),
+    )
+    .await;
+    let n = |k: &str| common::report_count(&r, k);
     // Every message was sequenced, and every viewer got each of them once, in order.
     assert!(n("acked") >= 200, "{r:#}");
     assert_eq!(n("acked"), n("sent"), "{r:#}");

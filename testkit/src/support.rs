@@ -38,3 +38,25 @@ where
 pub fn fresh_key_prefix() -> String {
     format!("t{}:", uuid::Uuid::new_v4().simple())
 }
+
+/// Runs a load-generator scenario (`cmd`: the `streamedge-load` binary with its scenario and
+/// arguments), asks it for its JSON report, checks that it exited 0 and returns the report.
+pub async fn load_report(cmd: &mut tokio::process::Command) -> serde_json::Value {
+    let out = std::env::temp_dir().join(format!(
+        "load-report-{}-{}.json",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let status = cmd.arg("--json").arg(&out).status().await.unwrap();
+    assert!(status.success(), "the load generator failed: {status:?}");
+    let report = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&out);
+    report
+}
+
+/// A count in a load-generator report, failing with the report when it is missing.
+pub fn report_count(report: &serde_json::Value, key: &str) -> u64 {
+    report[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {report:#}"))
+}
