@@ -583,6 +583,50 @@ async fn delete_reaches_the_sessions_node_from_any_node() {
     a.shutdown().await.unwrap();
 }
 
+/// The whole media path behind nginx (configured by `deploy/nginx/`): the seller publishes
+/// with WHIP and buyers play with WHEP through the balancer, whichever node each request
+/// lands on, and every `DELETE` through the balancer ends its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_and_whep_work_through_nginx_and_delete_from_any_node() {
+    let (a, b) = media_pair().await;
+    let nginx = common::Nginx::start(&[a.api.port(), b.api.port()]);
+    let api = nginx.url("");
+    let seller = common::seller("seller-nginx");
+    let stream = common::create_stream(&format!("{api}/v1/streams"), &seller).await;
+    let (pub_pc, tracks, whip) = start_publisher(&api, &stream, &seller).await;
+    let (sending, sender) = send_packets(tracks);
+    let mut viewers = Vec::new();
+    for v in 0..4 {
+        let buyer = common::buyer(&format!("nginx-viewer-{v}"));
+        let (pc, mut rx, whep) = start_viewer(&api, &stream, &buyer).await;
+        expect_ordered_packets(&mut rx, 10).await;
+        viewers.push((pc, whep, buyer));
+    }
+    for (_, whep, buyer) in &viewers {
+        let (st, body) = common::delete(&format!("{api}{whep}"), buyer).await;
+        assert_eq!(st, 200, "{whep}: {body}");
+        // Gone from both nodes.
+        for node in [&a, &b] {
+            let (st, _) = common::delete(&node.api_url(whep), buyer).await;
+            assert_eq!(st, 404, "{whep} still held");
+        }
+    }
+    let (st, body) = common::delete(&format!("{api}{whip}"), &seller).await;
+    assert_eq!(st, 200, "{body}");
+    for node in [&a, &b] {
+        assert_eq!(common::delete(&node.api_url(&whip), &seller).await.0, 404);
+    }
+    sending.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = sender.await;
+    for (pc, _, _) in viewers {
+        let _ = pc.close().await;
+    }
+    let _ = pub_pc.close().await;
+    drop(nginx);
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
+
 /// Sends numbered packets on the tracks every 10 ms until the flag is cleared.
 fn send_packets(
     tracks: Vec<(Arc<TrackLocalStaticRTP>, u8, u32)>,
