@@ -55,7 +55,10 @@ pub async fn limit_head(
     req: Request,
     next: Next,
 ) -> Response {
-    let head = req.uri().to_string().len()
+    // No allocation: this runs on every API request.
+    let uri = req.uri();
+    let head = uri.path().len()
+        + uri.query().map_or(0, |q| q.len() + 1)
         + req
             .headers()
             .iter()
