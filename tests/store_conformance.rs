@@ -1,5 +1,6 @@
 //! One conformance suite for the shared-state backends: every test runs against the
-//! in-memory backend and against a real Redis (the one `scripts/test` starts).
+//! in-memory backend, a real Redis and a real three-master Redis Cluster (the ones
+//! `scripts/test` starts).
 
 use streamedge_testkit as common;
 
@@ -36,6 +37,23 @@ async fn redis_with_prefix(prefix: &str) -> Store {
         store.is_healthy(),
         "Redis at {} does not answer; run the tests through scripts/test",
         cfg.url
+    );
+    Arc::new(store)
+}
+
+/// A store on the three-master Redis Cluster `scripts/test` started.
+async fn redis_cluster() -> Store {
+    let mut cfg = common::test_config().redis;
+    let urls = common::redis_cluster_urls();
+    cfg.url = urls[0].clone();
+    cfg.cluster_nodes = urls[1..].to_vec();
+    cfg.mode = streamedge::config::RedisMode::Cluster;
+    let store = RedisStore::connect(&cfg)
+        .await
+        .expect("redis cluster store");
+    assert!(
+        store.is_healthy(),
+        "the Redis Cluster at {urls:?} does not answer; run the tests through scripts/test"
     );
     Arc::new(store)
 }
@@ -294,9 +312,9 @@ async fn log_expires(s: Store) {
 }
 
 async fn log_append_publishes_in_order(s: Store) {
-    let mut sub = s.subscribe("chan").await.unwrap();
+    let mut sub = s.subscribe("{pl}:events").await.unwrap();
     let o = AppendOptions {
-        publish: Some("chan".into()),
+        publish: Some("{pl}:events".into()),
         ..Default::default()
     };
     let mut tasks = Vec::new();
@@ -393,10 +411,10 @@ async fn pubsub_fanout(s: Store) {
 }
 
 async fn log_append_once_is_idempotent(s: Store) {
-    let mut sub = s.subscribe("once-ch").await.unwrap();
+    let mut sub = s.subscribe("{o}:events").await.unwrap();
     let opts = |k: &str| AppendOptions {
-        publish: Some("once-ch".into()),
-        once: Some((k.to_string(), Duration::from_secs(60))),
+        publish: Some("{o}:events".into()),
+        once: Some((format!("{{o}}:once:{k}"), Duration::from_secs(60))),
         ..Default::default()
     };
     assert_eq!(s.log_append("o", b"first", &opts("m1")).await.unwrap(), 1);
@@ -515,30 +533,37 @@ async fn sorted_index_pages_descending(s: Store) {
 }
 
 async fn compare_and_swap_publishes_once(s: Store) {
-    let mut sub = s.subscribe("cas-events").await.unwrap();
+    let mut sub = s.subscribe("{k}:events").await.unwrap();
     assert!(
-        !s.compare_and_swap("k", b"x", b"y", None, None, None)
+        !s.compare_and_swap("{k}", b"x", b"y", None, None, None)
             .await
             .unwrap(),
         "missing key"
     );
-    s.set("k", b"v1", None).await.unwrap();
+    s.set("{k}", b"v1", None).await.unwrap();
     assert!(!s
         .compare_and_swap(
-            "k",
+            "{k}",
             b"other",
             b"v2",
             None,
-            Some(("cas-events", b"lost")),
+            Some(("{k}:events", b"lost")),
             None
         )
         .await
         .unwrap());
     assert!(s
-        .compare_and_swap("k", b"v1", b"v2", None, Some(("cas-events", b"won")), None)
+        .compare_and_swap(
+            "{k}",
+            b"v1",
+            b"v2",
+            None,
+            Some(("{k}:events", b"won")),
+            None
+        )
         .await
         .unwrap());
-    assert_eq!(s.get("k").await.unwrap().as_deref(), Some(&b"v2"[..]));
+    assert_eq!(s.get("{k}").await.unwrap().as_deref(), Some(&b"v2"[..]));
     assert_eq!(&recv_message(&mut sub).await[..], b"won");
     nothing_more(&mut sub).await;
     // Racing swaps from the same value: exactly one wins.
@@ -547,11 +572,11 @@ async fn compare_and_swap_publishes_once(s: Store) {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
             s.compare_and_swap(
-                "k",
+                "{k}",
                 b"v2",
                 format!("w{i}").as_bytes(),
                 None,
-                Some(("cas-events", b"race")),
+                Some(("{k}:events", b"race")),
                 None,
             )
             .await
@@ -617,17 +642,17 @@ async fn outbox_records_atomic_steps(s: Store) {
         outbox: Some(tag.clone()),
         ..Default::default()
     };
-    assert_eq!(s.log_append("ob", b"m1", &o).await.unwrap(), 1);
-    assert_eq!(s.log_append("ob", b"m2", &o).await.unwrap(), 2);
+    assert_eq!(s.log_append("chat:{stream-1}", b"m1", &o).await.unwrap(), 1);
+    assert_eq!(s.log_append("chat:{stream-1}", b"m2", &o).await.unwrap(), 2);
     // A swap records its new value only when it swaps.
     let st = OutboxTag::new("stream", "stream-1");
-    s.set("rec", b"v1", None).await.unwrap();
+    s.set("{stream-1}:rec", b"v1", None).await.unwrap();
     assert!(!s
-        .compare_and_swap("rec", b"nope", b"v2", None, None, Some(&st))
+        .compare_and_swap("{stream-1}:rec", b"nope", b"v2", None, None, Some(&st))
         .await
         .unwrap());
     assert!(s
-        .compare_and_swap("rec", b"v1", b"v2", None, None, Some(&st))
+        .compare_and_swap("{stream-1}:rec", b"v1", b"v2", None, None, Some(&st))
         .await
         .unwrap());
     s.outbox_add(&OutboxTag::new("moderation", "stream-1"), b"{}")
@@ -669,7 +694,7 @@ async fn outbox_hands_each_record_to_one_reader(s: Store) {
         ..Default::default()
     };
     for i in 0..200 {
-        s.log_append("ob2", format!("m{i}").as_bytes(), &o)
+        s.log_append("{s}:ob2", format!("m{i}").as_bytes(), &o)
             .await
             .unwrap();
     }
@@ -767,6 +792,16 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $name() {
                     let s = super::redis().await;
+                    super::$name(s.clone()).await;
+                    s.close().await;
+                }
+            )*
+        }
+        mod redis_cluster_backend {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let s = super::redis_cluster().await;
                     super::$name(s.clone()).await;
                     s.close().await;
                 }

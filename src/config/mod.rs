@@ -117,6 +117,17 @@ impl Default for LogConfig {
     }
 }
 
+/// How the node talks to Redis.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One Redis server (or one address in front of a primary that fails over).
+    Standalone,
+    /// A Redis Cluster: keys spread over slots by their `{stream id}` hash tag, sharded
+    /// pub/sub (`SSUBSCRIBE`/`SPUBLISH`).
+    Cluster,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
@@ -124,6 +135,12 @@ pub struct RedisConfig {
     /// to skip certificate checks in test setups); empty selects the embedded in-memory
     /// backend.
     pub url: String,
+    /// `standalone` (one Redis, or a managed primary behind one address) or `cluster`
+    /// (Redis Cluster ≥ 7: `url` and `cluster_nodes` are seed nodes).
+    pub mode: RedisMode,
+    /// More seed nodes of a Redis Cluster besides `url` (same URL form); any reachable one
+    /// is enough to discover the others.
+    pub cluster_nodes: Vec<String>,
     /// PEM file with the CA certificate(s) that sign the Redis server's TLS certificate;
     /// empty: the system's roots. Only with `rediss://`.
     pub tls_ca_file: String,
@@ -143,6 +160,8 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
+            mode: RedisMode::Standalone,
+            cluster_nodes: Vec::new(),
             tls_ca_file: String::new(),
             key_prefix: "streamedge:".into(),
             connect_timeout: Duration::from_secs(2),

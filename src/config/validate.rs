@@ -36,14 +36,41 @@ impl Config {
         if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
             return invalid("server.admin_listen", "must differ from server.listen");
         }
-        if !self.redis.url.is_empty() {
-            let ok = self.redis.url.starts_with("redis://")
-                || self.redis.url.starts_with("rediss://")
-                || self.redis.url.starts_with("unix://")
-                || self.redis.url.starts_with("redis+unix://");
-            if !ok || redis::Client::open(self.redis.url.as_str()).is_err() {
-                return invalid("redis.url", "must be a redis://, rediss:// or unix:// URL");
+        if !self.redis.url.is_empty() && !redis_url_ok(&self.redis.url) {
+            return invalid("redis.url", "must be a redis://, rediss:// or unix:// URL");
+        }
+        match self.redis.mode {
+            RedisMode::Standalone if !self.redis.cluster_nodes.is_empty() => {
+                return invalid("redis.cluster_nodes", "needs redis.mode = \"cluster\"");
             }
+            RedisMode::Cluster => {
+                if self.redis.url.is_empty() {
+                    return invalid(
+                        "redis.url",
+                        "redis.mode = \"cluster\" needs a seed node in redis.url",
+                    );
+                }
+                let unix = |u: &str| u.starts_with("unix://") || u.starts_with("redis+unix://");
+                if unix(&self.redis.url) {
+                    return invalid("redis.url", "a Redis Cluster is reached over TCP");
+                }
+                let tls = self.redis.url.starts_with("rediss://");
+                for n in &self.redis.cluster_nodes {
+                    if !redis_url_ok(n) || unix(n) {
+                        return invalid(
+                            "redis.cluster_nodes",
+                            "each must be a redis:// or rediss:// URL",
+                        );
+                    }
+                    if n.starts_with("rediss://") != tls {
+                        return invalid(
+                            "redis.cluster_nodes",
+                            "must all use TLS (rediss://) or none, as redis.url does",
+                        );
+                    }
+                }
+            }
+            RedisMode::Standalone => {}
         }
         if !self.redis.tls_ca_file.is_empty() {
             if !self.redis.url.starts_with("rediss://") {
@@ -310,4 +337,12 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A URL the Redis client accepts, in a scheme the node supports.
+fn redis_url_ok(url: &str) -> bool {
+    let scheme = ["redis://", "rediss://", "unix://", "redis+unix://"]
+        .iter()
+        .any(|s| url.starts_with(s));
+    scheme && redis::Client::open(url).is_ok()
 }

@@ -1,8 +1,12 @@
 //! Every key and pub/sub channel the node writes in the shared state, in one place.
 //!
-//! A stream's keys share its id, so a reader of a Redis dump can tell what belongs to
-//! which stream. The Redis backend adds `redis.key_prefix` in front of each name and wraps
-//! log names in a hash tag (`{chat:…}`) so a log and its sequence counter share a slot.
+//! Every key and channel of a stream carries the stream id as a Redis Cluster hash tag
+//! (`stream:{<id>}:…`): all of a stream's state lives in one slot, so the scripts that touch
+//! several of its keys at once (a chat append with its counter, idempotency key, outbox
+//! and publish) run on a cluster as on a single Redis. The Redis backend adds
+//! `redis.key_prefix` in front of each name; the prefix has no braces, so it does not change
+//! the slot. Keys not about one stream (indexes, rate limits, media resources) are single-key
+//! operations and may live anywhere.
 
 use std::net::IpAddr;
 
@@ -12,13 +16,13 @@ use super::stream::StreamState;
 
 /// A stream's record (JSON of [`super::stream::Stream`]).
 pub fn stream_record(stream: &Uuid) -> String {
-    format!("stream:{stream}")
+    format!("stream:{{{stream}}}")
 }
 
 /// The pub/sub channel carrying a stream's events (already encoded as WebSocket frames)
 /// to every node with subscribers.
 pub fn stream_events(stream: &Uuid) -> String {
-    format!("stream:{stream}:events")
+    format!("stream:{{{stream}}}:events")
 }
 
 /// Index of every stream, newest first.
@@ -31,62 +35,62 @@ pub fn streams_in_state(state: StreamState) -> String {
 
 /// Marks a stream id that neither the shared state nor PostgreSQL knows (a short TTL).
 pub fn stream_restore_miss(stream: &Uuid) -> String {
-    format!("stream:{stream}:restore-miss")
+    format!("stream:{{{stream}}}:restore-miss")
 }
 
 /// Marks a user banned from a stream (a TTL for a timeout).
 pub fn ban(stream: &Uuid, user: &str) -> String {
-    format!("stream:{stream}:ban:{user}")
+    format!("stream:{{{stream}}}:ban:{user}")
 }
 
 /// A stream's slow-mode interval in seconds (absent: off).
 pub fn slow_mode(stream: &Uuid) -> String {
-    format!("stream:{stream}:slow_mode")
+    format!("stream:{{{stream}}}:slow_mode")
 }
 
 /// Set while a user must wait before their next message in slow mode.
 pub fn slow_mode_user(stream: &Uuid, user: &str) -> String {
-    format!("stream:{stream}:slow:{user}")
+    format!("stream:{{{stream}}}:slow:{user}")
 }
 
 /// The presence set of a stream's viewers (members expire unless refreshed).
 pub fn viewers_presence(stream: &Uuid) -> String {
-    format!("stream:{stream}:viewers")
+    format!("stream:{{{stream}}}:viewers")
 }
 
 /// A finished session's stored summary.
 pub fn session_summary(stream: &Uuid, session: &Uuid) -> String {
-    format!("stream:{stream}:session:{session}")
+    format!("stream:{{{stream}}}:session:{session}")
 }
 
 /// The highest concurrent viewer count of a session.
 pub fn session_peak(stream: &Uuid, session: &Uuid) -> String {
-    format!("stream:{stream}:session:{session}:peak")
+    format!("stream:{{{stream}}}:session:{session}:peak")
 }
 
 /// The distinct viewers of a session (HyperLogLog with Redis).
 pub fn session_unique(stream: &Uuid, session: &Uuid) -> String {
-    format!("stream:{stream}:session:{session}:unique")
+    format!("stream:{{{stream}}}:session:{session}:unique")
 }
 
 /// A stream's chat log (sequenced messages with a counter).
 pub fn chat_log(stream: &Uuid) -> String {
-    format!("chat:{stream}")
+    format!("chat:{{{stream}}}")
 }
 
 /// Remembers the `seq` given to a user's `client_msg_id`, for idempotent retries.
 pub fn chat_sent(stream: &Uuid, user: &str, client_msg_id: &str) -> String {
-    format!("chat:{stream}:sent:{user}:{client_msg_id}")
+    format!("chat:{{{stream}}}:sent:{user}:{client_msg_id}")
 }
 
 /// A user's chat send rate limit in a stream.
 pub fn chat_rate(stream: &Uuid, user: &str) -> String {
-    format!("chat:{stream}:{user}")
+    format!("chat:{{{stream}}}:{user}")
 }
 
 /// Which node ingests a stream's media (its WHIP publish).
 pub fn media_ingest(stream: &Uuid) -> String {
-    format!("media:ingest:{stream}")
+    format!("media:ingest:{{{stream}}}")
 }
 
 /// Which node holds a WHIP/WHEP resource (a session lives on one node; a `DELETE` that
@@ -117,27 +121,33 @@ mod tests {
         let x = Uuid::from_bytes([2; 16]);
         let id = "01010101-0101-0101-0101-010101010101";
         let sx = "02020202-0202-0202-0202-020202020202";
-        assert_eq!(stream_record(&s), format!("stream:{id}"));
-        assert_eq!(stream_events(&s), format!("stream:{id}:events"));
+        assert_eq!(stream_record(&s), format!("stream:{{{id}}}"));
+        assert_eq!(stream_events(&s), format!("stream:{{{id}}}:events"));
         assert_eq!(streams_in_state(StreamState::Live), "streams:state:live");
-        assert_eq!(stream_restore_miss(&s), format!("stream:{id}:restore-miss"));
-        assert_eq!(ban(&s, "u"), format!("stream:{id}:ban:u"));
-        assert_eq!(slow_mode(&s), format!("stream:{id}:slow_mode"));
-        assert_eq!(slow_mode_user(&s, "u"), format!("stream:{id}:slow:u"));
-        assert_eq!(viewers_presence(&s), format!("stream:{id}:viewers"));
-        assert_eq!(session_summary(&s, &x), format!("stream:{id}:session:{sx}"));
+        assert_eq!(
+            stream_restore_miss(&s),
+            format!("stream:{{{id}}}:restore-miss")
+        );
+        assert_eq!(ban(&s, "u"), format!("stream:{{{id}}}:ban:u"));
+        assert_eq!(slow_mode(&s), format!("stream:{{{id}}}:slow_mode"));
+        assert_eq!(slow_mode_user(&s, "u"), format!("stream:{{{id}}}:slow:u"));
+        assert_eq!(viewers_presence(&s), format!("stream:{{{id}}}:viewers"));
+        assert_eq!(
+            session_summary(&s, &x),
+            format!("stream:{{{id}}}:session:{sx}")
+        );
         assert_eq!(
             session_peak(&s, &x),
-            format!("stream:{id}:session:{sx}:peak")
+            format!("stream:{{{id}}}:session:{sx}:peak")
         );
         assert_eq!(
             session_unique(&s, &x),
-            format!("stream:{id}:session:{sx}:unique")
+            format!("stream:{{{id}}}:session:{sx}:unique")
         );
-        assert_eq!(chat_log(&s), format!("chat:{id}"));
-        assert_eq!(chat_sent(&s, "u", "m"), format!("chat:{id}:sent:u:m"));
-        assert_eq!(chat_rate(&s, "u"), format!("chat:{id}:u"));
-        assert_eq!(media_ingest(&s), format!("media:ingest:{id}"));
+        assert_eq!(chat_log(&s), format!("chat:{{{id}}}"));
+        assert_eq!(chat_sent(&s, "u", "m"), format!("chat:{{{id}}}:sent:u:m"));
+        assert_eq!(chat_rate(&s, "u"), format!("chat:{{{id}}}:u"));
+        assert_eq!(media_ingest(&s), format!("media:ingest:{{{id}}}"));
         assert_eq!(media_resource("abc"), "media:resource:abc");
         assert_eq!(route_rate_user("rtc_token", "u"), "rtc_token:u:u");
         assert_eq!(

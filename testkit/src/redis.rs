@@ -115,3 +115,31 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The seed nodes of the three-master Redis Cluster that `scripts/test` started.
+pub fn redis_cluster_urls() -> Vec<String> {
+    std::env::var("REDIS_CLUSTER_URLS")
+        .unwrap_or_else(|_| panic!("REDIS_CLUSTER_URLS is not set: {RUN_THROUGH_SCRIPT}"))
+        .split(',')
+        .map(str::to_string)
+        .collect()
+}
+
+/// The environment for node processes on the test Redis Cluster ([`redis_cluster_urls`])
+/// under a fresh key prefix.
+pub fn redis_cluster_env() -> Vec<(&'static str, String)> {
+    let urls = redis_cluster_urls();
+    let rest: Vec<String> = urls[1..].iter().map(|u| format!("\"{u}\"")).collect();
+    vec![
+        ("STREAMEDGE_REDIS__URL", urls[0].clone()),
+        ("STREAMEDGE_REDIS__MODE", "cluster".into()),
+        (
+            "STREAMEDGE_REDIS__CLUSTER_NODES",
+            format!("[{}]", rest.join(",")),
+        ),
+        (
+            "STREAMEDGE_REDIS__KEY_PREFIX",
+            crate::support::fresh_key_prefix(),
+        ),
+    ]
+}

@@ -4,6 +4,8 @@
 -- ARGV[7] (when ARGV[6] ~= ''), so exactly one writer wins a race and its event and
 -- record are emitted exactly once.
 -- ARGV[5]: TTL in ms for the new value (0 = none). Returns 1 when swapped.
+-- ARGV[8]: the publish command (PUBLISH, or SPUBLISH on a Redis Cluster).
+-- Both keys are in one slot (KEYS[2] repeats KEYS[1] when there is no outbox record).
 local cur = redis.call('GET', KEYS[1])
 if cur ~= ARGV[1] then
   return 0
@@ -17,6 +19,6 @@ if ARGV[6] ~= '' then
   redis.call('XADD', KEYS[2], '*', 'k', ARGV[6], 's', ARGV[7], 'q', 0, 'd', ARGV[2])
 end
 if ARGV[3] ~= '' then
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  redis.call(ARGV[8], ARGV[3], ARGV[4])
 end
 return 1

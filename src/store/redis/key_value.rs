@@ -92,20 +92,22 @@ impl KeyValue for RedisStore {
             Some((ch, p)) => (self.key(ch), p),
             None => (String::new(), &b""[..]),
         };
-        let (kind, scope) = match outbox {
-            Some(t) => (t.kind, t.scope.as_str()),
-            None => ("", ""),
+        let key = self.key(key);
+        let (kind, scope, outbox) = match outbox {
+            Some(t) => (t.kind, t.scope.as_str(), self.outbox_for(&t.scope).await?),
+            None => ("", "", key.clone()),
         };
         let mut inv = self.scripts.cas.prepare_invoke();
-        inv.key(self.key(key))
-            .key(self.outbox_key())
+        inv.key(key)
+            .key(outbox)
             .arg(expected)
             .arg(new)
             .arg(channel)
             .arg(payload)
             .arg(ttl.map_or(0, ms))
             .arg(kind)
-            .arg(scope);
+            .arg(scope)
+            .arg(self.publish_command());
         let swapped: i64 = self.run(inv.invoke_async(&mut c)).await?;
         Ok(swapped == 1)
     }

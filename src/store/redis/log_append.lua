@@ -9,6 +9,9 @@
 --          and nothing is appended, otherwise it is set to the new one ('0' = no check)
 -- ARGV[6], ARGV[7]: outbox record kind and scope ('' = no outbox record)
 -- ARGV[8]: '1' keeps the sequence counter when the log expires (no TTL on KEYS[2])
+-- ARGV[9]: the publish command: PUBLISH, or SPUBLISH on a Redis Cluster (the channel
+--          carries the log's hash tag, so it belongs to this slot's shard)
+-- Every key is in one slot (a Redis Cluster requires it): unused ones repeat KEYS[2].
 local once = ARGV[5] ~= '0'
 if once then
   local earlier = redis.call('GET', KEYS[3])
@@ -48,7 +51,7 @@ if ARGV[6] ~= '' then
   redis.call('XADD', KEYS[4], '*', 'k', ARGV[6], 's', ARGV[7], 'q', seq, 'd', ARGV[1])
 end
 if ARGV[4] ~= '' then
-  redis.call('PUBLISH', ARGV[4], seq .. '\n' .. ARGV[1])
+  redis.call(ARGV[9], ARGV[4], seq .. '\n' .. ARGV[1])
 end
 if once then
   redis.call('SET', KEYS[3], seq, 'PX', ARGV[5])

@@ -10,11 +10,13 @@ use super::{ms, RedisStore};
 use crate::store::{AppendOptions, LogEntry, Logs, StoreError, StoreResult};
 
 impl RedisStore {
+    /// A log and its sequence counter: `log:<name>` and `log:<name>:seq`, in the slot of the
+    /// name's hash tag (a name without one is wrapped in braces whole).
     fn log_keys(&self, log: &str) -> (String, String) {
-        // One hash tag for both keys keeps them in one slot.
+        let name = super::slot_tagged(log);
         (
-            format!("{}log:{{{}}}", self.prefix, log),
-            format!("{}log:{{{}}}:seq", self.prefix, log),
+            format!("{}log:{name}", self.prefix),
+            format!("{}log:{name}:seq", self.prefix),
         )
     }
 }
@@ -34,19 +36,20 @@ impl Logs for RedisStore {
             .as_deref()
             .map(|ch| self.key(ch))
             .unwrap_or_default();
+        // Unused key slots repeat the counter's name, so every key is in the log's slot.
         let (once_key, once_ms) = match &opts.once {
             Some((key, ttl)) => (self.key(key), ms(*ttl)),
-            None => (self.key("once:unused"), 0),
+            None => (seq.clone(), 0),
         };
-        let (kind, scope) = match &opts.outbox {
-            Some(t) => (t.kind, t.scope.as_str()),
-            None => ("", ""),
+        let (kind, scope, outbox) = match &opts.outbox {
+            Some(t) => (t.kind, t.scope.as_str(), self.outbox_for(&t.scope).await?),
+            None => ("", "", seq.clone()),
         };
         let mut inv = self.scripts.log_append.prepare_invoke();
         inv.key(stream)
             .key(seq)
             .key(once_key)
-            .key(self.outbox_key())
+            .key(outbox)
             .arg(payload)
             .arg(opts.max_len)
             .arg(opts.ttl.map_or(0, ms))
@@ -54,7 +57,8 @@ impl Logs for RedisStore {
             .arg(once_ms)
             .arg(kind)
             .arg(scope)
-            .arg(if opts.keep_seq { "1" } else { "0" });
+            .arg(if opts.keep_seq { "1" } else { "0" })
+            .arg(self.publish_command());
         self.run(inv.invoke_async(&mut c)).await
     }
 

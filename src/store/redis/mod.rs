@@ -9,6 +9,12 @@
 //! naming, the scripts, running a command with its timeout and health bookkeeping, and the
 //! [`SharedState`] core (health, close). Each role's trait is implemented in its own file
 //! beside this one, next to the scripts it runs.
+//!
+//! With `redis.mode = "cluster"` the same code runs on a Redis Cluster: commands go through
+//! a cluster connection that follows the slot map, every multi-key script touches keys of
+//! one stream only (they share the stream id as hash tag, see `domain::keys`), pub/sub is
+//! sharded (`SPUBLISH`/`SSUBSCRIBE`), and the outbox is one Redis Stream per stream with a
+//! registry of them ([`outbox`]).
 
 mod distinct;
 mod indexes;
@@ -23,13 +29,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::fanout::Fanout;
 use super::{SharedState, StoreError, StoreResult};
-use crate::config::{redact_url_password, RedisConfig};
+use crate::config::{redact_url_password, RedisConfig, RedisMode};
 
 struct Scripts {
     log_append: Script,
@@ -40,6 +48,8 @@ struct Scripts {
     cas: Script,
     set_max: Script,
     log_restore: Script,
+    registry_forget: Script,
+    delete_if_empty: Script,
 }
 
 impl Scripts {
@@ -53,13 +63,64 @@ impl Scripts {
             cas: Script::new(include_str!("cas.lua")),
             set_max: Script::new(include_str!("set_max.lua")),
             log_restore: Script::new(include_str!("log_restore.lua")),
+            registry_forget: Script::new(include_str!("registry_forget.lua")),
+            delete_if_empty: Script::new(include_str!("delete_if_empty.lua")),
         }
     }
 }
 
+/// A connection to a single Redis or to a Redis Cluster; both reconnect by themselves.
+#[derive(Clone)]
+pub(super) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// `name` as is when it carries a Redis Cluster hash tag (`…{tag}…`), otherwise wrapped in
+/// braces whole, so the keys derived from it share one slot.
+pub(super) fn slot_tagged(name: &str) -> std::borrow::Cow<'_, str> {
+    if let Some(open) = name.find('{') {
+        if let Some(close) = name[open + 1..].find('}') {
+            if close > 0 {
+                return std::borrow::Cow::Borrowed(name);
+            }
+        }
+    }
+    std::borrow::Cow::Owned(format!("{{{name}}}"))
+}
+
 /// The Redis [`SharedState`].
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
+    mode: RedisMode,
     prefix: String,
     scripts: Scripts,
     healthy: Arc<AtomicBool>,
@@ -82,19 +143,65 @@ fn ms(d: Duration) -> u64 {
     d.as_millis().clamp(1, u64::MAX as u128) as u64
 }
 
-/// The Redis client `redis.url` describes, with `redis.tls_ca_file`'s roots for TLS.
-fn client(cfg: &RedisConfig) -> StoreResult<redis::Client> {
-    let invalid = |e: RedisError| StoreError::Backend(format!("invalid redis.url: {e}"));
+fn invalid_url(e: RedisError) -> StoreError {
+    StoreError::Backend(format!("invalid redis.url: {e}"))
+}
+
+/// `redis.tls_ca_file`'s roots, when set.
+fn tls_roots(cfg: &RedisConfig) -> StoreResult<Option<redis::TlsCertificates>> {
     if cfg.tls_ca_file.is_empty() {
-        return redis::Client::open(cfg.url.as_str()).map_err(invalid);
+        return Ok(None);
     }
     let root = std::fs::read(&cfg.tls_ca_file)
         .map_err(|e| StoreError::Backend(format!("redis.tls_ca_file: {e}")))?;
-    let certs = redis::TlsCertificates {
+    Ok(Some(redis::TlsCertificates {
         client_tls: None,
         root_cert: Some(root),
-    };
-    redis::Client::build_with_tls(cfg.url.as_str(), certs).map_err(invalid)
+    }))
+}
+
+/// The Redis client `redis.url` describes, with `redis.tls_ca_file`'s roots for TLS.
+fn client(cfg: &RedisConfig) -> StoreResult<redis::Client> {
+    match tls_roots(cfg)? {
+        None => redis::Client::open(cfg.url.as_str()).map_err(invalid_url),
+        Some(certs) => redis::Client::build_with_tls(cfg.url.as_str(), certs).map_err(invalid_url),
+    }
+}
+
+/// A Redis Cluster client seeded with `redis.url` and `redis.cluster_nodes`; `resp3` for
+/// the pub/sub connection (pushes arrive on `push`).
+fn cluster_client(
+    cfg: &RedisConfig,
+    push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+) -> StoreResult<ClusterClient> {
+    let seeds: Vec<&str> = std::iter::once(cfg.url.as_str())
+        .chain(cfg.cluster_nodes.iter().map(String::as_str))
+        .collect();
+    let mut b = ClusterClientBuilder::new(seeds)
+        .connection_timeout(cfg.connect_timeout)
+        .response_timeout(cfg.command_timeout)
+        .retries(2)
+        .min_retry_wait(50)
+        .max_retry_wait(500);
+    if let Some(certs) = tls_roots(cfg)? {
+        b = b.certs(certs);
+    }
+    if let Some(tx) = push {
+        b = b
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(tx);
+    }
+    b.build().map_err(invalid_url)
+}
+
+/// The cluster's connection: connects in the background, so a node may start while the
+/// cluster is unreachable.
+fn cluster_conn(client: &ClusterClient, cfg: &RedisConfig) -> ClusterConnection {
+    client.get_pending_async_connection_with_config(
+        ClusterConfig::new()
+            .set_connection_timeout(cfg.connect_timeout)
+            .set_response_timeout(cfg.command_timeout),
+    )
 }
 
 impl RedisStore {
@@ -102,20 +209,33 @@ impl RedisStore {
     /// Redis to be reachable: a node may start while Redis is down and becomes ready when
     /// Redis answers.
     pub async fn connect(cfg: &RedisConfig) -> StoreResult<Self> {
-        let client = client(cfg)?;
-        let mgr_cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.connect_timeout))
-            .set_response_timeout(Some(cfg.command_timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg).map_err(map_err)?;
-        let healthy = Arc::new(AtomicBool::new(false));
         let stop = CancellationToken::new();
-        let (pubsub, fanout) = pubsub::start(client, cfg.connect_timeout, stop.clone());
+        let (conn, (pubsub, fanout)) = match cfg.mode {
+            RedisMode::Standalone => {
+                let client = client(cfg)?;
+                let mgr_cfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(cfg.connect_timeout))
+                    .set_response_timeout(Some(cfg.command_timeout))
+                    .set_number_of_retries(2)
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_millis(500));
+                let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg)
+                    .map_err(map_err)?;
+                let ps = pubsub::start(client, cfg.connect_timeout, stop.clone());
+                (Conn::Single(conn), ps)
+            }
+            RedisMode::Cluster => {
+                let conn = cluster_conn(&cluster_client(cfg, None)?, cfg);
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let ps_conn = cluster_conn(&cluster_client(cfg, Some(tx))?, cfg);
+                let ps = pubsub::start_cluster(ps_conn, rx, stop.clone());
+                (Conn::Cluster(conn), ps)
+            }
+        };
+        let healthy = Arc::new(AtomicBool::new(false));
         let store = Self {
             conn,
+            mode: cfg.mode,
             prefix: cfg.key_prefix.clone(),
             scripts: Scripts::load(),
             healthy: healthy.clone(),
@@ -136,12 +256,80 @@ impl RedisStore {
             cfg.command_timeout,
             stop,
         ));
-        tracing::info!(url = %redact_url_password(&cfg.url), up = first.is_ok(), "redis backend");
+        if first.is_ok() && cfg.mode == RedisMode::Standalone && store.cluster_enabled().await {
+            return Err(StoreError::Backend(
+                "redis.url points at a Redis Cluster node: set redis.mode = \"cluster\"".into(),
+            ));
+        }
+        tracing::info!(
+            url = %redact_url_password(&cfg.url),
+            mode = ?cfg.mode,
+            up = first.is_ok(),
+            "redis backend"
+        );
         Ok(store)
     }
 
-    fn outbox_key(&self) -> String {
-        format!("{}outbox", self.prefix)
+    /// `CONFIG GET param` on the server, or on every master of a cluster: (node, value)
+    /// pairs sorted by node.
+    async fn config_get(&self, param: &str) -> StoreResult<Vec<(String, String)>> {
+        use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg(param);
+        let value = |reply: Value| -> StoreResult<String> {
+            let pair: Vec<String> = redis::from_redis_value(reply)
+                .map_err(|e| StoreError::Backend(format!("CONFIG GET {param}: {e}")))?;
+            pair.get(1)
+                .cloned()
+                .ok_or_else(|| StoreError::Backend(format!("CONFIG GET {param}: no value")))
+        };
+        match self.conn() {
+            Conn::Single(mut c) => {
+                let reply: Value = self
+                    .run(async move { cmd.query_async(&mut c).await })
+                    .await?;
+                Ok(vec![("redis".into(), value(reply)?)])
+            }
+            Conn::Cluster(mut c) => {
+                let route = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                let reply = self
+                    .run(async move { c.route_command(cmd, route).await })
+                    .await?;
+                let Value::Map(per_node) = reply else {
+                    return Err(StoreError::Backend(format!(
+                        "CONFIG GET {param}: unexpected cluster reply"
+                    )));
+                };
+                let mut out = Vec::new();
+                for (node, reply) in per_node {
+                    let node: String = redis::from_redis_value(node)
+                        .map_err(|e| StoreError::Backend(e.to_string()))?;
+                    if let Value::ServerError(e) = &reply {
+                        return Err(StoreError::Backend(format!("{node}: {e:?}")));
+                    }
+                    out.push((node, value(reply)?));
+                }
+                out.sort();
+                Ok(out)
+            }
+        }
+    }
+
+    /// Whether the server says it is a Redis Cluster node (`INFO cluster`).
+    async fn cluster_enabled(&self) -> bool {
+        let mut c = self.conn();
+        let info: StoreResult<String> = self
+            .run(async move { redis::cmd("INFO").arg("cluster").query_async(&mut c).await })
+            .await;
+        info.is_ok_and(|i| i.lines().any(|l| l.trim() == "cluster_enabled:1"))
+    }
+
+    /// The publish command: `SPUBLISH` (sharded pub/sub) on a cluster, `PUBLISH` otherwise.
+    fn publish_command(&self) -> &'static str {
+        match self.mode {
+            RedisMode::Standalone => "PUBLISH",
+            RedisMode::Cluster => "SPUBLISH",
+        }
     }
 
     fn key(&self, k: &str) -> String {
@@ -152,7 +340,7 @@ impl RedisStore {
         set_health(&self.healthy, up);
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -188,7 +376,7 @@ fn set_health(flag: &AtomicBool, up: bool) {
 }
 
 async fn health_loop(
-    conn: ConnectionManager,
+    conn: Conn,
     healthy: Arc<AtomicBool>,
     every: Duration,
     timeout: Duration,
@@ -229,27 +417,28 @@ impl SharedState for RedisStore {
 
     async fn durability(&self) -> crate::store::Durability {
         use crate::store::Durability;
-        let mut c = self.conn();
-        let r = self
-            .run(async move {
-                let aof: Vec<String> = redis::cmd("CONFIG")
-                    .arg("GET")
-                    .arg("appendonly")
-                    .query_async(&mut c)
-                    .await?;
-                let fsync: Vec<String> = redis::cmd("CONFIG")
-                    .arg("GET")
-                    .arg("appendfsync")
-                    .query_async(&mut c)
-                    .await?;
-                Ok((aof.get(1).cloned(), fsync.get(1).cloned()))
-            })
-            .await;
-        match r {
-            Ok((Some(aof), Some(fsync))) => durability_of(&aof, &fsync),
-            Ok(_) => Durability::Unknown("CONFIG GET answered nothing".into()),
-            Err(e) => Durability::Unknown(format!("CONFIG GET failed: {e}")),
+        let (aof, fsync) = match (
+            self.config_get("appendonly").await,
+            self.config_get("appendfsync").await,
+        ) {
+            (Ok(a), Ok(f)) => (a, f),
+            (Err(e), _) | (_, Err(e)) => {
+                return Durability::Unknown(format!("CONFIG GET failed: {e}"))
+            }
+        };
+        if aof.is_empty() || aof.len() != fsync.len() {
+            return Durability::Unknown("CONFIG GET answered nothing".into());
         }
+        // Every server (each master of a cluster) must keep what it acknowledged.
+        for ((node, a), (_, f)) in aof.iter().zip(&fsync) {
+            if let Durability::Volatile(why) = durability_of(a, f) {
+                return Durability::Volatile(match self.mode {
+                    RedisMode::Standalone => why,
+                    RedisMode::Cluster => format!("{node}: {why}"),
+                });
+            }
+        }
+        Durability::Durable
     }
 
     async fn close(&self) {

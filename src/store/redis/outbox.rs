@@ -1,24 +1,140 @@
-//! The outbox as a Redis Stream (`<prefix>outbox`) read through the consumer group
-//! `writers`: each node's writers read new records with `XREADGROUP`, confirm them with
-//! `XACK` + `XDEL`, and take over records a dead node read but never confirmed with
-//! `XAUTOCLAIM` once they have been idle for `persist.reclaim_after`.
+//! The outbox as Redis Streams read through the consumer group `writers`: each node's
+//! writers read new records with `XREADGROUP`, confirm them with `XACK` + `XDEL`, and take
+//! over records a dead node read but never confirmed with `XAUTOCLAIM` once they have been
+//! idle for `persist.reclaim_after`.
+//!
+//! On a single Redis there is one outbox stream, `<prefix>outbox`. On a Redis Cluster a
+//! record must be written by the same script as the fact it records (a chat append, a
+//! stream record's swap), so it must live in that stream's slot: each stream has its own
+//! outbox, `<prefix>outbox:{<stream id>}`, and the registry `<prefix>outbox:streams` (a
+//! sorted set of stream ids scored by when a node last wrote there) tells writers where to
+//! look. A node registers a stream before its first record and again every
+//! [`REGISTER_EVERY`]; a stream leaves the registry only when its outbox is empty and no
+//! node has registered it for [`FORGET_AFTER`], so no record is written to an outbox the
+//! writers do not look at. Writers poll a quiet stream's outbox less often (up to
+//! [`QUIET_MAX`] apart).
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::Value;
 
 use super::{ms, RedisStore};
+use crate::config::RedisMode;
 use crate::store::{Outbox, OutboxEntry, OutboxStats, OutboxTag, StoreError, StoreResult};
 
 const GROUP: &str = "writers";
+/// How often a node writing to a stream's outbox registers it again (cluster).
+pub(super) const REGISTER_EVERY: Duration = Duration::from_secs(30);
+/// How long a registered stream must go without registration (and stay empty) before it
+/// leaves the registry (cluster). Far above [`REGISTER_EVERY`], to absorb clock skew.
+pub(super) const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// How often a node looks for streams to remove from the registry (cluster).
+const FORGET_SCAN_EVERY: Duration = Duration::from_secs(60);
+/// How long the registry read by a node's writers is reused.
+const REGISTRY_REFRESH: Duration = Duration::from_secs(1);
+/// The longest a writer waits before looking again at a stream's outbox that was empty.
+pub(super) const QUIET_MAX: Duration = Duration::from_secs(1);
+const QUIET_MIN: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
 pub(super) struct ReaderState {
-    group_ready: bool,
+    /// Outbox keys whose consumer group exists.
+    groups: HashSet<String>,
+    /// Stream ids this node registered, and when (cluster).
+    registered: HashMap<String, Instant>,
+    /// The outbox keys to read, and when they were listed.
+    keys: Vec<String>,
+    keys_at: Option<Instant>,
+    /// Where the next read starts in `keys`.
+    next: usize,
+    /// Keys found empty: not read again before the instant; the backoff so far.
+    quiet: HashMap<String, (Instant, Duration)>,
     last_reclaim: Option<Instant>,
-    /// Where the next `XAUTOCLAIM` scan starts.
-    cursor: Option<String>,
+    /// Where each key's next `XAUTOCLAIM` scan starts.
+    cursors: HashMap<String, String>,
+    last_forget_scan: Option<Instant>,
+}
+
+/// An entry id as handed to writers: the outbox key and the Redis stream id.
+fn entry_id(key: &str, id: &str) -> String {
+    format!("{key}|{id}")
+}
+
+fn split_id(id: &str) -> StoreResult<(&str, &str)> {
+    id.rsplit_once('|')
+        .ok_or_else(|| StoreError::Backend(format!("not an outbox record id: {id}")))
+}
+
+impl RedisStore {
+    /// The outbox key for records about `scope` (a stream id).
+    fn outbox_key_of(&self, scope: &str) -> String {
+        match self.mode {
+            RedisMode::Standalone => format!("{}outbox", self.prefix),
+            RedisMode::Cluster => format!("{}outbox:{{{scope}}}", self.prefix),
+        }
+    }
+
+    fn registry_key(&self) -> String {
+        format!("{}outbox:streams", self.prefix)
+    }
+
+    /// The outbox key a record about `scope` goes to, registered first on a cluster.
+    pub(super) async fn outbox_for(&self, scope: &str) -> StoreResult<String> {
+        if self.mode == RedisMode::Cluster {
+            let due = self
+                .outbox
+                .lock()
+                .unwrap()
+                .registered
+                .get(scope)
+                .is_none_or(|t| t.elapsed() >= REGISTER_EVERY);
+            if due {
+                let mut c = self.conn();
+                let mut cmd = redis::cmd("ZADD");
+                cmd.arg(self.registry_key())
+                    .arg(crate::domain::clock::now_ms())
+                    .arg(scope);
+                let _: i64 = self.run(cmd.query_async(&mut c)).await?;
+                let mut st = self.outbox.lock().unwrap();
+                if st.registered.len() > 100_000 {
+                    st.registered.retain(|_, t| t.elapsed() < REGISTER_EVERY);
+                }
+                if st
+                    .registered
+                    .insert(scope.to_string(), Instant::now())
+                    .is_none()
+                {
+                    // A stream new to this node: its writers list the registry again.
+                    st.keys_at = None;
+                }
+            }
+        }
+        Ok(self.outbox_key_of(scope))
+    }
+
+    /// The outbox keys writers read: the one outbox, or every registered stream's.
+    async fn outbox_keys(&self) -> StoreResult<Vec<String>> {
+        if self.mode == RedisMode::Standalone {
+            return Ok(vec![self.outbox_key_of("")]);
+        }
+        {
+            let st = self.outbox.lock().unwrap();
+            if st.keys_at.is_some_and(|t| t.elapsed() < REGISTRY_REFRESH) {
+                return Ok(st.keys.clone());
+            }
+        }
+        let mut c = self.conn();
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(self.registry_key()).arg(0).arg(-1);
+        let scopes: Vec<String> = self.run(cmd.query_async(&mut c)).await?;
+        let keys: Vec<String> = scopes.iter().map(|s| self.outbox_key_of(s)).collect();
+        let mut st = self.outbox.lock().unwrap();
+        st.keys = keys.clone();
+        st.keys_at = Some(Instant::now());
+        Ok(keys)
+    }
 }
 
 fn text(v: &Value) -> Option<String> {
@@ -30,7 +146,7 @@ fn text(v: &Value) -> Option<String> {
 }
 
 /// Reads `[[id, [field, value, ...]], ...]`.
-fn parse_entries(v: &Value) -> StoreResult<Vec<OutboxEntry>> {
+fn parse_entries(key: &str, v: &Value) -> StoreResult<Vec<OutboxEntry>> {
     let bad = || StoreError::Backend("unexpected outbox reply".into());
     let Value::Array(items) = v else {
         return match v {
@@ -54,7 +170,7 @@ fn parse_entries(v: &Value) -> StoreResult<Vec<OutboxEntry>> {
                 .next()
                 .and_then(|m| m.parse().ok())
                 .unwrap_or(0),
-            id,
+            id: entry_id(key, &id),
             kind: String::new(),
             scope: String::new(),
             seq: 0,
@@ -81,14 +197,14 @@ fn parse_entries(v: &Value) -> StoreResult<Vec<OutboxEntry>> {
     Ok(out)
 }
 
-async fn ensure_group(store: &RedisStore) -> StoreResult<()> {
-    if store.outbox.lock().unwrap().group_ready {
+async fn ensure_group(store: &RedisStore, key: &str) -> StoreResult<()> {
+    if store.outbox.lock().unwrap().groups.contains(key) {
         return Ok(());
     }
     let mut c = store.conn();
     let mut cmd = redis::cmd("XGROUP");
     cmd.arg("CREATE")
-        .arg(store.outbox_key())
+        .arg(key)
         .arg(GROUP)
         .arg("0")
         .arg("MKSTREAM");
@@ -98,7 +214,7 @@ async fn ensure_group(store: &RedisStore) -> StoreResult<()> {
         Err(StoreError::Backend(m)) if m.contains("BUSYGROUP") => {}
         Err(e) => return Err(e),
     }
-    store.outbox.lock().unwrap().group_ready = true;
+    store.outbox.lock().unwrap().groups.insert(key.to_string());
     Ok(())
 }
 
@@ -112,12 +228,15 @@ async fn take(
     max: usize,
     reclaim_after: Duration,
 ) -> StoreResult<Vec<OutboxEntry>> {
-    ensure_group(store).await?;
-    let r = take_inner(store, consumer, max, reclaim_after).await;
+    let keys = store.outbox_keys().await?;
+    for key in &keys {
+        ensure_group(store, key).await?;
+    }
+    let r = take_inner(store, &keys, consumer, max, reclaim_after).await;
     if let Err(e) = &r {
         if lost_group(e) {
-            // Redis lost the stream (flushed or replaced): create the group again.
-            store.outbox.lock().unwrap().group_ready = false;
+            // Redis lost a stream (flushed or replaced): create the groups again.
+            store.outbox.lock().unwrap().groups.clear();
         }
     }
     r
@@ -125,6 +244,7 @@ async fn take(
 
 async fn take_inner(
     store: &RedisStore,
+    keys: &[String],
     consumer: &str,
     max: usize,
     reclaim_after: Duration,
@@ -135,36 +255,7 @@ async fn take_inner(
             .is_none_or(|t| t.elapsed() >= reclaim_after / 2)
     };
     if reclaim_due {
-        let cursor = store
-            .outbox
-            .lock()
-            .unwrap()
-            .cursor
-            .clone()
-            .unwrap_or_else(|| "0-0".into());
-        let mut c = store.conn();
-        let mut cmd = redis::cmd("XAUTOCLAIM");
-        cmd.arg(store.outbox_key())
-            .arg(GROUP)
-            .arg(consumer)
-            .arg(ms(reclaim_after))
-            .arg(&cursor)
-            .arg("COUNT")
-            .arg(max);
-        let reply: Value = store.run(cmd.query_async(&mut c)).await?;
-        let (next, claimed) = match &reply {
-            Value::Array(parts) if parts.len() >= 2 => (text(&parts[0]), parse_entries(&parts[1])?),
-            _ => return Err(StoreError::Backend("unexpected XAUTOCLAIM reply".into())),
-        };
-        {
-            let mut st = store.outbox.lock().unwrap();
-            let wrapped = next.as_deref().is_none_or(|n| n == "0-0");
-            st.cursor = if wrapped { None } else { next };
-            // Finished a scan: wait before the next one; otherwise keep scanning.
-            if wrapped {
-                st.last_reclaim = Some(Instant::now());
-            }
-        }
+        let claimed = reclaim(store, keys, consumer, max, reclaim_after).await?;
         if !claimed.is_empty() {
             metrics::counter!("streamedge_persist_reclaimed_total").increment(claimed.len() as u64);
             tracing::info!(
@@ -174,6 +265,109 @@ async fn take_inner(
             return Ok(claimed);
         }
     }
+    let sharded = store.mode == RedisMode::Cluster;
+    let start = store.outbox.lock().unwrap().next;
+    let mut out = Vec::new();
+    for i in 0..keys.len() {
+        let idx = (start + i) % keys.len();
+        let key = &keys[idx];
+        if sharded {
+            let st = store.outbox.lock().unwrap();
+            if st
+                .quiet
+                .get(key)
+                .is_some_and(|(until, _)| Instant::now() < *until)
+            {
+                continue;
+            }
+        }
+        let got = read_new(store, key, consumer, max - out.len()).await?;
+        if sharded {
+            let mut st = store.outbox.lock().unwrap();
+            if got.is_empty() {
+                let backoff = st
+                    .quiet
+                    .get(key)
+                    .map_or(QUIET_MIN, |(_, b)| (*b * 2).min(QUIET_MAX));
+                st.quiet
+                    .insert(key.clone(), (Instant::now() + backoff, backoff));
+            } else {
+                st.quiet.remove(key);
+            }
+        }
+        out.extend(got);
+        if out.len() >= max {
+            store.outbox.lock().unwrap().next = idx + 1;
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Takes over records idle longer than `reclaim_after`, scanning each key from where the
+/// last scan stopped; a finished pass over every key waits half the reclaim time.
+async fn reclaim(
+    store: &RedisStore,
+    keys: &[String],
+    consumer: &str,
+    max: usize,
+    reclaim_after: Duration,
+) -> StoreResult<Vec<OutboxEntry>> {
+    let mut out = Vec::new();
+    for key in keys {
+        loop {
+            let cursor = store
+                .outbox
+                .lock()
+                .unwrap()
+                .cursors
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| "0-0".into());
+            let mut c = store.conn();
+            let mut cmd = redis::cmd("XAUTOCLAIM");
+            cmd.arg(key)
+                .arg(GROUP)
+                .arg(consumer)
+                .arg(ms(reclaim_after))
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(max - out.len());
+            let reply: Value = store.run(cmd.query_async(&mut c)).await?;
+            let (next, claimed) = match &reply {
+                Value::Array(parts) if parts.len() >= 2 => {
+                    (text(&parts[0]), parse_entries(key, &parts[1])?)
+                }
+                _ => return Err(StoreError::Backend("unexpected XAUTOCLAIM reply".into())),
+            };
+            let wrapped = next.as_deref().is_none_or(|n| n == "0-0");
+            {
+                let mut st = store.outbox.lock().unwrap();
+                match next {
+                    Some(n) if !wrapped => st.cursors.insert(key.clone(), n),
+                    _ => st.cursors.remove(key),
+                };
+            }
+            out.extend(claimed);
+            if out.len() >= max {
+                return Ok(out);
+            }
+            if wrapped {
+                break;
+            }
+        }
+    }
+    store.outbox.lock().unwrap().last_reclaim = Some(Instant::now());
+    Ok(out)
+}
+
+/// Reads up to `max` records of `key` nobody took yet.
+async fn read_new(
+    store: &RedisStore,
+    key: &str,
+    consumer: &str,
+    max: usize,
+) -> StoreResult<Vec<OutboxEntry>> {
     let mut c = store.conn();
     let mut cmd = redis::cmd("XREADGROUP");
     cmd.arg("GROUP")
@@ -182,18 +376,18 @@ async fn take_inner(
         .arg("COUNT")
         .arg(max)
         .arg("STREAMS")
-        .arg(store.outbox_key())
+        .arg(key)
         .arg(">");
     let reply: Value = store.run(cmd.query_async(&mut c)).await?;
     // [[stream, [entries...]]] or nil.
     match &reply {
         Value::Nil => Ok(Vec::new()),
         Value::Array(streams) => match streams.first() {
-            Some(Value::Array(s)) if s.len() >= 2 => parse_entries(&s[1]),
+            Some(Value::Array(s)) if s.len() >= 2 => parse_entries(key, &s[1]),
             _ => Ok(Vec::new()),
         },
         Value::Map(m) => match m.first() {
-            Some((_, v)) => parse_entries(v),
+            Some((_, v)) => parse_entries(key, v),
             None => Ok(Vec::new()),
         },
         _ => Err(StoreError::Backend("unexpected XREADGROUP reply".into())),
@@ -201,27 +395,30 @@ async fn take_inner(
 }
 
 async fn ack(store: &RedisStore, ids: &[String]) -> StoreResult<()> {
-    if ids.is_empty() {
-        return Ok(());
+    let mut by_key: HashMap<&str, Vec<&str>> = HashMap::new();
+    for id in ids {
+        let (key, rid) = split_id(id)?;
+        by_key.entry(key).or_default().push(rid);
     }
-    let key = store.outbox_key();
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    pipe.cmd("XACK").arg(&key).arg(GROUP).arg(ids).ignore();
-    pipe.cmd("XDEL").arg(&key).arg(ids).ignore();
-    let mut c = store.conn();
-    let _: () = store
-        .run(async move { pipe.query_async(&mut c).await })
-        .await?;
+    for (key, rids) in by_key {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("XACK").arg(key).arg(GROUP).arg(&rids).ignore();
+        pipe.cmd("XDEL").arg(key).arg(&rids).ignore();
+        let mut c = store.conn();
+        let _: () = store
+            .run(async move { pipe.query_async(&mut c).await })
+            .await?;
+    }
     Ok(())
 }
 
-async fn stats(store: &RedisStore) -> StoreResult<OutboxStats> {
-    let key = store.outbox_key();
+/// One outbox key's depth and oldest record.
+async fn key_stats(store: &RedisStore, key: &str) -> StoreResult<(u64, Option<u64>)> {
     let mut pipe = redis::pipe();
-    pipe.cmd("XLEN").arg(&key);
+    pipe.cmd("XLEN").arg(key);
     pipe.cmd("XRANGE")
-        .arg(&key)
+        .arg(key)
         .arg("-")
         .arg("+")
         .arg("COUNT")
@@ -230,19 +427,73 @@ async fn stats(store: &RedisStore) -> StoreResult<OutboxStats> {
     let (depth, first): (u64, Value) = store
         .run(async move { pipe.query_async(&mut c).await })
         .await?;
-    let oldest = parse_entries(&first)?.first().map(|e| e.added_ms);
+    let oldest = parse_entries(key, &first)?.first().map(|e| e.added_ms);
+    Ok((depth, oldest))
+}
+
+async fn stats(store: &RedisStore) -> StoreResult<OutboxStats> {
+    let keys = store.outbox_keys().await?;
+    let per_key =
+        futures_util::future::try_join_all(keys.iter().map(|k| key_stats(store, k))).await?;
+    if store.mode == RedisMode::Cluster {
+        forget_idle_streams(store).await?;
+    }
     Ok(OutboxStats {
-        depth,
-        oldest_added_ms: oldest,
+        depth: per_key.iter().map(|(d, _)| d).sum(),
+        oldest_added_ms: per_key.iter().filter_map(|(_, o)| *o).min(),
     })
+}
+
+/// Removes from the registry the streams with an empty outbox that no node registered for
+/// [`FORGET_AFTER`], and deletes their empty outbox streams (cluster; at most once per
+/// [`FORGET_SCAN_EVERY`] per node).
+async fn forget_idle_streams(store: &RedisStore) -> StoreResult<()> {
+    {
+        let mut st = store.outbox.lock().unwrap();
+        if st
+            .last_forget_scan
+            .is_some_and(|t| t.elapsed() < FORGET_SCAN_EVERY)
+        {
+            return Ok(());
+        }
+        st.last_forget_scan = Some(Instant::now());
+    }
+    let cutoff = crate::domain::clock::now_ms().saturating_sub(FORGET_AFTER.as_millis() as u64);
+    let mut c = store.conn();
+    let mut cmd = redis::cmd("ZRANGEBYSCORE");
+    cmd.arg(store.registry_key()).arg("-inf").arg(cutoff);
+    let idle: Vec<String> = store.run(cmd.query_async(&mut c)).await?;
+    for scope in idle {
+        let key = store.outbox_key_of(&scope);
+        let (depth, _) = key_stats(store, &key).await?;
+        if depth > 0 {
+            continue;
+        }
+        // Only if nobody registered it since the scan: a node about to write registers
+        // first, so after this no record goes to the key unregistered.
+        let mut inv = store.scripts.registry_forget.prepare_invoke();
+        inv.key(store.registry_key()).arg(&scope).arg(cutoff);
+        let forgotten: i64 = store.run(inv.invoke_async(&mut c)).await?;
+        if forgotten == 1 {
+            let mut inv = store.scripts.delete_if_empty.prepare_invoke();
+            inv.key(&key);
+            let _: i64 = store.run(inv.invoke_async(&mut c)).await?;
+            let mut st = store.outbox.lock().unwrap();
+            st.groups.remove(&key);
+            st.quiet.remove(&key);
+            st.cursors.remove(&key);
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
 impl Outbox for RedisStore {
     async fn outbox_add(&self, tag: &OutboxTag, data: &[u8]) -> StoreResult<()> {
+        let key = self.outbox_for(&tag.scope).await?;
         let mut c = self.conn();
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.outbox_key())
+        cmd.arg(key)
             .arg("*")
             .arg("k")
             .arg(tag.kind)

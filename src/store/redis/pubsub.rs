@@ -2,6 +2,10 @@
 //! subscribers, reconnects with backoff, re-subscribes after a reconnect and then tells
 //! every local subscriber to resync (messages published while it was away are lost to
 //! pub/sub; the ordered log has them). And [`PubSub`] for the Redis backend on top of it.
+//!
+//! On a Redis Cluster the channels are sharded (`SSUBSCRIBE`): a channel lives on the master
+//! of its hash tag's slot, and the cluster connection keeps one subscribing connection per
+//! master it needs ([`start_cluster`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::AsyncCommands;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -43,11 +48,8 @@ impl PubSubHandle {
     }
 }
 
-pub(super) fn start(
-    client: redis::Client,
-    connect_timeout: Duration,
-    stop: CancellationToken,
-) -> (PubSubHandle, Arc<Fanout>) {
+/// The handle and the fan-out, with the command channel the pub/sub task reads.
+fn handle() -> (PubSubHandle, Arc<Fanout>, mpsc::UnboundedReceiver<Cmd>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let unsub_tx = tx.clone();
     let fanout = Fanout::new(
@@ -56,8 +58,119 @@ pub(super) fn start(
             let _ = unsub_tx.send(Cmd::Unsubscribe(ch.to_string()));
         })),
     );
+    (PubSubHandle { tx }, fanout, rx)
+}
+
+pub(super) fn start(
+    client: redis::Client,
+    connect_timeout: Duration,
+    stop: CancellationToken,
+) -> (PubSubHandle, Arc<Fanout>) {
+    let (handle, fanout, rx) = handle();
     tokio::spawn(run(client, fanout.clone(), rx, connect_timeout, stop));
-    (PubSubHandle { tx }, fanout)
+    (handle, fanout)
+}
+
+/// Sharded pub/sub on a Redis Cluster: `conn` speaks RESP3 and its pushes (messages,
+/// subscription confirmations, disconnections) arrive on `pushes`.
+pub(super) fn start_cluster(
+    conn: ClusterConnection,
+    pushes: mpsc::UnboundedReceiver<PushInfo>,
+    stop: CancellationToken,
+) -> (PubSubHandle, Arc<Fanout>) {
+    let (handle, fanout, rx) = handle();
+    tokio::spawn(run_cluster(conn, pushes, fanout.clone(), rx, stop));
+    (handle, fanout)
+}
+
+async fn run_cluster(
+    mut conn: ClusterConnection,
+    mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+    fanout: Arc<Fanout>,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    stop: CancellationToken,
+) {
+    // After a lost connection (or a refused subscribe) every channel is subscribed again
+    // once the cluster answers, then local subscribers resync from the log.
+    let mut repair: Option<(tokio::time::Instant, Duration)> = None;
+    loop {
+        let repair_at = repair.map(|(at, _)| at);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            cmd = rx.recv() => match cmd {
+                None => return,
+                Some(Cmd::Subscribe(ch, ack)) => {
+                    if conn.ssubscribe(&ch).await.is_err() && repair.is_none() {
+                        repair = Some((tokio::time::Instant::now() + MIN_BACKOFF, MIN_BACKOFF));
+                    }
+                    let _ = ack.send(());
+                }
+                Some(Cmd::Unsubscribe(ch)) => {
+                    let _ = conn.sunsubscribe(&ch).await;
+                }
+            },
+            push = pushes.recv() => match push {
+                None => return,
+                Some(p) => match p.kind {
+                    PushKind::SMessage | PushKind::Message => {
+                        if let [channel, payload, ..] = &p.data[..] {
+                            if let (Some(ch), Some(bytes)) = (bulk(channel), bulk(payload)) {
+                                if let Ok(ch) = std::str::from_utf8(ch) {
+                                    fanout.deliver(
+                                        ch,
+                                        PubSubEvent::Message(Bytes::copy_from_slice(bytes)),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    PushKind::Disconnection => {
+                        metrics::counter!("streamedge_redis_pubsub_reconnects_total").increment(1);
+                        tracing::warn!("redis cluster pub/sub connection lost; resubscribing");
+                        if repair.is_none() {
+                            repair = Some((tokio::time::Instant::now() + MIN_BACKOFF, MIN_BACKOFF));
+                        }
+                    }
+                    _ => {}
+                },
+            },
+            _ = sleep_until_opt(repair_at) => {
+                // One channel per command: a sharded subscription names channels of one slot.
+                let channels = fanout.channels();
+                let mut ok = true;
+                for ch in &channels {
+                    if conn.ssubscribe(ch).await.is_err() {
+                        ok = false;
+                        break;
+                    }
+                }
+                if ok {
+                    repair = None;
+                    if !channels.is_empty() {
+                        fanout.resync_all();
+                    }
+                    tracing::debug!(channels = channels.len(), "redis cluster pub/sub resubscribed");
+                } else if let Some((_, wait)) = repair {
+                    let wait = (wait * 2).min(MAX_BACKOFF);
+                    repair = Some((tokio::time::Instant::now() + wait, wait));
+                }
+            }
+        }
+    }
+}
+
+fn bulk(v: &redis::Value) -> Option<&[u8]> {
+    match v {
+        redis::Value::BulkString(b) => Some(b),
+        _ => None,
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn run(
@@ -138,8 +251,9 @@ async fn run(
 impl PubSub for RedisStore {
     async fn publish(&self, channel: &str, payload: Bytes) -> StoreResult<()> {
         let mut c = self.conn();
-        let ch = self.key(channel);
-        self.run(async move { c.publish::<_, _, i64>(ch, &payload[..]).await })
+        let mut cmd = redis::cmd(self.publish_command());
+        cmd.arg(self.key(channel)).arg(&payload[..]);
+        self.run(async move { cmd.query_async::<i64>(&mut c).await })
             .await
             .map(|_| ())
     }
