@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use streamedge::config::{Config, Secret};
 use streamedge::domain::chat::StoredMessage;
+use streamedge::domain::keys;
 use streamedge::persist::{records, Persistence};
 use streamedge::store::{self, AppendOptions};
 use tokio_util::sync::CancellationToken;
@@ -122,16 +123,16 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 let opts = AppendOptions {
                     max_len: 1000,
                     ttl: Some(Duration::from_secs(3600)),
-                    publish: Some(format!("stream:{stream}:events")),
+                    publish: Some(keys::stream_events(&stream)),
                     once: Some((
-                        format!("chat:{stream}:sent:user-{p}:p{p}-{i}"),
+                        keys::chat_sent(&stream, &format!("user-{p}"), &format!("p{p}-{i}")),
                         Duration::from_secs(600),
                     )),
                     outbox: Some(records::tag(records::CHAT, &stream)),
                     keep_seq: true,
                 };
                 if store
-                    .log_append(&format!("chat:{stream}"), &payload, &opts)
+                    .log_append(&keys::chat_log(&stream), &payload, &opts)
                     .await
                     .is_ok()
                 {
