@@ -13,7 +13,8 @@ use streamedge::store::memory::MemoryStore;
 use streamedge::store::outbox_file::FileOutbox;
 use streamedge::store::redis::RedisStore;
 use streamedge::store::{
-    decode_log_publish, AppendOptions, LogEntry, OutboxTag, PubSubEvent, SharedState, Subscription,
+    decode_log_publish, AppendOptions, LogEntry, Outbox, OutboxTag, PubSubEvent, SharedState,
+    Subscription,
 };
 
 type Store = Arc<dyn SharedState>;
@@ -908,4 +909,85 @@ async fn redis_nodes_share_state_and_messages() {
     // A different prefix is a different deployment.
     let c = redis().await;
     assert_eq!(c.log_last_seq("chat").await.unwrap(), 0);
+}
+
+/// On a cluster each stream has its own outbox, listed in a registry: a stream whose
+/// outbox is empty and that no node registered for a long time leaves it; one with
+/// records waiting stays, however old its registration.
+#[tokio::test]
+async fn redis_cluster_registry_forgets_only_idle_empty_outboxes() {
+    let prefix = common::fresh_key_prefix();
+    let urls = common::redis_cluster_urls();
+    let mut cfg = common::test_config().redis;
+    cfg.url = urls[0].clone();
+    cfg.cluster_nodes = urls[1..].to_vec();
+    cfg.mode = streamedge::config::RedisMode::Cluster;
+    cfg.key_prefix = prefix.clone();
+    let writer = RedisStore::connect(&cfg).await.unwrap();
+    for scope in ["idle", "busy", "recent"] {
+        writer
+            .outbox_add(&OutboxTag::new("chat", scope), b"r")
+            .await
+            .unwrap();
+    }
+    let got = writer.outbox_take("w", 10, RECLAIM).await.unwrap();
+    assert_eq!(got.len(), 3);
+    let idle_and_recent: Vec<String> = got
+        .iter()
+        .filter(|e| e.scope != "busy")
+        .map(|e| e.id.clone())
+        .collect();
+    writer.outbox_ack(&idle_and_recent).await.unwrap();
+    // Age the registrations of "idle" and "busy" (as if no node wrote there for an hour).
+    let client = redis::cluster::ClusterClient::new(urls.clone()).unwrap();
+    let mut c = client.get_async_connection().await.unwrap();
+    let registry = format!("{prefix}outbox:streams");
+    let old = streamedge::domain::clock::now_ms() - 3_600_000;
+    for scope in ["idle", "busy"] {
+        let _: i64 = redis::cmd("ZADD")
+            .arg(&registry)
+            .arg(old)
+            .arg(scope)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    // A fresh node's first look at the outbox also tidies the registry.
+    let other = RedisStore::connect(&cfg).await.unwrap();
+    assert_eq!(other.outbox_stats().await.unwrap().depth, 1);
+    let left: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&registry)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(left, vec!["busy".to_string(), "recent".to_string()]);
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(format!("{prefix}outbox:{{idle}}"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "the idle stream's empty outbox was not deleted");
+    // The busy stream's record is still handed out and confirmed.
+    let ids: Vec<String> = got
+        .iter()
+        .filter(|e| e.scope == "busy")
+        .map(|e| e.id.clone())
+        .collect();
+    other.outbox_ack(&ids).await.unwrap();
+    assert_eq!(other.outbox_stats().await.unwrap().depth, 0);
+    // Writing to a forgotten stream registers it again.
+    writer.close().await;
+    let again = RedisStore::connect(&cfg).await.unwrap();
+    again
+        .outbox_add(&OutboxTag::new("chat", "idle"), b"r2")
+        .await
+        .unwrap();
+    let got = again.outbox_take("w2", 10, RECLAIM).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].data[..], b"r2");
+    again.outbox_ack(&[got[0].id.clone()]).await.unwrap();
+    other.close().await;
+    again.close().await;
 }

@@ -21,6 +21,7 @@ mod indexes;
 mod key_value;
 mod logs;
 mod outbox;
+mod outbox_registry;
 mod presence;
 mod pubsub;
 

@@ -9,8 +9,8 @@
 //! outbox, `<prefix>outbox:{<stream id>}`, and the registry `<prefix>outbox:streams` (a
 //! sorted set of stream ids scored by when a node last wrote there) tells writers where to
 //! look. A node registers a stream before its first record and again every
-//! [`REGISTER_EVERY`]; a stream leaves the registry only when its outbox is empty and no
-//! node has registered it for [`FORGET_AFTER`], so no record is written to an outbox the
+//! [`super::outbox_registry::REGISTER_EVERY`]; a stream leaves the registry only when its outbox is empty and no
+//! node has registered it for [`super::outbox_registry::FORGET_AFTER`], so no record is written to an outbox the
 //! writers do not look at. Writers poll a quiet stream's outbox less often (up to
 //! [`QUIET_MAX`] apart).
 
@@ -20,20 +20,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use redis::Value;
 
+use super::outbox_registry::forget_idle_streams;
 use super::{ms, RedisStore};
 use crate::config::RedisMode;
 use crate::store::{Outbox, OutboxEntry, OutboxStats, OutboxTag, StoreError, StoreResult};
 
 const GROUP: &str = "writers";
-/// How often a node writing to a stream's outbox registers it again (cluster).
-pub(super) const REGISTER_EVERY: Duration = Duration::from_secs(30);
-/// How long a registered stream must go without registration (and stay empty) before it
-/// leaves the registry (cluster). Far above [`REGISTER_EVERY`], to absorb clock skew.
-pub(super) const FORGET_AFTER: Duration = Duration::from_secs(600);
-/// How often a node looks for streams to remove from the registry (cluster).
-const FORGET_SCAN_EVERY: Duration = Duration::from_secs(60);
-/// How long the registry read by a node's writers is reused.
-const REGISTRY_REFRESH: Duration = Duration::from_secs(1);
 /// The longest a writer waits before looking again at a stream's outbox that was empty.
 pub(super) const QUIET_MAX: Duration = Duration::from_secs(1);
 const QUIET_MIN: Duration = Duration::from_millis(50);
@@ -41,20 +33,20 @@ const QUIET_MIN: Duration = Duration::from_millis(50);
 #[derive(Default)]
 pub(super) struct ReaderState {
     /// Outbox keys whose consumer group exists.
-    groups: HashSet<String>,
+    pub(super) groups: HashSet<String>,
     /// Stream ids this node registered, and when (cluster).
-    registered: HashMap<String, Instant>,
+    pub(super) registered: HashMap<String, Instant>,
     /// The outbox keys to read, and when they were listed.
-    keys: Vec<String>,
-    keys_at: Option<Instant>,
+    pub(super) keys: Vec<String>,
+    pub(super) keys_at: Option<Instant>,
     /// Where the next read starts in `keys`.
-    next: usize,
+    pub(super) next: usize,
     /// Keys found empty: not read again before the instant; the backoff so far.
-    quiet: HashMap<String, (Instant, Duration)>,
-    last_reclaim: Option<Instant>,
+    pub(super) quiet: HashMap<String, (Instant, Duration)>,
+    pub(super) last_reclaim: Option<Instant>,
     /// Where each key's next `XAUTOCLAIM` scan starts.
-    cursors: HashMap<String, String>,
-    last_forget_scan: Option<Instant>,
+    pub(super) cursors: HashMap<String, String>,
+    pub(super) last_forget_scan: Option<Instant>,
 }
 
 /// An entry id as handed to writers: the outbox key and the Redis stream id.
@@ -65,76 +57,6 @@ fn entry_id(key: &str, id: &str) -> String {
 fn split_id(id: &str) -> StoreResult<(&str, &str)> {
     id.rsplit_once('|')
         .ok_or_else(|| StoreError::Backend(format!("not an outbox record id: {id}")))
-}
-
-impl RedisStore {
-    /// The outbox key for records about `scope` (a stream id).
-    fn outbox_key_of(&self, scope: &str) -> String {
-        match self.mode {
-            RedisMode::Standalone => format!("{}outbox", self.prefix),
-            RedisMode::Cluster => format!("{}outbox:{{{scope}}}", self.prefix),
-        }
-    }
-
-    fn registry_key(&self) -> String {
-        format!("{}outbox:streams", self.prefix)
-    }
-
-    /// The outbox key a record about `scope` goes to, registered first on a cluster.
-    pub(super) async fn outbox_for(&self, scope: &str) -> StoreResult<String> {
-        if self.mode == RedisMode::Cluster {
-            let due = self
-                .outbox
-                .lock()
-                .unwrap()
-                .registered
-                .get(scope)
-                .is_none_or(|t| t.elapsed() >= REGISTER_EVERY);
-            if due {
-                let mut c = self.conn();
-                let mut cmd = redis::cmd("ZADD");
-                cmd.arg(self.registry_key())
-                    .arg(crate::domain::clock::now_ms())
-                    .arg(scope);
-                let _: i64 = self.run(cmd.query_async(&mut c)).await?;
-                let mut st = self.outbox.lock().unwrap();
-                if st.registered.len() > 100_000 {
-                    st.registered.retain(|_, t| t.elapsed() < REGISTER_EVERY);
-                }
-                if st
-                    .registered
-                    .insert(scope.to_string(), Instant::now())
-                    .is_none()
-                {
-                    // A stream new to this node: its writers list the registry again.
-                    st.keys_at = None;
-                }
-            }
-        }
-        Ok(self.outbox_key_of(scope))
-    }
-
-    /// The outbox keys writers read: the one outbox, or every registered stream's.
-    async fn outbox_keys(&self) -> StoreResult<Vec<String>> {
-        if self.mode == RedisMode::Standalone {
-            return Ok(vec![self.outbox_key_of("")]);
-        }
-        {
-            let st = self.outbox.lock().unwrap();
-            if st.keys_at.is_some_and(|t| t.elapsed() < REGISTRY_REFRESH) {
-                return Ok(st.keys.clone());
-            }
-        }
-        let mut c = self.conn();
-        let mut cmd = redis::cmd("ZRANGE");
-        cmd.arg(self.registry_key()).arg(0).arg(-1);
-        let scopes: Vec<String> = self.run(cmd.query_async(&mut c)).await?;
-        let keys: Vec<String> = scopes.iter().map(|s| self.outbox_key_of(s)).collect();
-        let mut st = self.outbox.lock().unwrap();
-        st.keys = keys.clone();
-        st.keys_at = Some(Instant::now());
-        Ok(keys)
-    }
 }
 
 fn text(v: &Value) -> Option<String> {
@@ -414,7 +336,7 @@ async fn ack(store: &RedisStore, ids: &[String]) -> StoreResult<()> {
 }
 
 /// One outbox key's depth and oldest record.
-async fn key_stats(store: &RedisStore, key: &str) -> StoreResult<(u64, Option<u64>)> {
+pub(super) async fn key_stats(store: &RedisStore, key: &str) -> StoreResult<(u64, Option<u64>)> {
     let mut pipe = redis::pipe();
     pipe.cmd("XLEN").arg(key);
     pipe.cmd("XRANGE")
@@ -442,49 +364,6 @@ async fn stats(store: &RedisStore) -> StoreResult<OutboxStats> {
         depth: per_key.iter().map(|(d, _)| d).sum(),
         oldest_added_ms: per_key.iter().filter_map(|(_, o)| *o).min(),
     })
-}
-
-/// Removes from the registry the streams with an empty outbox that no node registered for
-/// [`FORGET_AFTER`], and deletes their empty outbox streams (cluster; at most once per
-/// [`FORGET_SCAN_EVERY`] per node).
-async fn forget_idle_streams(store: &RedisStore) -> StoreResult<()> {
-    {
-        let mut st = store.outbox.lock().unwrap();
-        if st
-            .last_forget_scan
-            .is_some_and(|t| t.elapsed() < FORGET_SCAN_EVERY)
-        {
-            return Ok(());
-        }
-        st.last_forget_scan = Some(Instant::now());
-    }
-    let cutoff = crate::domain::clock::now_ms().saturating_sub(FORGET_AFTER.as_millis() as u64);
-    let mut c = store.conn();
-    let mut cmd = redis::cmd("ZRANGEBYSCORE");
-    cmd.arg(store.registry_key()).arg("-inf").arg(cutoff);
-    let idle: Vec<String> = store.run(cmd.query_async(&mut c)).await?;
-    for scope in idle {
-        let key = store.outbox_key_of(&scope);
-        let (depth, _) = key_stats(store, &key).await?;
-        if depth > 0 {
-            continue;
-        }
-        // Only if nobody registered it since the scan: a node about to write registers
-        // first, so after this no record goes to the key unregistered.
-        let mut inv = store.scripts.registry_forget.prepare_invoke();
-        inv.key(store.registry_key()).arg(&scope).arg(cutoff);
-        let forgotten: i64 = store.run(inv.invoke_async(&mut c)).await?;
-        if forgotten == 1 {
-            let mut inv = store.scripts.delete_if_empty.prepare_invoke();
-            inv.key(&key);
-            let _: i64 = store.run(inv.invoke_async(&mut c)).await?;
-            let mut st = store.outbox.lock().unwrap();
-            st.groups.remove(&key);
-            st.quiet.remove(&key);
-            st.cursors.remove(&key);
-        }
-    }
-    Ok(())
 }
 
 #[async_trait]
