@@ -5,6 +5,7 @@
 //! into a node. Dependencies point one way (README.md, "Architecture").
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod auth;
 pub mod chat;
 pub mod config;

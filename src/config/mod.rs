@@ -4,6 +4,7 @@
 //! Every key is known: an unknown key or a value of the wrong shape is a [`ConfigError`]
 //! that names the key, and `main` turns it into exit code 2.
 
+mod admission;
 mod load;
 mod parse;
 mod persist;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use admission::AdmissionConfig;
 pub use load::{load, load_unvalidated, ConfigError, ConfigSource, ENV_PREFIX};
 pub use parse::{parse_net, parse_port_range};
 pub use persist::PersistConfig;
@@ -35,6 +37,7 @@ pub struct Config {
     pub agora: AgoraConfig,
     pub media: MediaConfig,
     pub rate_limit: RateLimitConfig,
+    pub admission: AdmissionConfig,
     pub session: SessionConfig,
     pub viewers: ViewersConfig,
     pub chat: ChatConfig,

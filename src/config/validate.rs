@@ -311,6 +311,19 @@ impl Config {
             }
             Ok(_) => {}
         }
+        let a = &self.admission;
+        if !(0.0..=1_000_000.0).contains(&a.ip_connects_per_sec) || a.ip_connects_per_sec.is_nan() {
+            return invalid(
+                "admission.ip_connects_per_sec",
+                "must be between 0 and 1000000",
+            );
+        }
+        if a.ip_connects_per_sec > 0.0 && a.ip_connects_burst == 0 {
+            return invalid(
+                "admission.ip_connects_burst",
+                "must be at least 1 when the rate is set",
+            );
+        }
         let r = &self.rate_limit;
         for (name, l) in [
             ("rtc_token", &r.rtc_token),

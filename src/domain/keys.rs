@@ -99,6 +99,12 @@ pub fn media_resource(resource: &str) -> String {
     format!("media:resource:{resource}")
 }
 
+/// The stream WebSockets one user holds across the cluster (a presence set, one member
+/// per connection).
+pub fn user_websockets(user: &str) -> String {
+    format!("user:{{{user}}}:ws")
+}
+
 /// An HTTP route's rate limit for one user.
 pub fn route_rate_user(route: &str, user: &str) -> String {
     format!("{route}:u:{user}")
@@ -149,6 +155,7 @@ mod tests {
         assert_eq!(chat_rate(&s, "u"), format!("chat:{{{id}}}:u"));
         assert_eq!(media_ingest(&s), format!("media:ingest:{{{id}}}"));
         assert_eq!(media_resource("abc"), "media:resource:abc");
+        assert_eq!(user_websockets("u"), "user:{u}:ws");
         assert_eq!(route_rate_user("rtc_token", "u"), "rtc_token:u:u");
         assert_eq!(
             route_rate_ip("rtc_token", "10.0.0.1".parse().unwrap()),

@@ -36,6 +36,10 @@ pub struct AppInner {
     /// `None` unless `media.enabled`.
     pub media: Option<Arc<crate::media::MediaService>>,
     pub trusted_proxies: Vec<IpNet>,
+    /// Per-client-IP connection limits of the API listener (`[admission]`).
+    pub ip_limits: Arc<crate::admission::IpLimits>,
+    /// The per-user stream WebSocket cap, across the cluster.
+    pub user_connections: Arc<crate::admission::UserConnections>,
     /// Route rate limits applied by this node alone while the shared state fails.
     pub local_limits: super::rate_limit::LocalLimiter,
     pub node_id: String,
@@ -125,6 +129,13 @@ impl AppState {
             viewers: viewers.clone(),
             push_interval: config.viewers.push_interval,
         });
+        let ip_limits = crate::admission::IpLimits::new(&config.admission);
+        let user_connections = crate::admission::UserConnections::new(
+            store.clone(),
+            config.admission.user_websockets,
+            config.viewers.ttl,
+            &node_id,
+        );
         Self(Arc::new(AppInner {
             auth: verifier(&config),
             sessions,
@@ -147,6 +158,8 @@ impl AppState {
             registry,
             trusted_proxies,
             local_limits: Default::default(),
+            ip_limits,
+            user_connections,
             node_id,
             draining: CancellationToken::new(),
             closing: CancellationToken::new(),

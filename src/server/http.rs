@@ -27,13 +27,23 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::admission::{IpLimits, Refusal};
+use ipnet::IpNet;
+
+/// What the listener enforces before a request reaches the router.
+pub struct Limits {
+    /// `server.max_request_head_bytes`.
+    pub max_head_bytes: usize,
+    /// Per-client-IP connection limits (`[admission]`), for peers that are not trusted
+    /// proxies (a proxy's connections carry many clients; those are limited at the
+    /// WebSocket upgrade by their forwarded address).
+    pub ip_limits: Arc<IpLimits>,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
 /// Serves `router` on `listener` until `stop`, then drains the open connections.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    stop: CancellationToken,
-    max_head_bytes: usize,
-) {
+pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken, limits: Limits) {
+    let max_head_bytes = limits.max_head_bytes;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .pipeline_flush(true)
@@ -58,6 +68,19 @@ pub async fn serve(
                 }
             },
         };
+        let peer_ip = peer.ip();
+        let guard = if limits.trusted_proxies.iter().any(|n| n.contains(&peer_ip)) {
+            None
+        } else {
+            match limits.ip_limits.admit(peer_ip) {
+                Ok(g) => Some(g),
+                Err(refusal) => {
+                    refusal.record();
+                    tracker.spawn(refuse(tcp, refusal));
+                    continue;
+                }
+            }
+        };
         // A response is one write, and Nagle's algorithm would hold the next one (a
         // pipelined request's, or a WebSocket frame's) until the client's delayed ACK,
         // ~40 ms later.
@@ -79,6 +102,8 @@ pub async fn serve(
             .with_upgrades();
         let stop = stop.clone();
         tracker.spawn(async move {
+            // The client's slot is held for the connection's life, upgrades included.
+            let _slot = guard;
             let mut conn = std::pin::pin!(conn);
             let r = tokio::select! {
                 r = conn.as_mut() => r,
@@ -124,6 +149,39 @@ async fn answer_parse_error(tcp: &TcpStream, e: &hyper::Error) {
         Ok::<(), io::Error>(())
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
+}
+
+/// Answers a connection refused at `accept` with `429` and closes it, without reading a
+/// request: the answer is written at once, then whatever the client sends meanwhile is
+/// read and dropped for a moment so that closing does not reset the connection before the
+/// client has read the answer.
+async fn refuse(tcp: TcpStream, refusal: Refusal) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = format!(
+        "{{\"type\":\"about:blank\",\"title\":\"Too Many Requests\",\"status\":429,\"code\":\"{}\",\"detail\":\"{}\"}}",
+        refusal.code(),
+        refusal.detail()
+    );
+    let resp = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/problem+json\r\nretry-after: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        refusal.retry_after_secs(),
+        body.len()
+    );
+    let mut tcp = tcp;
+    let answer = async {
+        tcp.write_all(resp.as_bytes()).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        let mut drained = 0;
+        while drained < 16 * 1024 {
+            match tcp.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        Ok::<(), io::Error>(())
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), answer).await;
 }
 
 /// A connection's socket, shared between hyper (and, after an upgrade, the WebSocket) and

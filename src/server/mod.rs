@@ -125,7 +125,11 @@ pub async fn run(
         listeners.api,
         api_router(app.clone()),
         app.closing.clone(),
-        config.server.max_request_head_bytes,
+        http::Limits {
+            max_head_bytes: config.server.max_request_head_bytes,
+            ip_limits: app.ip_limits.clone(),
+            trusted_proxies: app.trusted_proxies.clone(),
+        },
     ));
     let admin = tokio::spawn({
         let router = admin::router(app.clone(), metrics);
@@ -146,6 +150,10 @@ pub async fn run(
     ));
     tasks.spawn(crate::viewers::run_refresher(
         app.viewers.clone(),
+        background.clone(),
+    ));
+    tasks.spawn(crate::admission::run_refresher(
+        app.user_connections.clone(),
         background.clone(),
     ));
     if let Some(p) = &persist {

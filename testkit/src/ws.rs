@@ -96,3 +96,58 @@ pub async fn ping(ws: &mut Ws, limit: Duration) -> serde_json::Value {
 pub async fn send_text(ws: &mut Ws, text: &str) {
     ws.send(Message::Text(text.into())).await.unwrap();
 }
+
+/// A TCP connection to `addr` from the loopback address `from` (any of 127.0.0.0/8), so a
+/// test can play several client IPs.
+pub async fn tcp_from(from: std::net::IpAddr, addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(from, 0)).unwrap();
+    socket.connect(addr).await.expect("tcp connect")
+}
+
+/// A refused WebSocket upgrade: status, `Retry-After` and the problem body.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: serde_json::Value,
+}
+
+/// Opens a stream WebSocket from the loopback address `from` with extra request headers;
+/// `Err` with the answer when the node refuses the upgrade.
+pub async fn ws_connect_from(
+    from: std::net::IpAddr,
+    addr: std::net::SocketAddr,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, Refused> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "streamedge.v1".parse().unwrap());
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let tcp = tcp_from(from, addr).await;
+    match tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(tcp)).await
+    {
+        Ok((ws, _)) => Ok(ws),
+        Err(Error::Http(resp)) => Err(Refused {
+            status: resp.status().as_u16(),
+            retry_after: resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string()),
+            body: resp
+                .body()
+                .as_ref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(serde_json::Value::Null),
+        }),
+        Err(e) => panic!("websocket connect from {from}: {e}"),
+    }
+}

@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
+use crate::admission::{IpGuard, Refusal, UserGuard};
 use crate::http::extract::parse_stream_id;
-use crate::http::WsAuthenticated;
+use crate::http::{ClientIp, WsAuthenticated};
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
-use axum::extract::{rejection::QueryRejection, Path, Query, State};
+use axum::extract::{rejection::QueryRejection, ConnectInfo, Path, Query, State};
 use axum::response::Response;
 
 use crate::http::AppState;
@@ -29,6 +30,8 @@ pub async fn stream_ws(
     Path(stream_id): Path<String>,
     params: Result<Query<WsParams>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    ClientIp(client): ClientIp,
     WsAuthenticated(who): WsAuthenticated,
 ) -> Result<Response, ApiError> {
     let stream = parse_stream_id(&stream_id)?;
@@ -55,8 +58,20 @@ pub async fn stream_ws(
         )
         .with_retry_after(1));
     }
+    // Behind a trusted proxy the listener could not count the client: count its
+    // WebSockets here, by the forwarded address.
+    let ip_slot = if client != peer.ip() {
+        Some(app.ip_limits.admit(client).map_err(refused)?)
+    } else {
+        None
+    };
     // The stream must exist (any node may have created it).
     let record = app.streams.get(&stream).await?;
+    let user_slot = app
+        .user_connections
+        .admit(&who.user_id)
+        .await
+        .map_err(refused)?;
     let Some(admission) = app.registry.try_admit() else {
         metrics::counter!("streamedge_ws_rejected_total", "reason" => "full").increment(1);
         return Err(ApiError::new(
@@ -85,6 +100,7 @@ pub async fn stream_ws(
         record,
         who,
         admission,
+        slots: (ip_slot, user_slot),
         since_seq: params.since_seq,
         queue_bytes,
         settings,
@@ -94,12 +110,21 @@ pub async fn stream_ws(
         .on_upgrade(move |socket| serve(app, socket, accepted)))
 }
 
+/// A connection refused by admission control: `429` with `Retry-After`.
+fn refused(r: Refusal) -> ApiError {
+    r.record();
+    ApiError::new(ErrorKind::RateLimited, r.code(), r.detail())
+        .with_retry_after(r.retry_after_secs())
+}
+
 /// What the upgrade handler checked and admitted, for the connection's life.
 struct Accepted {
     stream: uuid::Uuid,
     record: crate::domain::Stream,
     who: crate::auth::Principal,
     admission: crate::ws::registry::Admission,
+    /// The client IP's and the user's connection slots, held while the socket is open.
+    slots: (Option<IpGuard>, UserGuard),
     since_seq: Option<u64>,
     queue_bytes: usize,
     settings: ConnSettings,
@@ -113,6 +138,7 @@ async fn serve(app: AppState, socket: axum::extract::ws::WebSocket, a: Accepted)
         record,
         who,
         admission,
+        slots: _slots,
         since_seq,
         queue_bytes,
         settings,
