@@ -3,6 +3,7 @@
 //! Scenarios (subcommands) print a live progress line on stderr, a human table on stdout
 //! and, with `--json FILE`, a machine-readable report.
 
+mod attack;
 mod chat;
 mod conn;
 mod drain;
@@ -47,6 +48,12 @@ enum Scenario {
     Persist(persist::Args),
     /// WHEP viewers of one WHIP stream: loss per viewer and the node's CPU per viewer.
     Media(media::Args),
+    /// Many connections each sending a huge unfinished request head: the node's RSS
+    /// before, at its peak during and after.
+    HeadFlood(attack::FloodArgs),
+    /// Thousands of slow-header connections from one IP while a client from another IP
+    /// keeps making requests: what the attacker gets and how long the client waits.
+    Slowloris(attack::SlowlorisArgs),
     /// (internal) a worker process of `idle`, driven over stdin/stdout.
     #[command(hide = true)]
     IdleWorker(idle::WorkerArgs),
@@ -67,6 +74,8 @@ fn main() -> anyhow::Result<()> {
             Scenario::ChatFanout(a) => fanout::run(a).await,
             Scenario::Reconnect(a) => reconnect::run(a).await,
             Scenario::Drain(a) => drain::run(a).await,
+            Scenario::HeadFlood(a) => attack::flood(a).await,
+            Scenario::Slowloris(a) => attack::slowloris(a).await,
             Scenario::IdleWorker(a) => idle::worker(a).await,
         }
     })

@@ -18,7 +18,7 @@ use crate::redis::redis_url;
 use crate::support::free_port;
 
 /// A config for tests: loopback, short grace, quiet logs, a fresh key prefix, the test
-/// JWT secret and development Agora credentials.
+/// JWT secret, development Agora credentials and no connection limits.
 pub fn test_config() -> Config {
     let mut c = Config::default();
     c.auth.jwt_secret = streamedge::config::Secret::new(TEST_JWT_SECRET);
@@ -33,6 +33,11 @@ pub fn test_config() -> Config {
     c.redis.health_interval = Duration::from_millis(200);
     c.redis.connect_timeout = Duration::from_millis(500);
     c.redis.command_timeout = Duration::from_millis(1000);
+    // Tests hold many connections from 127.0.0.1 as one user; tests/admission.rs turns
+    // the limits on.
+    c.admission.ip_connections = 0;
+    c.admission.ip_connects_per_sec = 0.0;
+    c.admission.user_websockets = 0;
     c
 }
 
@@ -166,6 +171,10 @@ impl NodeProcess {
             // Tests that drain say so; the others stop at once.
             .env("STREAMEDGE_SERVER__DRAIN_DELAY", "0s")
             .env("STREAMEDGE_SERVER__DRAIN_SPREAD", "0s")
+            // As in `test_config`: limits off unless the test's environment sets them.
+            .env("STREAMEDGE_ADMISSION__IP_CONNECTIONS", "0")
+            .env("STREAMEDGE_ADMISSION__IP_CONNECTS_PER_SEC", "0")
+            .env("STREAMEDGE_ADMISSION__USER_WEBSOCKETS", "0")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in env {
