@@ -79,7 +79,7 @@ pub struct SlowlorisArgs {
 
 async fn rss(admin: SocketAddr) -> f64 {
     match metrics::scrape(admin).await {
-        Ok(t) => metrics::value(&t, "process_resident_memory_bytes").unwrap_or(0.0),
+        Ok(t) => metrics::value(&t, "streamedge_process_resident_memory_bytes").unwrap_or(0.0),
         Err(_) => 0.0,
     }
 }
@@ -152,7 +152,7 @@ pub async fn flood(a: FloodArgs) -> anyhow::Result<()> {
     let baseline = rss(a.admin).await;
     anyhow::ensure!(
         baseline > 0.0,
-        "no process_resident_memory_bytes at {}",
+        "no streamedge_process_resident_memory_bytes at {}",
         a.admin
     );
     let peak = Arc::new(Mutex::new(baseline));
