@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use futures_util::FutureExt;
@@ -25,6 +24,7 @@ use streamedge::domain::chat::StoredMessage;
 use streamedge::ws::queue::OutboundQueue;
 use streamedge::ws::registry::Registration;
 use streamedge::ws::Registry;
+use tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 const SUBSCRIBERS: usize = 10_000;

@@ -293,3 +293,58 @@ async fn clients_that_drop_their_connection_are_not_protocol_errors() {
     );
     node.shutdown().await.unwrap();
 }
+
+/// A message may be split into frames, up to `ws.max_fragments`; endless empty
+/// continuation frames (no bytes, so `ws.max_message_size` never trips) close the
+/// connection with 1009, while other clients are served.
+#[tokio::test]
+async fn a_message_in_too_many_fragments_closes_with_1009() {
+    let node = common::NodeProcess::spawn(&[("STREAMEDGE_WS__MAX_FRAGMENTS", "8".into())]);
+    let stream = common::create_stream(&node.api_url("/v1/streams"), &common::seller("s")).await;
+    let path = |u: &str| format!("/v1/streams/{stream}/ws?access_token={}", common::buyer(u));
+    // Within the limit: a ping in 8 frames (7 fragments and the last), with a control
+    // frame between them, is one message.
+    let mut ok = common::RawWs::connect(node.api, &path("fine")).await;
+    let text = br#"{"type":"ping","ref":"frag"}"#;
+    let parts: Vec<&[u8]> = text.chunks(4).collect();
+    assert_eq!(parts.len(), 7);
+    ok.send_fragment(false, 0x1, parts[0], true).await;
+    ok.send_frame(0x9, b"", true).await;
+    for p in &parts[1..] {
+        ok.send_fragment(false, 0x0, p, true).await;
+    }
+    ok.send_fragment(true, 0x0, b"", true).await;
+    let pong = loop {
+        let t = ok.next_text(T).await.expect("connection closed");
+        if t.contains("pong") {
+            break t;
+        }
+    };
+    assert!(pong.contains("\"ref\":\"frag\""), "{pong}");
+    // Over it: 1009 after the 9th frame of one message.
+    let mut bad = common::RawWs::connect(node.api, &path("fragmenter")).await;
+    bad.send_fragment(false, 0x1, b"{", true).await;
+    for _ in 0..20 {
+        bad.send_fragment(false, 0x0, b"", true).await;
+    }
+    assert_eq!(bad.read_until_close(T).await, Some(1009));
+    // The other client is still served.
+    ok.send_frame(0x1, br#"{"type":"ping","ref":"after"}"#, true)
+        .await;
+    let after = loop {
+        let t = ok.next_text(T).await.expect("connection closed");
+        if t.contains("pong") {
+            break t;
+        }
+    };
+    assert!(after.contains("after"), "{after}");
+    assert!(
+        common::eventually(T, || async {
+            node.metrics()
+                .await
+                .lines()
+                .any(|l| l == "streamedge_ws_closed_total{reason=\"too_many_fragments\"} 1")
+        })
+        .await
+    );
+}

@@ -181,6 +181,9 @@ pub struct WsConfig {
     pub max_connections: usize,
     /// Largest accepted client message (and frame), in bytes.
     pub max_message_size: usize,
+    /// Most frames one client message may be split into (fragmentation); more closes the
+    /// connection with 1009.
+    pub max_fragments: u32,
     /// Per-connection outbound queue bound, in bytes; a client that lets it fill is
     /// disconnected as a slow consumer.
     pub send_queue_bytes: usize,
@@ -201,6 +204,7 @@ impl Default for WsConfig {
         Self {
             max_connections: 18_000,
             max_message_size: 16 * 1024,
+            max_fragments: 64,
             send_queue_bytes: 256 * 1024,
             read_buffer_size: 1024,
             write_buffer_size: 8 * 1024,

@@ -94,6 +94,9 @@ impl Config {
         if self.ws.idle_timeout <= self.ws.ping_interval {
             return invalid("ws.idle_timeout", "must be longer than ws.ping_interval");
         }
+        if self.ws.max_fragments == 0 {
+            return invalid("ws.max_fragments", "must be at least 1");
+        }
         if self.ws.max_connections == 0 {
             return invalid("ws.max_connections", "must be at least 1");
         }

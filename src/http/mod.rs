@@ -12,6 +12,7 @@ pub mod problem;
 pub mod rate_limit;
 pub mod routes;
 pub mod state;
+pub mod upgrade;
 
 pub use extract::{ApiJson, ApiQuery, Authenticated, ClientIp, StreamId, WsAuthenticated};
 pub use problem::{ApiError, ErrorKind};

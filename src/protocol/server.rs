@@ -75,7 +75,7 @@ pub enum ServerFrame<'a> {
 
 impl ServerFrame<'_> {
     /// Serialises the frame once; the bytes can be handed to many connections.
-    pub fn encode(&self) -> axum::extract::ws::Utf8Bytes {
+    pub fn encode(&self) -> tungstenite::Utf8Bytes {
         serde_json::to_string(self)
             .expect("server frames always serialise")
             .into()

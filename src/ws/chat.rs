@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
+use tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 use super::conn::FrameHandler;

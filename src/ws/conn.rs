@@ -6,8 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Error as WsError, Message};
 
 use super::queue::{close_code, CloseReason, OutboundQueue};
 use crate::protocol::{self, ClientFrame, FrameError, ServerFrame};
@@ -45,7 +47,7 @@ pub async fn drive<S, H>(
     mut handler: H,
 ) -> ConnEnd
 where
-    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Send,
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Send,
     H: FrameHandler,
 {
     let (mut sink, mut stream) = socket.split();
@@ -72,7 +74,7 @@ const SAMPLE_EVERY: u64 = 8;
 
 async fn send_loop<K>(sink: &mut K, queue: &OutboundQueue, ping_every: Duration) -> ConnEnd
 where
-    K: Sink<Message, Error = axum::Error> + Unpin,
+    K: Sink<Message, Error = WsError> + Unpin,
 {
     let mut batch = Vec::with_capacity(16);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
@@ -87,7 +89,7 @@ where
                     for frame in batch.drain(..) {
                         sink.feed(Message::Text(frame)).await?;
                     }
-                    Ok::<(), axum::Error>(())
+                    Ok::<(), WsError>(())
                 };
                 tokio::select! {
                     r = write => if r.is_err() {
@@ -101,7 +103,7 @@ where
                     FRAMES_OUT.increment(n);
                 }
                 if let Some(reason) = close {
-                    let frame = CloseFrame { code: reason.code, reason: reason.reason.into() };
+                    let frame = CloseFrame { code: CloseCode::from(reason.code), reason: reason.reason.into() };
                     let _ = sink.send(Message::Close(Some(frame))).await;
                     return ConnEnd::Closed(reason);
                 }
@@ -137,7 +139,7 @@ async fn recv_loop<T, H>(
     handler: &mut H,
 ) -> ConnEnd
 where
-    T: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    T: Stream<Item = Result<Message, WsError>> + Unpin,
     H: FrameHandler,
 {
     loop {
@@ -178,7 +180,7 @@ where
                 metrics::counter!("streamedge_ws_frames_in_total", "kind" => "binary").increment(1);
                 let _ = queue.push(FrameError::binary().to_frame().encode());
             }
-            Message::Ping(_) | Message::Pong(_) => {}
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             Message::Close(_) => return ConnEnd::Client,
         }
     }
@@ -192,29 +194,20 @@ async fn close_then_wait(queue: &OutboundQueue, code: u16, reason: &'static str)
 
 /// The close code for a read error caused by what the client sent, if any (I/O errors
 /// and resets have none: the connection is already gone).
-fn classify_read_error(e: &axum::Error) -> Option<(u16, &'static str)> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        match err.downcast_ref::<tungstenite::Error>() {
-            Some(tungstenite::Error::Capacity(_)) => {
-                return Some((close_code::MESSAGE_TOO_BIG, "message_too_big"))
-            }
-            Some(tungstenite::Error::Utf8(_)) => {
-                return Some((close_code::INVALID_PAYLOAD, "invalid_utf8"))
-            }
-            // The client dropped its TCP connection without a close frame: it is gone,
-            // not misbehaving.
-            Some(tungstenite::Error::Protocol(
-                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-            )) => return None,
-            Some(tungstenite::Error::Protocol(_)) => {
-                return Some((close_code::PROTOCOL_ERROR, "protocol_error"))
-            }
-            Some(_) => return None,
-            None => source = err.source(),
+fn classify_read_error(e: &WsError) -> Option<(u16, &'static str)> {
+    match e {
+        WsError::Capacity(_) => Some((close_code::MESSAGE_TOO_BIG, "message_too_big")),
+        WsError::Utf8(_) => Some((close_code::INVALID_PAYLOAD, "invalid_utf8")),
+        // The client dropped its TCP connection without a close frame: it is gone, not
+        // misbehaving.
+        WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(_) => Some((close_code::PROTOCOL_ERROR, "protocol_error")),
+        // A message split into more frames than `ws.max_fragments` (see `guard`).
+        WsError::Io(io) if super::guard::is_too_many_fragments(io) => {
+            Some((close_code::MESSAGE_TOO_BIG, "too_many_fragments"))
         }
+        _ => None,
     }
-    None
 }
 
 #[cfg(test)]
@@ -222,7 +215,7 @@ mod tests {
     use super::*;
 
     fn classify(e: tungstenite::Error) -> Option<(u16, &'static str)> {
-        classify_read_error(&axum::Error::new(e))
+        classify_read_error(&e)
     }
 
     #[test]

@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::ws::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
+use tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 use std::time::Duration;

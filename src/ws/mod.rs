@@ -6,6 +6,7 @@
 
 pub mod chat;
 pub mod conn;
+pub mod guard;
 pub mod hub;
 pub mod queue;
 pub mod registry;

@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
+use tungstenite::Utf8Bytes;
 
 /// Why the node closes a connection, with its WebSocket close code.
 #[derive(Debug, Clone, PartialEq, Eq)]

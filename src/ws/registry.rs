@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use tokio_util::task::TaskTracker;
+use tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 use super::queue::{close_code, CloseReason, OutboundQueue, PushError};

@@ -56,6 +56,30 @@ impl RawWs {
         Self { tcp, buf }
     }
 
+    /// The next text frame's payload (other frames are skipped); `None` at a close or EOF.
+    pub async fn next_text(&mut self, limit: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut chunk = [0u8; 4096];
+        loop {
+            while let Some((opcode, payload, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                match opcode {
+                    0x1 => return Some(String::from_utf8(payload).expect("utf-8 text")),
+                    0x8 => return None,
+                    _ => {}
+                }
+            }
+            let n = tokio::time::timeout_at(deadline, self.tcp.read(&mut chunk))
+                .await
+                .expect("timed out waiting for a text frame")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
     /// Reads frames until a close frame (returning its code) or EOF (`None`).
     pub async fn read_until_close(&mut self, limit: Duration) -> Option<u16> {
         let deadline = tokio::time::Instant::now() + limit;
@@ -80,7 +104,13 @@ impl RawWs {
 
     /// Sends one frame with FIN set; `masked` as a conforming client would.
     pub async fn send_frame(&mut self, opcode: u8, payload: &[u8], masked: bool) {
-        let mut f = vec![0x80 | opcode];
+        self.send_fragment(true, opcode, payload, masked).await;
+    }
+
+    /// Sends one frame, with FIN set only when `fin` (a fragment of a longer message
+    /// otherwise; opcode 0 continues one).
+    pub async fn send_fragment(&mut self, fin: bool, opcode: u8, payload: &[u8], masked: bool) {
+        let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
         let mask_bit = if masked { 0x80 } else { 0 };
         match payload.len() {
             n if n < 126 => f.push(mask_bit | n as u8),

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::admission::{IpGuard, Refusal, UserGuard};
 use crate::http::extract::parse_stream_id;
+use crate::http::upgrade::{NotAnUpgrade, WsStream, WsUpgrade};
 use crate::http::{ClientIp, WsAuthenticated};
-use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::{rejection::QueryRejection, ConnectInfo, Path, Query, State};
 use axum::response::Response;
 
@@ -29,7 +29,7 @@ pub async fn stream_ws(
     State(app): State<AppState>,
     Path(stream_id): Path<String>,
     params: Result<Query<WsParams>, QueryRejection>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<WsUpgrade, NotAnUpgrade>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     ClientIp(client): ClientIp,
     WsAuthenticated(who): WsAuthenticated,
@@ -87,14 +87,14 @@ pub async fn stream_ws(
         idle_timeout: ws.idle_timeout,
     };
     let queue_bytes = ws.send_queue_bytes;
-    let upgrade = upgrade
+    // The outbound queue bounds what waits; the socket buffer holds at most one batch.
+    let codec = tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(ws.read_buffer_size)
         .write_buffer_size(ws.write_buffer_size)
-        // The outbound queue bounds what waits; the socket buffer holds at most one batch.
         .max_write_buffer_size(ws.write_buffer_size + queue_bytes + ws.max_message_size)
-        .max_message_size(ws.max_message_size)
-        .max_frame_size(ws.max_message_size)
-        .protocols([SUBPROTOCOL]);
+        .max_message_size(Some(ws.max_message_size))
+        .max_frame_size(Some(ws.max_message_size));
+    let max_fragments = ws.max_fragments;
     let accepted = Accepted {
         stream,
         record,
@@ -105,9 +105,9 @@ pub async fn stream_ws(
         queue_bytes,
         settings,
     };
-    Ok(upgrade
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| serve(app, socket, accepted)))
+    Ok(upgrade.on_upgrade(codec, max_fragments, move |socket| {
+        serve(app, socket, accepted)
+    }))
 }
 
 /// A connection refused by admission control: `429` with `Retry-After`.
@@ -132,7 +132,7 @@ struct Accepted {
 
 /// One stream WebSocket from welcome to close: registered with the node, counted as a
 /// viewer (or, for the seller, heartbeating the session), caught up, then driven.
-async fn serve(app: AppState, socket: axum::extract::ws::WebSocket, a: Accepted) {
+async fn serve(app: AppState, socket: WsStream, a: Accepted) {
     let Accepted {
         stream,
         record,
