@@ -76,6 +76,80 @@ pub async fn limit_head(
     next.run(req).await
 }
 
+/// The largest chunked request body read in full (the largest route limit, WHIP/WHEP
+/// offers); routes apply their own, smaller limits to what was read.
+pub const MAX_CHUNKED_BODY: usize = 64 * 1024;
+/// How much more of a chunked body over [`MAX_CHUNKED_BODY`] is read (and dropped) so that
+/// its `413` reaches the client; a client sending more loses the connection instead.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+
+/// Reads a chunked request body (no `Content-Length`) in full before the route sees it.
+///
+/// A route that refuses a body early (`413`) leaves the rest of it unread, and hyper — which
+/// here flushes answers in batches for pipelined requests — then closes the connection
+/// without sending that answer. Reading the body first (at most [`MAX_CHUNKED_BODY`];
+/// beyond it, `413` after reading what follows up to [`DRAIN_LIMIT`]) lets every answer
+/// out. Bodies with a `Content-Length` are limited before they are read and need none of
+/// this.
+pub async fn buffer_chunked_body(req: Request, next: Next) -> Response {
+    use http_body_util::BodyExt;
+    let chunked = !req
+        .headers()
+        .contains_key(axum::http::header::CONTENT_LENGTH)
+        && req
+            .headers()
+            .get(axum::http::header::TRANSFER_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+    if !chunked {
+        return next.run(req).await;
+    }
+    let (parts, mut body) = req.into_parts();
+    let mut buf = bytes::BytesMut::new();
+    let mut over = false;
+    let mut drained = 0usize;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            if !over && buf.len() + data.len() <= MAX_CHUNKED_BODY {
+                buf.extend_from_slice(&data);
+            } else {
+                over = true;
+                drained += data.len();
+                if drained > DRAIN_LIMIT {
+                    break;
+                }
+            }
+        }
+        Ok::<(), axum::Error>(())
+    };
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
+    use axum::response::IntoResponse;
+    match read {
+        Ok(Ok(())) if !over => {
+            next.run(Request::from_parts(
+                parts,
+                axum::body::Body::from(buf.freeze()),
+            ))
+            .await
+        }
+        Ok(Ok(())) => super::ApiError::new(
+            super::ErrorKind::PayloadTooLarge,
+            "payload_too_large",
+            "the request body is too large",
+        )
+        .into_response(),
+        // Broken framing (answered by the listener) or a client that stopped sending.
+        Ok(Err(_)) | Err(_) => super::ApiError::new(
+            super::ErrorKind::Invalid,
+            "invalid_body",
+            "the request body could not be read",
+        )
+        .into_response(),
+    }
+}
+
 /// Longest client-chosen request id kept.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 

@@ -14,11 +14,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use axum::extract::ConnectInfo;
 use axum::Router;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -88,12 +90,20 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
         let tcp = Arc::new(tcp);
-        let svc = router
-            .clone()
-            .map_request(move |mut req: hyper::Request<Incoming>| {
+        let malformed_body = Arc::new(AtomicU8::new(0));
+        let svc = router.clone().map_request({
+            let malformed_body = malformed_body.clone();
+            move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                req.map(axum::body::Body::new)
-            });
+                let flag = malformed_body.clone();
+                req.map(|body| {
+                    axum::body::Body::new(body.map_err(move |e| {
+                        flag.store(framing_error(&e) as u8, Ordering::Relaxed);
+                        e
+                    }))
+                })
+            }
+        });
         let conn = builder
             .serve_connection(
                 TokioIo::new(SharedTcp(tcp.clone())),
@@ -112,11 +122,18 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
                     conn.await
                 }
             };
-            if let Err(e) = r {
+            if let Err(e) = &r {
                 if e.is_parse() {
-                    answer_parse_error(&tcp, &e).await;
+                    answer_parse_error(&tcp, e).await;
                 } else {
                     tracing::trace!(error = %e, "connection ended with an error");
+                }
+            } else {
+                let framing = malformed_body.load(Ordering::Relaxed);
+                if framing != BodyFraming::Fine as u8 {
+                    // hyper stopped at a request body it could not decode and ended the
+                    // connection without answering that request: answer it here.
+                    answer_malformed_body(&tcp, framing == BodyFraming::TooLarge as u8).await;
                 }
             }
         });
@@ -149,6 +166,92 @@ async fn answer_parse_error(tcp: &TcpStream, e: &hyper::Error) {
         Ok::<(), io::Error>(())
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
+}
+
+/// How a request body's chunked framing failed, if it did.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum BodyFraming {
+    /// Fine, or the client went away (nothing to answer).
+    Fine = 0,
+    /// Over one of hyper's limits (a chunk size or chunk extensions too large).
+    TooLarge = 1,
+    /// Not valid chunked encoding.
+    Malformed = 2,
+}
+
+/// hyper reports a chunked body over its limits as invalid data and broken chunk syntax as
+/// invalid input; a client that went away is neither.
+fn framing_error(e: &hyper::Error) -> BodyFraming {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return match io.kind() {
+                io::ErrorKind::InvalidData => BodyFraming::TooLarge,
+                io::ErrorKind::InvalidInput => BodyFraming::Malformed,
+                _ => BodyFraming::Fine,
+            };
+        }
+        source = err.source();
+    }
+    BodyFraming::Fine
+}
+
+/// Answers a request whose chunked body hyper refused with `413 payload_too_large` (over a
+/// limit, e.g. chunk extensions over 16 KiB) or `400 invalid_body` (broken chunk syntax),
+/// then closes, reading what the client still sends for a moment so the answer is not lost
+/// to a reset.
+async fn answer_malformed_body(tcp: &TcpStream, too_large: bool) {
+    tracing::debug!(
+        too_large,
+        "request body with malformed or oversized chunked framing"
+    );
+    let (status, title, code, detail) = if too_large {
+        (
+            413,
+            "Payload Too Large",
+            "payload_too_large",
+            "the request body's chunked framing is over a limit",
+        )
+    } else {
+        (
+            400,
+            "Bad Request",
+            "invalid_body",
+            "the request body is not valid chunked encoding",
+        )
+    };
+    let body = format!(
+        "{{\"type\":\"about:blank\",\"title\":\"{title}\",\"status\":{status},\"code\":\"{code}\",\"detail\":\"{detail}\"}}"
+    );
+    let resp = format!(
+        "HTTP/1.1 {status} {title}\r\ncontent-type: application/problem+json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let write_then_drain = async {
+        let mut sent = 0;
+        while sent < resp.len() {
+            tcp.writable().await?;
+            match tcp.try_write(&resp.as_bytes()[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < 1024 * 1024 {
+            tcp.readable().await?;
+            match tcp.try_read(&mut sink) {
+                Ok(0) => break,
+                Ok(n) => drained += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok::<(), io::Error>(())
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), write_then_drain).await;
 }
 
 /// Answers a connection refused at `accept` with `429` and closes it, without reading a

@@ -53,6 +53,9 @@ pub fn router(app: AppState) -> Router {
         .merge(media::router())
         .route("/v1/streams/{stream_id}/ws", get(ws::stream_ws))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(
+            super::middleware::buffer_chunked_body,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             app.config.server.max_request_head_bytes,
             super::middleware::limit_head,
