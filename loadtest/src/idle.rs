@@ -31,9 +31,12 @@ pub struct Args {
     /// Worker processes holding the connections.
     #[arg(long, default_value_t = 2)]
     pub procs: usize,
-    /// Streams the connections are spread over.
+    /// Streams the connections are spread over (created by the scenario).
     #[arg(long, default_value_t = 100)]
     pub streams: usize,
+    /// The node's `auth.jwt_secret` (default: the development secret of `serve --dev`).
+    #[arg(long, default_value = streamedge::auth::dev::DEV_JWT_SECRET)]
+    pub jwt_secret: String,
     /// Connections each worker opens at once.
     #[arg(long, default_value_t = 128)]
     pub concurrency: usize,
@@ -54,8 +57,11 @@ pub struct WorkerArgs {
     api: SocketAddr,
     #[arg(long)]
     index: usize,
+    /// The stream ids, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    streams: Vec<String>,
     #[arg(long)]
-    streams: usize,
+    jwt_secret: String,
     #[arg(long)]
     concurrency: usize,
 }
@@ -81,10 +87,26 @@ struct Report {
     errors: BTreeMap<String, u64>,
 }
 
-pub fn stream_url(api: SocketAddr, i: usize) -> String {
-    format!(
-        "ws://{api}/v1/streams/00000000-0000-4000-8000-{:012x}/ws",
-        i + 1
+/// Creates `n` streams on the node (as sellers) for viewers to join.
+pub async fn create_streams(
+    api: SocketAddr,
+    secret: &str,
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n.max(1) {
+        ids.push(crate::chat::create_stream(api, secret, &format!("load-{i}")).await?);
+    }
+    Ok(ids)
+}
+
+/// The WebSocket URL of viewer `i`: a signed-in buyer (`viewer-<i>`) on one of `streams`.
+pub fn viewer_url(api: SocketAddr, streams: &[String], secret: &str, i: usize) -> String {
+    crate::chat::stream_ws_url(
+        api,
+        &streams[i % streams.len()],
+        secret,
+        &format!("viewer-{i}"),
     )
 }
 
@@ -94,6 +116,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         a.checkpoints.windows(2).all(|w| w[0] < w[1]),
         "--checkpoints must be ascending"
     );
+    let streams = create_streams(a.api, &a.jwt_secret, a.streams).await?;
     let exe = std::env::current_exe()?;
     let mut workers = Vec::new();
     for i in 0..a.procs {
@@ -101,7 +124,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             .arg("idle-worker")
             .args(["--api", &a.api.to_string()])
             .args(["--index", &i.to_string()])
-            .args(["--streams", &a.streams.to_string()])
+            .args(["--streams", &streams.join(",")])
+            .args(["--jwt-secret", &a.jwt_secret])
             .args(["--concurrency", &a.concurrency.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -256,11 +280,13 @@ pub async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         let start = next;
         next += want;
         let api = a.api;
-        let streams = a.streams.max(1);
         let index = a.index;
+        let (streams, secret) = (&a.streams, &a.jwt_secret);
         let mut opened = futures_util::stream::iter(start..start + want)
             .map(|i| async move {
-                let url = stream_url(api, i % streams);
+                // Viewer ids unique across workers.
+                let viewer = index * 1_000_000 + i;
+                let url = viewer_url(api, streams, secret, viewer);
                 let src = conn::source_addr(&api, index * 97 + i);
                 conn::open(api, &url, src, Duration::from_secs(30)).await
             })

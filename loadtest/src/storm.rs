@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use crate::{conn, idle::stream_url, report};
+use crate::{conn, idle, report};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
@@ -26,9 +26,12 @@ pub struct Args {
     /// Cap on new connections per second (0 = as fast as possible).
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
-    /// Streams the connections are spread over.
+    /// Streams the connections are spread over (created by the scenario).
     #[arg(long, default_value_t = 100)]
     pub streams: usize,
+    /// The node's `auth.jwt_secret` (default: the development secret of `serve --dev`).
+    #[arg(long, default_value = streamedge::auth::dev::DEV_JWT_SECRET)]
+    pub jwt_secret: String,
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -46,13 +49,18 @@ struct Report {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
+    let streams = idle::create_streams(a.api, &a.jwt_secret, a.streams).await?;
+    // Tokens are signed before the clock starts: a storm of real clients brings its own.
+    let urls: Vec<String> = (0..a.connections)
+        .map(|i| idle::viewer_url(a.api, &streams, &a.jwt_secret, i))
+        .collect();
+    let urls = &urls;
     let started = Instant::now();
     let mut hist = report::histogram();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut held = Vec::with_capacity(a.connections);
     let interval = (a.rate > 0).then(|| Duration::from_secs_f64(1.0 / a.rate as f64));
     let api = a.api;
-    let streams = a.streams.max(1);
     let attempts = futures_util::stream::iter(0..a.connections)
         .then(|i| async move {
             if let Some(iv) = interval {
@@ -61,10 +69,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             i
         })
         .map(|i| async move {
-            let url = stream_url(api, i % streams);
             conn::open(
                 api,
-                &url,
+                &urls[i],
                 conn::source_addr(&api, i),
                 Duration::from_secs(30),
             )
