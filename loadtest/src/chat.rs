@@ -32,19 +32,28 @@ pub fn stream_ws_url(api: SocketAddr, stream: &str, secret: &str, user: &str) ->
     )
 }
 
-/// Creates a stream on `api` as a seller; returns its id.
+/// Creates a stream on `api` as a seller; returns its id. Over the node's rate limit for
+/// stream creation (`429`), it waits and tries again, as a client would.
 pub async fn create_stream(api: SocketAddr, secret: &str, title: &str) -> anyhow::Result<String> {
     let mut c = http1::Conn::connect(api).await?;
     let seller = token(secret, &format!("{title}-seller"), Role::Seller);
-    let resp = c
-        .send(&http1::request(
-            "POST",
-            api,
-            "/v1/streams",
-            &seller,
-            &format!(r#"{{"title":"{title}"}}"#),
-        ))
-        .await?;
+    let mut tries = 0;
+    let resp = loop {
+        let resp = c
+            .send(&http1::request(
+                "POST",
+                api,
+                "/v1/streams",
+                &seller,
+                &format!(r#"{{"title":"{title}"}}"#),
+            ))
+            .await?;
+        tries += 1;
+        if resp.status != 429 || tries >= 300 {
+            break resp;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     anyhow::ensure!(resp.status == 201, "create stream: {}", resp.status);
     let stream: serde_json::Value = serde_json::from_slice(&resp.body)?;
     Ok(stream["id"].as_str().unwrap_or_default().to_string())
