@@ -113,7 +113,7 @@ impl WsUpgrade {
     {
         let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
         let on_upgrade = self.on_upgrade;
-        tokio::spawn(async move {
+        let task = async move {
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,
                 Err(e) => {
@@ -124,7 +124,8 @@ impl WsUpgrade {
             let io = FrameGuard::new(TokioIo::new(upgraded), max_fragments);
             let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
             serve(ws).await;
-        });
+        };
+        tokio::spawn(task);
         let mut resp = Response::new(axum::body::Body::empty());
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let h = resp.headers_mut();

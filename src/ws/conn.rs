@@ -170,7 +170,9 @@ where
                         };
                         let _ = queue.push(pong.encode());
                     }
-                    Ok(frame) => handler.on_frame(frame).await,
+                    // Boxed: a send's state is large and lives only while it runs; inline
+                    // it would be part of every idle connection's task.
+                    Ok(frame) => Box::pin(handler.on_frame(frame)).await,
                     Err(e) => {
                         let _ = queue.push(e.to_frame().encode());
                     }

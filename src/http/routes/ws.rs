@@ -132,6 +132,10 @@ struct Accepted {
 
 /// One stream WebSocket from welcome to close: registered with the node, counted as a
 /// viewer (or, for the seller, heartbeating the session), caught up, then driven.
+///
+/// This future is each connection's task for its whole life, so its size is memory per
+/// viewer: the steps that run once (joining, catching up, leaving) and the seller's
+/// heartbeats are boxed, so their state is allocated only while they run.
 async fn serve(app: AppState, socket: WsStream, a: Accepted) {
     let Accepted {
         stream,
@@ -149,14 +153,14 @@ async fn serve(app: AppState, socket: WsStream, a: Accepted) {
     metrics::counter!("streamedge_ws_connections_total").increment(1);
     let is_seller = record.owner_id == who.user_id;
     if !is_seller {
-        if let Err(e) = app.viewers.join(&record, &who.user_id).await {
+        if let Err(e) = Box::pin(app.viewers.join(&record, &who.user_id)).await {
             tracing::warn!(%stream, error = %e, "viewer not recorded");
         }
     }
-    let viewers = app.viewers.counts(&record).await.ok();
+    let viewers = Box::pin(app.viewers.counts(&record)).await.ok();
     // Live chat frames are held back until the welcome is queued: the client gets every
     // message after `last_seq`, live, with nothing missing in between.
-    let last_seq = app.chat.last_seq(&stream).await.unwrap_or(0);
+    let last_seq = Box::pin(app.chat.last_seq(&stream)).await.unwrap_or(0);
     let welcome = ServerFrame::Welcome {
         stream,
         node: &app.node_id,
@@ -175,7 +179,12 @@ async fn serve(app: AppState, socket: WsStream, a: Accepted) {
         None => conn.finish_catch_up(last_seq, Vec::new()),
         // A reconnect: what was missed, then live, in one go (live frames are still held
         // back).
-        Some(since) => crate::ws::chat::resume(&app.chat, &stream, conn, since, None).await,
+        Some(since) => {
+            Box::pin(crate::ws::chat::resume(
+                &app.chat, &stream, conn, since, None,
+            ))
+            .await
+        }
     }
     let handler = crate::ws::chat::ChatHandler {
         chat: app.chat.clone(),
@@ -190,7 +199,7 @@ async fn serve(app: AppState, socket: WsStream, a: Accepted) {
                 // The seller's open connection is their heartbeat.
                 tokio::select! {
                     end = conn::drive(socket, queue, settings, handler) => end,
-                    never = seller_heartbeats(&app, stream, &who.user_id) => match never {},
+                    never = Box::pin(seller_heartbeats(&app, stream, &who.user_id)) => match never {},
                 }
             } else {
                 conn::drive(socket, queue, settings, handler).await
@@ -198,7 +207,7 @@ async fn serve(app: AppState, socket: WsStream, a: Accepted) {
         })
         .await;
     if !is_seller {
-        if let Err(e) = app.viewers.leave(&stream, &who.user_id).await {
+        if let Err(e) = Box::pin(app.viewers.leave(&stream, &who.user_id)).await {
             tracing::debug!(%stream, error = %e, "viewer leave not recorded; it expires");
         }
     }
