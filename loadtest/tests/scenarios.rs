@@ -1,5 +1,6 @@
 //! Every `streamedge-load` scenario that has no test of its own runs briefly against a node
-//! started here (as `serve --dev` configures it, shipped limits on), so that a change to
+//! started here (as `serve --dev` configures it, shipped limits on; `persist` against
+//! PostgreSQL directly), so that a change to
 //! the node (authentication, limits, protocol) that breaks a benchmark command breaks the
 //! test command first. No timing thresholds: only that each run finishes without errors
 //! and its counts add up.
@@ -158,5 +159,57 @@ async fn slowloris_counts_every_connection_and_the_client_is_served() {
     assert_eq!(report["outcomes"]["held"], 60, "{report:#}");
     assert_eq!(report["client_failures"], 0);
     assert!(report["during"]["count"].as_u64().unwrap() > 0);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persist_writes_every_produced_record() {
+    let db = common::fresh_database().await;
+    let outbox =
+        std::env::temp_dir().join(format!("se-load-outbox-{}", uuid::Uuid::new_v4().simple()));
+    let report = common::load_report(
+        load()
+            .args(["persist", "--database-url", &db])
+            .arg("--outbox-dir")
+            .arg(&outbox)
+            .args(["--rate", "500", "--streams", "5", "--producers", "4"])
+            .args(["--writers", "2", "--batch", "200", "--duration", "2s"]),
+    )
+    .await;
+    let produced = common::report_count(&report, "produced");
+    assert!(produced > 0, "{report:#}");
+    assert_eq!(
+        common::report_count(&report, "written"),
+        produced,
+        "{report:#}"
+    );
+    let _ = std::fs::remove_dir_all(&outbox);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_viewers_all_connect_and_receive() {
+    let node = dev_node(|c| {
+        c.media.enabled = true;
+        c.media.udp_addr = "127.0.0.1:0".into();
+        // A node keeps a live WHIP publish until the end of its grace period when stopped.
+        c.server.shutdown_grace = Duration::from_secs(3);
+    })
+    .await;
+    let report = common::load_report(
+        load()
+            .args(["media", "--api", &node.api.to_string()])
+            .args(["--admin", &node.admin.to_string()])
+            .args(["--viewers", "2", "--kbps", "300", "--duration", "2s"]),
+    )
+    .await;
+    assert_eq!(common::report_count(&report, "connected"), 2, "{report:#}");
+    assert!(
+        common::report_count(&report, "packets_sent") > 0,
+        "{report:#}"
+    );
+    assert!(
+        common::report_count(&report, "received_min") > 0,
+        "{report:#}"
+    );
     node.stop().await;
 }
