@@ -39,30 +39,12 @@ fn persist_env(db: &str, redis_url: &str, prefix: &str) -> Vec<(&'static str, St
 }
 
 async fn count(db: &str, sql: &str) -> i64 {
-    common::pg(db)
-        .await
-        .query_one(sql, &[])
-        .await
-        .unwrap()
-        .get(0)
+    common::pg_count(db, sql).await
 }
 
 /// Waits until `sql` (a count) returns `want`.
 async fn wait_count(db: &str, sql: &str, want: i64) {
-    let mut last = -1;
-    let ok = common::eventually(T, || {
-        let sql = sql.to_string();
-        let db = db.to_string();
-        async move {
-            let n = count(&db, &sql).await;
-            n == want
-        }
-    })
-    .await;
-    if !ok {
-        last = count(db, sql).await;
-    }
-    assert!(ok, "{sql}: {last}, wanted {want}");
+    common::wait_pg_count(db, sql, want, T).await
 }
 
 /// Sends `n` messages numbered from `from`, each acknowledged.

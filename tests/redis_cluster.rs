@@ -27,18 +27,8 @@ fn cluster_env(db: &str, prefix: &str) -> Vec<(&'static str, String)> {
     env
 }
 
-async fn count(db: &str, sql: &str) -> i64 {
-    common::pg(db)
-        .await
-        .query_one(sql, &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 async fn wait_count(db: &str, sql: &str, want: i64) {
-    let ok = common::eventually(T, || async move { count(db, sql).await == want }).await;
-    assert!(ok, "{sql}: {}, wanted {want}", count(db, sql).await);
+    common::wait_pg_count(db, sql, want, T).await
 }
 
 /// Every key under `prefix` on every master of the cluster, with the master holding it.

@@ -153,19 +153,7 @@ async fn answer_parse_error(tcp: &TcpStream, e: &hyper::Error) {
     };
     tracing::debug!(error = %e, "unparseable request");
     let resp = format!("HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
-    let write = async {
-        let mut sent = 0;
-        while sent < resp.len() {
-            tcp.writable().await?;
-            match tcp.try_write(&resp.as_bytes()[sent..]) {
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok::<(), io::Error>(())
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
+    answer_and_close(tcp, resp.as_bytes(), 0).await;
 }
 
 /// How a request body's chunked framing failed, if it did.
@@ -221,26 +209,63 @@ async fn answer_malformed_body(tcp: &TcpStream, too_large: bool) {
             "the request body is not valid chunked encoding",
         )
     };
+    let resp = problem_answer(status, title, code, detail, None);
+    answer_and_close(tcp, resp.as_bytes(), 1024 * 1024).await;
+}
+
+/// Answers a connection refused at `accept` with `429` and closes it, without reading a
+/// request: the answer is written at once, then whatever the client sends meanwhile is
+/// read and dropped for a moment so that closing does not reset the connection before the
+/// client has read the answer.
+async fn refuse(tcp: TcpStream, refusal: Refusal) {
+    let resp = problem_answer(
+        429,
+        "Too Many Requests",
+        refusal.code(),
+        refusal.detail(),
+        Some(refusal.retry_after_secs()),
+    );
+    answer_and_close(&tcp, resp.as_bytes(), 16 * 1024).await;
+}
+
+/// An `application/problem+json` answer that closes the connection, for the answers the
+/// listener writes itself (no router behind them). `detail` must need no JSON escaping.
+fn problem_answer(
+    status: u16,
+    title: &str,
+    code: &str,
+    detail: &str,
+    retry_after: Option<u64>,
+) -> String {
     let body = format!(
         "{{\"type\":\"about:blank\",\"title\":\"{title}\",\"status\":{status},\"code\":\"{code}\",\"detail\":\"{detail}\"}}"
     );
-    let resp = format!(
-        "HTTP/1.1 {status} {title}\r\ncontent-type: application/problem+json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+    let retry = retry_after.map_or(String::new(), |s| format!("retry-after: {s}\r\n"));
+    format!(
+        "HTTP/1.1 {status} {title}\r\ncontent-type: application/problem+json\r\n{retry}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
-    );
-    let write_then_drain = async {
+    )
+}
+
+/// Writes an answer the listener makes itself, ends the write side, then reads and drops
+/// up to `drain` bytes the client still sends (so that closing with unread data does not
+/// reset the connection before the client has read the answer). At most half a second
+/// (a second when nothing is drained); the caller then closes the connection.
+async fn answer_and_close(tcp: &TcpStream, resp: &[u8], drain: usize) {
+    let answer = async {
         let mut sent = 0;
         while sent < resp.len() {
             tcp.writable().await?;
-            match tcp.try_write(&resp.as_bytes()[sent..]) {
+            match tcp.try_write(&resp[sent..]) {
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
         }
+        socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write)?;
         let mut sink = [0u8; 4096];
         let mut drained = 0;
-        while drained < 1024 * 1024 {
+        while drained < drain {
             tcp.readable().await?;
             match tcp.try_read(&mut sink) {
                 Ok(0) => break,
@@ -251,40 +276,8 @@ async fn answer_malformed_body(tcp: &TcpStream, too_large: bool) {
         }
         Ok::<(), io::Error>(())
     };
-    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), write_then_drain).await;
-}
-
-/// Answers a connection refused at `accept` with `429` and closes it, without reading a
-/// request: the answer is written at once, then whatever the client sends meanwhile is
-/// read and dropped for a moment so that closing does not reset the connection before the
-/// client has read the answer.
-async fn refuse(tcp: TcpStream, refusal: Refusal) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body = format!(
-        "{{\"type\":\"about:blank\",\"title\":\"Too Many Requests\",\"status\":429,\"code\":\"{}\",\"detail\":\"{}\"}}",
-        refusal.code(),
-        refusal.detail()
-    );
-    let resp = format!(
-        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/problem+json\r\nretry-after: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        refusal.retry_after_secs(),
-        body.len()
-    );
-    let mut tcp = tcp;
-    let answer = async {
-        tcp.write_all(resp.as_bytes()).await?;
-        tcp.shutdown().await?;
-        let mut sink = [0u8; 1024];
-        let mut drained = 0;
-        while drained < 16 * 1024 {
-            match tcp.read(&mut sink).await? {
-                0 => break,
-                n => drained += n,
-            }
-        }
-        Ok::<(), io::Error>(())
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), answer).await;
+    let limit = if drain == 0 { 1000 } else { 500 };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(limit), answer).await;
 }
 
 /// A connection's socket, shared between hyper (and, after an upgrade, the WebSocket) and

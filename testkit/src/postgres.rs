@@ -183,3 +183,17 @@ impl Drop for PgServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The single number a query returns (`select count(*) ...`).
+pub async fn pg_count(url: &str, sql: &str) -> i64 {
+    pg(url).await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Waits up to `limit` until `sql` (a count) returns `want`, failing with the last count.
+pub async fn wait_pg_count(url: &str, sql: &str, want: i64, limit: std::time::Duration) {
+    let ok =
+        crate::support::eventually(limit, || async move { pg_count(url, sql).await == want }).await;
+    if !ok {
+        panic!("{sql}: {}, wanted {want}", pg_count(url, sql).await);
+    }
+}
