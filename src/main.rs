@@ -15,6 +15,36 @@ const EXIT_CONFIG: u8 = 2;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Called by each worker thread when it runs out of work: when the node has asked for
+/// memory back since this thread last looked (a burst of connections ended, see
+/// `streamedge::telemetry::memory`), hand this thread's free allocator pages back to the
+/// OS. Cheap otherwise: one atomic load.
+fn release_memory_if_asked() {
+    thread_local! {
+        static SEEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    let epoch = streamedge::telemetry::memory::release_epoch();
+    if SEEN.with(|s| s.replace(epoch)) != epoch {
+        // SAFETY: mi_collect has no preconditions; it frees this thread's unused pages.
+        unsafe { libmimalloc_sys::mi_collect(true) };
+    }
+}
+
+/// Transparent huge pages make a freed 4 KiB page inside a 2 MiB huge page stay resident,
+/// so memory freed after a burst is not given back (and an idle node starts at ~19 MiB
+/// instead of ~11 MiB). The node's working set is small; it does without them.
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes plain integer arguments and affects only this
+    // process; failure (an old kernel) changes nothing.
+    let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if r != 0 {
+        eprintln!(
+            "streamedge: could not disable transparent huge pages: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "streamedge",
@@ -339,8 +369,9 @@ fn serve(config: Config, dev: bool, dev_changes: Vec<&'static str>) -> ExitCode 
             "no auth.jwt_secret or auth.jwks_url configured: every authenticated request will be refused"
         );
     }
+    disable_transparent_huge_pages();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
+    builder.enable_all().on_thread_park(release_memory_if_asked);
     if config.server.worker_threads > 0 {
         builder.worker_threads(config.server.worker_threads);
     }

@@ -108,3 +108,45 @@ async fn huge_unfinished_heads_get_431_and_others_are_served() {
         assert!(a.starts_with("HTTP/1.1 431"), "{a}");
     }
 }
+
+fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// After a burst of connections ends, the node asks its worker threads to give the freed
+/// memory back (docs/operations.md, "Security"): 150 connections holding unfinished heads
+/// open at once, then all closed, move `streamedge_memory_releases_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_released_after_a_burst_of_connections_closes() {
+    let node = NodeProcess::spawn(&[]);
+    let before = counter(&node.metrics().await, "streamedge_memory_releases_total");
+    let mut held = Vec::new();
+    for i in 0..150u8 {
+        let from: IpAddr = format!("127.0.2.{}", 1 + i).parse().unwrap();
+        let mut tcp = common::tcp_from(from, node.api).await;
+        tcp.write_all(b"GET /v1/streams HTTP/1.1\r\nhost: t\r\nx-slow: ")
+            .await
+            .unwrap();
+        held.push(tcp);
+    }
+    // Every connection is open at the node before they close (a request on a new
+    // connection is answered after the node accepted the earlier ones).
+    let (st, _) = common::get(&node.api_url("/v1/streams/not-a-uuid"), "").await;
+    assert_eq!(st, 401);
+    drop(held);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = counter(&node.metrics().await, "streamedge_memory_releases_total");
+        if now > before {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no memory release after 150 connections closed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -114,6 +114,7 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
         tracker.spawn(async move {
             // The client's slot is held for the connection's life, upgrades included.
             let _slot = guard;
+            let _counted = crate::telemetry::memory::ConnectionSlot::open();
             let mut conn = std::pin::pin!(conn);
             let r = tokio::select! {
                 r = conn.as_mut() => r,

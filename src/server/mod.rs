@@ -156,6 +156,7 @@ pub async fn run(
         app.user_connections.clone(),
         background.clone(),
     ));
+    tasks.spawn(crate::telemetry::memory::watch(background.clone()));
     if let Some(p) = &persist {
         for t in p.start(background.clone()) {
             tasks.spawn(async move {

@@ -89,6 +89,10 @@ fn describe() {
     );
     describe_gauge!("streamedge_ws_connections", "Open WebSocket connections.");
     describe_counter!(
+        "streamedge_memory_releases_total",
+        "Times worker threads were asked to return free memory after many connections closed."
+    );
+    describe_counter!(
         "streamedge_ws_connections_total",
         "WebSocket connections accepted."
     );

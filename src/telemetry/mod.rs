@@ -1,6 +1,7 @@
 //! Logs and metrics: `tracing` set up from `[log]`, and the Prometheus recorder with the
 //! node's baseline metrics (build info, process metrics).
 
+pub mod memory;
 pub mod metrics;
 
 use std::io::IsTerminal;

@@ -132,6 +132,7 @@ pub struct Registry {
 /// A reserved connection slot; released on drop.
 pub struct Admission {
     registry: Arc<Registry>,
+    _counted: crate::telemetry::memory::ConnectionSlot,
 }
 
 impl Drop for Admission {
@@ -185,6 +186,7 @@ impl Registry {
         metrics::gauge!("streamedge_ws_connections").set((prev + 1) as f64);
         Some(Admission {
             registry: Arc::clone(self),
+            _counted: crate::telemetry::memory::ConnectionSlot::open(),
         })
     }
 
