@@ -100,12 +100,13 @@ impl Persistence {
         migrate::run(&mut client, false).await
     }
 
-    /// Starts the writers and the outbox monitor; they stop with `stop`.
+    /// Starts the writers, the outbox monitor and the PostgreSQL health check; they stop with `stop`.
     pub fn start(self: &Arc<Self>, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
         for i in 0..self.cfg.writers {
             tasks.push(tokio::spawn(self.clone().writer(i, stop.clone())));
         }
+        tasks.push(tokio::spawn(self.clone().health(stop.clone())));
         tasks.push(tokio::spawn(self.clone().monitor(stop)));
         tasks
     }

@@ -9,6 +9,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::writer::Batch;
+
+/// How often [`Persistence::health`] asks PostgreSQL whether it answers.
+const PG_CHECK_EVERY: Duration = Duration::from_secs(5);
+const PG_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 use crate::store::OutboxEntry;
 
 use super::*;
@@ -191,6 +195,43 @@ impl Persistence {
                 tracing::warn!(depth = stats.depth, "persistence outbox has room again");
             }
         }
+    }
+
+    /// Publishes `streamedge_postgres_up`: 1 while PostgreSQL answers through the writers'
+    /// pool, 0 while it does not.
+    pub(super) async fn health(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(PG_CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_up = true;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let up = self.postgres_answers().await;
+            metrics::gauge!("streamedge_postgres_up").set(if up { 1.0 } else { 0.0 });
+            if up != was_up {
+                if up {
+                    tracing::info!("PostgreSQL answers again");
+                } else {
+                    tracing::warn!("PostgreSQL does not answer; records wait in the outbox");
+                }
+                was_up = up;
+            }
+        }
+    }
+
+    /// Whether PostgreSQL answers `SELECT 1` through the writers' pool within
+    /// [`PG_CHECK_TIMEOUT`].
+    async fn postgres_answers(&self) -> bool {
+        let check = async {
+            let client = self.pool.get().await.ok()?;
+            client.simple_query("SELECT 1").await.ok()
+        };
+        matches!(
+            tokio::time::timeout(PG_CHECK_TIMEOUT, check).await,
+            Ok(Some(_))
+        )
     }
 
     // --- the read side ---------------------------------------------------------------------

@@ -92,10 +92,8 @@ mod tests {
     #[test]
     fn releases_only_after_a_large_drop() {
         assert!(!worth_releasing(0, 0));
-        assert!(
-            !worth_releasing(300, 100),
-            "200 closed is below the minimum"
-        );
+        assert!(!worth_releasing(50, 0), "50 closed is below the minimum");
+        assert!(worth_releasing(265, 0), "a head flood's peak at the node");
         assert!(worth_releasing(4000, 0));
         assert!(worth_releasing(1000, 700));
         assert!(
