@@ -364,6 +364,11 @@ fn serve(config: Config, dev: bool, dev_changes: Vec<&'static str>) -> ExitCode 
         );
         tracing::warn!("==============================================================");
     }
+    if !dev && config.auth.dev_login {
+        tracing::warn!(
+            "auth.dev_login is on: POST /v1/dev/login mints access tokens for anyone; never in production"
+        );
+    }
     if config.auth.jwt_secret.is_empty() && config.auth.jwks_url.is_empty() {
         tracing::warn!(
             "no auth.jwt_secret or auth.jwks_url configured: every authenticated request will be refused"

@@ -36,6 +36,19 @@ pub fn apply_dev_mode(config: &mut Config) -> Vec<&'static str> {
         config.agora.app_certificate = Secret::new(DEV_AGORA_APP_CERTIFICATE);
         changed.push("agora.app_id / app_certificate = placeholder credentials");
     }
+    config.dev_mode = true;
+    if !config.auth.dev_login {
+        config.auth.dev_login = true;
+        changed.push("auth.dev_login = true: POST /v1/dev/login mints tokens for anyone");
+    }
+    if !config.console.enabled {
+        config.console.enabled = true;
+        changed.push("console.enabled = true: the web console is served at /");
+    }
+    if config.server.cors_origins.is_empty() {
+        config.server.cors_origins = vec!["*".into()];
+        changed.push("server.cors_origins = [\"*\"]: pages on any origin may call the API");
+    }
     if config.media.node_key.is_empty() {
         config.media.node_key = Secret::new(DEV_MEDIA_NODE_KEY);
         changed.push("media.node_key = the public development key");
@@ -111,7 +124,9 @@ mod tests {
         let changed = apply_dev_mode(&mut c);
         assert_eq!(c.auth.jwt_secret.expose(), "x".repeat(40));
         assert_eq!(c.agora.app_id, DEV_AGORA_APP_ID);
-        assert_eq!(changed.len(), 2);
+        assert_eq!(changed.len(), 5);
+        assert!(c.auth.dev_login && c.console.enabled);
+        assert_eq!(c.server.cors_origins, ["*"]);
         c.validate().unwrap();
     }
 

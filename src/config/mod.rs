@@ -42,6 +42,18 @@ pub struct Config {
     pub viewers: ViewersConfig,
     pub chat: ChatConfig,
     pub persist: PersistConfig,
+    pub console: ConsoleConfig,
+    /// Set by `--dev` (not a key): development-only values are accepted.
+    #[serde(skip)]
+    pub dev_mode: bool,
+}
+
+/// The web console (`/` on the API listener).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve the seller/buyer console at `/` (on with `--dev`).
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -67,6 +79,10 @@ pub struct ServerConfig {
     /// Peers (IPs or CIDRs) whose `X-Forwarded-For` is believed when finding a client's
     /// IP for rate limits. Empty: the peer address is the client.
     pub trusted_proxies: Vec<String>,
+    /// Browser origins (`https://shop.example.com`) allowed to call the REST API and open
+    /// the stream WebSocket. Empty: none (same-origin pages and non-browser clients only);
+    /// `["*"]`: any, accepted only with `--dev`.
+    pub cors_origins: Vec<String>,
     /// Largest request head (request line and headers) the API listener reads, in bytes;
     /// larger ones get `431` and the connection closes. Bounds what an unauthenticated
     /// connection can make the node buffer.
@@ -89,6 +105,7 @@ impl Default for ServerConfig {
             drain_spread: Duration::from_secs(5),
             node_id: String::new(),
             trusted_proxies: Vec::new(),
+            cors_origins: Vec::new(),
             max_request_head_bytes: 32 * 1024,
             worker_threads: 0,
         }

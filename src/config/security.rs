@@ -61,6 +61,9 @@ pub struct AuthConfig {
     pub role_claim: String,
     /// Accept Supabase anonymous sign-ins (and anon-key tokens) as viewers.
     pub allow_anonymous_viewers: bool,
+    /// `POST /v1/dev/login` mints access tokens for any user with `jwt_secret`.
+    /// Development only (on with `--dev`); the node logs a warning when it is on.
+    pub dev_login: bool,
 }
 
 impl Default for AuthConfig {
@@ -75,6 +78,7 @@ impl Default for AuthConfig {
             leeway: Duration::from_secs(30),
             role_claim: "app_metadata.role".into(),
             allow_anonymous_viewers: false,
+            dev_login: false,
         }
     }
 }

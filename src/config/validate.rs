@@ -33,6 +33,28 @@ impl Config {
                 &format!("must be at most {MAX_WORKER_THREADS} (0: one per CPU)"),
             );
         }
+        for (i, o) in self.server.cors_origins.iter().enumerate() {
+            let key = format!("server.cors_origins[{i}]");
+            if o == "*" {
+                if !self.dev_mode {
+                    return invalid(
+                        &key,
+                        "\"*\" (any origin) is accepted only with --dev; list the origins",
+                    );
+                }
+            } else if !valid_origin(o) {
+                return invalid(
+                    &key,
+                    "must be an origin: scheme://host[:port] (http or https, no path), or \"*\" with --dev",
+                );
+            }
+        }
+        if self.auth.dev_login && self.auth.jwt_secret.is_empty() {
+            return invalid(
+                "auth.dev_login",
+                "needs auth.jwt_secret (the development login signs tokens with it)",
+            );
+        }
         if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
             return invalid("server.admin_listen", "must differ from server.listen");
         }
@@ -361,4 +383,76 @@ fn redis_url_ok(url: &str) -> bool {
         .iter()
         .any(|s| url.starts_with(s));
     scheme && redis::Client::open(url).is_ok()
+}
+
+/// `scheme://host[:port]` with an http(s) scheme, no path, query, user info or trailing
+/// slash: what a browser sends in `Origin`.
+pub fn valid_origin(o: &str) -> bool {
+    let Some(rest) = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+        return false;
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => (h, Some(p)),
+        _ => (rest, None),
+    };
+    if host.is_empty() || port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return false;
+    }
+    o == o.to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use super::valid_origin;
+    use crate::config::Config;
+
+    #[test]
+    fn any_origin_only_in_dev_mode() {
+        let mut c = Config::default();
+        c.server.cors_origins = vec!["*".into()];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("server.cors_origins[0]") && e.contains("--dev"),
+            "{e}"
+        );
+        c.dev_mode = true;
+        c.validate().unwrap();
+        c.server.cors_origins = vec!["https://shop.example.com".into(), "shop".into()];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("server.cors_origins[1]"), "{e}");
+        c.server.cors_origins.pop();
+        c.auth.dev_login = true;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("auth.dev_login"), "{e}");
+    }
+
+    #[test]
+    fn origins() {
+        for ok in [
+            "https://shop.example.com",
+            "http://127.0.0.1:5173",
+            "http://[::1]:8080",
+            "http://localhost",
+        ] {
+            assert!(valid_origin(ok), "{ok}");
+        }
+        for bad in [
+            "shop.example.com",
+            "https://shop.example.com/",
+            "https://shop.example.com/app",
+            "ftp://x",
+            "https://",
+            "https://x:99999",
+            "https://Shop.example.com",
+            "https://u@x",
+        ] {
+            assert!(!valid_origin(bad), "{bad}");
+        }
+    }
 }

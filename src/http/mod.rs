@@ -5,6 +5,7 @@
 //! call a service and map its error; nothing else.
 
 pub mod client_ip;
+pub mod cors;
 pub mod errors;
 pub mod extract;
 pub mod middleware;

@@ -1,6 +1,7 @@
 //! The API's handlers, one file per capability, and the route table that mounts them.
 
 pub mod chat;
+pub mod dev;
 pub mod export;
 pub mod media;
 pub mod moderation;
@@ -20,7 +21,7 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// The public API router.
 pub fn router(app: AppState) -> Router {
-    let r = Router::new()
+    let mut rest = Router::new()
         .route("/v1/streams", get(streams::list).post(streams::create))
         .route("/v1/streams/{stream_id}", get(streams::get))
         .route("/v1/streams/{stream_id}/rtc-token", post(rtc::issue))
@@ -49,9 +50,24 @@ pub fn router(app: AppState) -> Router {
         .route(
             "/v1/streams/{stream_id}/chat-settings",
             axum::routing::put(moderation::settings),
-        )
+        );
+    if app.config.auth.dev_login {
+        rest = rest.route("/v1/dev/login", post(dev::login));
+    }
+    // CORS for the REST routes only: WHIP/WHEP allow any origin (their own layer), and
+    // the WebSocket checks `Origin` itself.
+    // (405 is set before the layer so that preflights of every method reach it.)
+    let r = rest
+        .method_not_allowed_fallback(super::problem::method_not_allowed)
+        .layer(super::cors::layer(&app.config.server.cors_origins))
         .merge(media::router())
-        .route("/v1/streams/{stream_id}/ws", get(ws::stream_ws))
+        .route(
+            "/v1/streams/{stream_id}/ws",
+            get(ws::stream_ws).layer(axum::middleware::from_fn_with_state(
+                app.clone(),
+                super::cors::check_ws_origin,
+            )),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(
             super::middleware::buffer_chunked_body,
