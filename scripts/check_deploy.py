@@ -19,6 +19,8 @@ is 1 when any failed.
 import fnmatch
 import json
 import re
+import shutil
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -227,6 +229,7 @@ def check_compose():
         if svc.get("image") != "streamedge:local" or svc.get("command"):
             continue
         nodes.append(sname)
+        envs = {**image_env(), **envs}
         grace = shutdown_grace(envs)
         sgp = parse_duration(str(svc.get("stop_grace_period", "10s")))
         if sgp <= grace:
@@ -264,13 +267,15 @@ def check_compose():
 # --- Kubernetes -----------------------------------------------------------------------------
 
 K8S = DEPLOY / "kubernetes"
-KUSTOMIZE_FIELDS = {"apiVersion", "kind", "namespace", "labels", "resources", "configMapGenerator", "images"}
+KUSTOMIZE_FIELDS = {"apiVersion", "kind", "namespace", "labels", "resources", "configMapGenerator", "images",
+                    "patches"}
 
 
 def kustomize(d: Path) -> list:
     """Renders the subset of kustomize these manifests use (resources, namespace, labels
-    without selectors, configMapGenerator from env files, images); anything else is
-    reported, so the checker cannot silently skip a feature."""
+    without selectors, configMapGenerator from env files or literals, with merge, images,
+    JSON 6902 patches with add/replace); anything else is reported, so the checker cannot
+    silently skip a feature."""
     k = yaml.safe_load((d / "kustomization.yaml").read_text())
     where = rel(d / "kustomization.yaml")
     for field in set(k) - KUSTOMIZE_FIELDS:
@@ -288,8 +293,30 @@ def kustomize(d: Path) -> list:
         data = {}
         for e in gen.get("envs", []):
             data.update(read_env_file(d / e))
+        for lit in gen.get("literals", []):
+            key, val = lit.split("=", 1)
+            data[key] = val
+        if gen.get("behavior") == "merge":
+            old = [x for x in docs if x["kind"] == "ConfigMap" and x["metadata"]["name"] == gen["name"]]
+            if not old:
+                fail(where, f"configMapGenerator {gen['name']} merges into a ConfigMap the resources do not make")
+            for x in old:
+                x["data"].update(data)
+            continue
         docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": data,
                      "_generated": True})
+    for patch in k.get("patches", []):
+        t = patch.get("target", {})
+        ops = yaml.safe_load(patch["patch"]) if "patch" in patch else None
+        if not isinstance(ops, list) or set(patch) - {"target", "patch"}:
+            fail(where, "only inline JSON 6902 patches with a target are understood by the checker")
+            continue
+        hits = [x for x in docs if x["kind"] == t.get("kind") and x["metadata"]["name"] == t.get("name")]
+        if not hits:
+            fail(where, f"patch target {t} matches nothing")
+        for x in hits:
+            for op in ops:
+                json_patch(where, x, op)
     for doc in docs:
         md = doc.setdefault("metadata", {})
         if "namespace" in k and doc["kind"] != "Namespace":
@@ -304,6 +331,23 @@ def kustomize(d: Path) -> list:
                 if c["image"].split(":")[0] == img["name"]:
                     c["image"] = f"{img.get('newName', img['name'])}:{img.get('newTag', 'latest')}"
     return docs
+
+
+def json_patch(where: str, doc: dict, op: dict):
+    parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].lstrip("/").split("/")]
+    node = doc
+    try:
+        for part in parts[:-1]:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        last = parts[-1]
+        if op["op"] == "add" and isinstance(node, list):
+            node.insert(len(node) if last == "-" else int(last), op["value"])
+        elif op["op"] == "add" or (op["op"] == "replace" and last in node):
+            node[last] = op["value"]
+        else:
+            fail(where, f"patch op {op['op']} on {op['path']} is not understood by the checker")
+    except (KeyError, IndexError, ValueError, TypeError):
+        fail(where, f"patch path {op['path']} does not exist")
 
 
 def pod_spec(doc):
@@ -339,7 +383,7 @@ def check_kubernetes():
             kubernetes_validate.validate(secret_example, version, strict=True)
         except kubernetes_validate.ValidationError as e:
             fail(rel(K8S / "secret.example.yaml"), f"invalid for Kubernetes {version}: {e.message}")
-    for top in (K8S, K8S / "base"):
+    for top in (K8S, K8S / "base", K8S / "media-hostnetwork"):
         docs = kustomize(top)
         where = rel(top)
         by_kind: dict = {}
@@ -358,11 +402,34 @@ def check_kubernetes():
                     fail(name, f"invalid for Kubernetes {version} at {path}: {e.message}")
                 except kubernetes_validate.SchemaNotFoundError:
                     fail(name, f"no Kubernetes {version} schema for {doc['apiVersion']} {doc['kind']}")
-        if top == K8S and "ServiceMonitor" not in by_kind:
+        if top != K8S / "base" and "ServiceMonitor" not in by_kind:
             fail(where, "the ServiceMonitor is missing")
         if top == K8S / "base" and "ServiceMonitor" in by_kind:
             fail(where, "base/ must not need the Prometheus Operator's CRD")
         check_k8s_refs(where, by_kind, secret_keys)
+        compare_with_kubectl(top, docs)
+
+
+def compare_with_kubectl(top: Path, docs: list):
+    """Where kubectl is installed, its kustomize must render the same objects as the
+    checker's renderer (ConfigMap name hashes aside): what was validated is what applies."""
+    if not shutil.which("kubectl"):
+        return
+    r = subprocess.run(["kubectl", "kustomize", str(top)], capture_output=True, text=True)
+    if r.returncode != 0:
+        fail(rel(top), f"kubectl kustomize failed: {r.stderr.strip()}")
+        return
+    unhash = lambda text: re.sub(r"(streamedge-config)-[a-z0-9]{10}\b", r"\1", text)
+    theirs = [x for x in yaml.safe_load_all(unhash(r.stdout)) if x]
+    ours = [{k: v for k, v in d.items() if not k.startswith("_")} for d in docs]
+    key = lambda d: (d["kind"], d["metadata"]["name"])
+    theirs_by, ours_by = {key(d): d for d in theirs}, {key(d): d for d in ours}
+    if set(theirs_by) != set(ours_by):
+        fail(rel(top), f"kubectl kustomize renders {sorted(theirs_by)}, the checker {sorted(ours_by)}")
+        return
+    for k in sorted(ours_by):
+        if json.dumps(ours_by[k], sort_keys=True) != json.dumps(theirs_by[k], sort_keys=True):
+            fail(rel(top), f"{k[0]}/{k[1]} renders differently in kubectl kustomize and the checker")
 
 
 def check_k8s_refs(where: str, by_kind: dict, secret_keys: set):
@@ -375,8 +442,9 @@ def check_k8s_refs(where: str, by_kind: dict, secret_keys: set):
     [c] = spec["containers"]
     cports = {p["name"]: p["containerPort"] for p in c["ports"]}
     configmaps = {d["metadata"]["name"]: d for d in by_kind.get("ConfigMap", [])}
-    # Environment: every config key exists; Secret keys are in secret.example.yaml.
-    env = {}
+    # Environment (over the image's): every config key exists; Secret keys are in
+    # secret.example.yaml.
+    env = image_env()
     for ef in c.get("envFrom", []):
         cm = configmaps.get(ef.get("configMapRef", {}).get("name"))
         if cm is None:
@@ -385,17 +453,31 @@ def check_k8s_refs(where: str, by_kind: dict, secret_keys: set):
         for k, v in cm["data"].items():
             check_env(f"{where}: ConfigMap {cm['metadata']['name']}", k, v)
             env[k] = v
+    defined = set()
     for e in c.get("env", []):
+        for ref in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", e.get("value", "")):
+            if ref not in defined:
+                fail(w, f"{e['name']} refers to $({ref}), which is not defined before it (Kubernetes would leave it as is)")
+        defined.add(e["name"])
         ref = e.get("valueFrom", {}).get("secretKeyRef")
         if ref:
             if ref["name"] != "streamedge-secrets" or ref["key"] not in secret_keys:
                 fail(w, f"{e['name']} reads {ref['name']}/{ref['key']}, not a key of secret.example.yaml")
             check_env(w, e["name"], None)
-        elif "value" in e and "$(" not in e["value"]:
-            check_env(w, e["name"], e["value"])
-            env[e["name"]] = e["value"]
+        elif "value" in e:
+            # A field reference such as $(POD_IP) stands for an address.
+            value = re.sub(r"\$\([A-Za-z_][A-Za-z0-9_]*\)", DUMMY_IP, e["value"])
+            check_env(w, e["name"], value)
+            env[e["name"]] = value
         else:
             check_env(w, e["name"], None)
+    if spec.get("hostNetwork") and effective(env, "media.enabled") is not True:
+        fail(w, "hostNetwork is only there for media: media.enabled should be true")
+    if effective(env, "media.enabled") is True:
+        if not effective(env, "media.public_ips") and not spec.get("hostNetwork"):
+            fail(w, "media on Kubernetes needs hostNetwork or media.public_ips (README.md)")
+        if not effective(env, "media.udp_port_range"):
+            fail(w, "media needs media.udp_port_range (the ports to open)")
     # Probes on the admin listener.
     admin_port = int(str(effective(env, "server.admin_listen")).rsplit(":", 1)[1])
     if cports.get("admin") != admin_port:
@@ -481,6 +563,17 @@ def dockerignored(path: str, patterns: list) -> bool:
         if any(fnmatch.fnmatchcase(pre, pt) for pre in prefixes for pt in pats):
             excluded = not neg
     return excluded
+
+
+def image_env() -> dict:
+    """STREAMEDGE_* variables the image sets (ENV of deploy/Dockerfile's last stage)."""
+    env = {}
+    for op, args in dockerfile_instructions(DEPLOY / "Dockerfile"):
+        if op == "FROM":
+            env = {}
+        elif op == "ENV":
+            env.update(re.findall(r"(STREAMEDGE_\w+)=(\S+)", args))
+    return env
 
 
 def check_dockerfile():
