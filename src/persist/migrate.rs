@@ -138,11 +138,17 @@ mod tests {
     fn the_hint_for_a_plain_postgresql_names_the_flag() {
         let missing = ["role anon".to_string(), "function auth.uid()".into()];
         let hint = super::missing_supabase_hint(&missing, false, false);
-        assert!(hint.contains("missing: role anon, function auth.uid()"), "{hint}");
+        assert!(
+            hint.contains("missing: role anon, function auth.uid()"),
+            "{hint}"
+        );
         assert!(hint.contains("streamedge migrate --auth-shim"), "{hint}");
         let hint = super::missing_supabase_hint(&missing, true, true);
         assert!(hint.contains("already has an `auth` schema"), "{hint}");
-        assert!(!hint.contains("run `streamedge migrate --auth-shim`"), "{hint}");
+        assert!(
+            !hint.contains("run `streamedge migrate --auth-shim`"),
+            "{hint}"
+        );
     }
 
     #[test]
