@@ -78,7 +78,7 @@ enum Command {
     /// Mint development access tokens and inspect RTC tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Apply the database migrations (deploy/supabase/migrations) that are not applied yet.
+    /// Apply the database migrations (supabase/migrations) that are not applied yet.
     Migrate {
         /// PostgreSQL URL; defaults to persist.database_url.
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]

@@ -1,4 +1,5 @@
-//! Persistence to PostgreSQL against real servers: the schema and its Row Level Security,
+//! Persistence to PostgreSQL against real servers: the `migrate` command (Row Level
+//! Security has tests/rls.rs),
 //! zero loss through a PostgreSQL outage, a killed node and a restart without Redis,
 //! restoring after Redis lost its data, and session exports.
 
@@ -58,192 +59,80 @@ async fn send_many(ws: &mut common::Ws, from: usize, n: usize) -> Vec<u64> {
     seqs
 }
 
-#[tokio::test]
-async fn migrate_cli_is_idempotent_and_row_level_security_holds() {
-    let server = common::database_url();
-    let name = format!("se_{}", &Uuid::new_v4().simple().to_string()[..12]);
-    common::pg(&server)
-        .await
-        .batch_execute(&format!("create database {name}"))
-        .await
+/// Runs `streamedge migrate` with `args`; returns (success, stdout, stderr).
+fn migrate_cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_streamedge"))
+        .arg("migrate")
+        .args(args)
+        .output()
         .unwrap();
-    let db = common::with_database(&server, &name);
-    let run = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_streamedge"))
-            .args(["migrate", "--auth-shim", "--database-url", &db])
-            .output()
-            .unwrap()
-    };
-    let first = run();
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&first.stdout).contains("applied 20261122000000_streamedge_init")
-    );
-    let second = run();
-    assert!(second.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&second.stdout).trim(),
-        "schema up to date"
-    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
 
-    let (seller_a, seller_b, buyer) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    let (live, idle) = (Uuid::new_v4(), Uuid::new_v4());
-    let c = common::pg(&db).await;
-    c.batch_execute(&format!(
-        "insert into streams (id, owner_id, title, state, created_at, updated_at, record) values
-           ('{live}', '{seller_a}', 'live one', 'live', now(), now(), '{{}}'),
-           ('{idle}', '{seller_b}', 'idle one', 'idle', now(), now(), '{{}}');
-         insert into chat_messages (stream_id, seq, id, user_id, body, client_msg_id, sent_at, deleted_at) values
-           ('{live}', 1, gen_random_uuid(), 'u', 'visible', 'c1', now(), null),
-           ('{live}', 2, gen_random_uuid(), 'u', 'deleted', 'c2', now(), now()),
-           ('{idle}', 1, gen_random_uuid(), 'u', 'not live', 'c3', now(), null);
-         insert into viewer_stats values
-           (gen_random_uuid(), '{live}', '{seller_a}', 10, 20, 30, 1000, now()),
-           (gen_random_uuid(), '{idle}', '{seller_b}', 1, 2, 3, 1000, now());
-         insert into stream_sessions (id, stream_id, owner_id, state, started_at) values
-           (gen_random_uuid(), '{live}', '{seller_a}', 'live', now());"
-    ))
-    .await
-    .unwrap();
+/// `applied <version>` for every bundled migration, in order.
+fn all_applied() -> String {
+    streamedge::persist::migrate::MIGRATIONS
+        .iter()
+        .map(|(v, _)| format!("applied {v}\n"))
+        .collect()
+}
 
-    // Runs `sql` as a signed-in user with the given `sub`, the way PostgREST does.
-    async fn as_user(db: &str, role: &str, sub: Option<Uuid>, sql: &str) -> Result<i64, String> {
-        let mut c = common::pg(db).await;
-        let tx = c.transaction().await.unwrap();
-        tx.batch_execute(&format!("set local role {role}"))
-            .await
-            .unwrap();
-        if let Some(sub) = sub {
-            tx.execute(
-                "select set_config('request.jwt.claims', $1, true)",
-                &[&json!({"sub": sub, "role": role}).to_string()],
-            )
-            .await
-            .unwrap();
-        }
-        match tx.query_one(sql, &[]).await {
-            Ok(r) => Ok(r.get(0)),
-            Err(e) => Err(e
-                .as_db_error()
-                .map(|d| d.code().code().to_string())
-                .unwrap_or_default()),
-        }
-    }
-    let n = |sql: &str| sql.to_string();
-    // A buyer: live streams and their visible chat; nobody's statistics or sessions.
+// What each caller may read and write once migrated: tests/rls.rs.
+#[tokio::test]
+async fn migrate_cli_is_idempotent() {
+    let db = common::empty_database_on(&common::database_url()).await;
+    let (ok, stdout, stderr) = migrate_cli(&["--auth-shim", "--database-url", &db]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, all_applied());
+    let (ok, stdout, stderr) = migrate_cli(&["--auth-shim", "--database-url", &db]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "schema up to date");
+}
+
+#[tokio::test]
+async fn migrate_on_a_plain_postgresql_says_to_use_the_auth_shim() {
+    // A server of its own: the shared one has the Supabase roles (scripts/test made them).
+    let pg = PgServer::start();
+    let db = pg.url();
+    let (ok, stdout, stderr) = migrate_cli(&["--database-url", &db]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains(
+            "missing: role anon, role authenticated, role service_role, function auth.uid()"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("run `streamedge migrate --auth-shim`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("does not exist"), "{stderr}");
+    // Nothing was applied: no table, no migration recorded.
     assert_eq!(
-        as_user(
+        count(
             &db,
-            "authenticated",
-            Some(buyer),
-            &n("select count(*) from streams")
+            "select count(*) from pg_tables where schemaname = 'public'"
         )
         .await,
-        Ok(1)
+        0
     );
-    assert_eq!(
-        as_user(
-            &db,
-            "authenticated",
-            Some(buyer),
-            &n("select count(*) from chat_messages")
-        )
-        .await,
-        Ok(1)
+    let (ok, stdout, stderr) = migrate_cli(&["--auth-shim", "--database-url", &db]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, all_applied());
+
+    // The shared server has the roles; a new database there still lacks auth.uid().
+    let db = common::empty_database_on(&common::database_url()).await;
+    let (ok, _, stderr) = migrate_cli(&["--database-url", &db]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("(missing: function auth.uid())")
+            && stderr.contains("streamedge migrate --auth-shim"),
+        "{stderr}"
     );
-    assert_eq!(
-        as_user(
-            &db,
-            "authenticated",
-            Some(buyer),
-            &n("select count(*) from viewer_stats")
-        )
-        .await,
-        Ok(0)
-    );
-    assert_eq!(
-        as_user(
-            &db,
-            "authenticated",
-            Some(buyer),
-            &n("select count(*) from stream_sessions")
-        )
-        .await,
-        Ok(0)
-    );
-    // A seller: their own statistics only, and their own idle stream's chat.
-    assert_eq!(
-        as_user(
-            &db,
-            "authenticated",
-            Some(seller_a),
-            &n("select count(*) from viewer_stats")
-        )
-        .await,
-        Ok(1)
-    );
-    assert_eq!(
-        as_user(
-            &db,
-            "authenticated",
-            Some(seller_a),
-            &n("select sum(peak_viewers)::int8 from viewer_stats")
-        )
-        .await,
-        Ok(10)
-    );
-    assert_eq!(
-        as_user(
-            &db,
-            "authenticated",
-            Some(seller_b),
-            &n("select count(*) from chat_messages")
-        )
-        .await,
-        Ok(2)
-    );
-    assert_eq!(
-        as_user(
-            &db,
-            "authenticated",
-            Some(seller_a),
-            &n("select count(*) from stream_sessions")
-        )
-        .await,
-        Ok(1)
-    );
-    // Signed out: nothing.
-    assert_eq!(
-        as_user(&db, "anon", None, &n("select count(*) from streams")).await,
-        Ok(0)
-    );
-    // Writes: refused for everyone but the service role.
-    let insert = format!(
-        "with i as (insert into chat_messages (stream_id, seq, id, user_id, body, client_msg_id, sent_at)
-           values ('{live}', 99, gen_random_uuid(), 'x', 'forged', 'f', now()) returning 1)
-         select count(*) from i"
-    );
-    assert_eq!(
-        as_user(&db, "authenticated", Some(seller_a), &insert).await,
-        Err("42501".into())
-    );
-    assert_eq!(
-        as_user(&db, "anon", None, &insert).await,
-        Err("42501".into())
-    );
-    let stats = format!(
-        "with i as (insert into viewer_stats values (gen_random_uuid(), '{live}', '{buyer}', 1, 1, 1, 1, now())
-           returning 1) select count(*) from i"
-    );
-    assert_eq!(
-        as_user(&db, "authenticated", Some(buyer), &stats).await,
-        Err("42501".into())
-    );
-    assert_eq!(as_user(&db, "service_role", None, &insert).await, Ok(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,13 +40,7 @@ pub async fn fresh_database() -> String {
 
 /// Like [`fresh_database`], on the server at `server_url`.
 pub async fn fresh_database_on(server_url: &str) -> String {
-    let name = format!("se_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    pg(server_url)
-        .await
-        .batch_execute(&format!("create database {name}"))
-        .await
-        .unwrap();
-    let url = with_database(server_url, &name);
+    let url = empty_database_on(server_url).await;
     let mut last = None;
     // Roles are shared by the whole server: parallel tests may race creating them.
     for _ in 0..5 {
@@ -58,6 +52,18 @@ pub async fn fresh_database_on(server_url: &str) -> String {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("migrations failed: {:#}", last.unwrap());
+}
+
+/// A new database on the server at `server_url`, with nothing applied (no shim, no
+/// migrations); returns its URL.
+pub async fn empty_database_on(server_url: &str) -> String {
+    let name = format!("se_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    pg(server_url)
+        .await
+        .batch_execute(&format!("create database {name}"))
+        .await
+        .unwrap();
+    with_database(server_url, &name)
 }
 
 fn pg_bin(name: &str) -> PathBuf {

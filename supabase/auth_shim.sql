@@ -2,7 +2,8 @@
 -- (development and tests): the anon / authenticated / service_role roles and auth.uid()
 -- reading the request's JWT claims the way PostgREST sets them. Do NOT apply this to a
 -- Supabase project, which has the real ones. `streamedge migrate --auth-shim` applies it
--- only when the auth schema is missing.
+-- only when the auth schema is missing. It is not in migrations/ because the Supabase CLI
+-- applies every file there (`supabase db push`, `supabase start`).
 do $$
 begin
   if not exists (select 1 from pg_roles where rolname = 'anon') then

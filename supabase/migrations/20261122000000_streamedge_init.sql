@@ -85,6 +85,9 @@ create table if not exists public.viewer_stats (
 );
 create index if not exists viewer_stats_owner_idx on public.viewer_stats (owner_id, recorded_at desc);
 
+-- Note: the privileges and read policies below were replaced by
+-- 20261130000000_read_policies_match_the_api.sql (this file is left as it was applied).
+--
 -- Row Level Security: on for every table. Without a policy nothing is visible or writable;
 -- the policies below only ever allow reading, so only the service role (and the owner of
 -- the tables, which streamedge connects as) can write.
