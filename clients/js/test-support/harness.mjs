@@ -142,8 +142,13 @@ export class NodeProcess {
     const child = this.child;
     if (!child || child.exitCode !== null || child.signalCode !== null) return;
     child.kill(signal);
-    const timeout = sleep(15_000).then(() => 'timeout');
-    if ((await Promise.race([this.exited, timeout])) === 'timeout') {
+    let timer;
+    const timeout = new Promise((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), 15_000);
+    });
+    const outcome = await Promise.race([this.exited, timeout]);
+    clearTimeout(timer);
+    if (outcome === 'timeout') {
       child.kill('SIGKILL');
       await this.exited;
     }
