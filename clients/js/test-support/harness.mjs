@@ -6,6 +6,7 @@
 
 import { spawn, execFile } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -319,6 +320,168 @@ export class TcpProxy {
     this.drop();
     await new Promise((resolve) => this.#server?.close(() => resolve()) ?? resolve());
   }
+}
+
+/**
+ * A same-origin front for browser tests, as the node will serve its web console: `files`
+ * (path → {type, body}) are served from here, `POST /report` bodies are collected, and
+ * every other request — WebSocket upgrades included — is passed to the node.
+ */
+export class ConsoleFront {
+  #server;
+  reports = [];
+  #waiters = [];
+
+  constructor(nodePort, files) {
+    this.nodePort = nodePort;
+    this.files = files;
+  }
+
+  async start() {
+    this.port = await freePort();
+    this.#server = http.createServer((req, res) => this.#request(req, res));
+    this.#server.on('upgrade', (req, socket, head) => this.#upgrade(req, socket, head));
+    await new Promise((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen(this.port, '127.0.0.1', resolve);
+    });
+    return this;
+  }
+
+  get origin() {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  /** The next report (a parsed JSON body), within `ms`. */
+  nextReport(ms = 60_000) {
+    if (this.reports.length) return Promise.resolve(this.reports.shift());
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no report from the browser within ${ms} ms`)), ms);
+      this.#waiters.push((r) => {
+        clearTimeout(timer);
+        resolve(r);
+      });
+    });
+  }
+
+  #request(req, res) {
+    const path = req.url.split('?')[0];
+    const file = this.files[path];
+    if (req.method === 'GET' && file) {
+      res.writeHead(200, { 'content-type': file.type, 'cache-control': 'no-store' });
+      res.end(file.body);
+      return;
+    }
+    if (req.method === 'POST' && path === '/report') {
+      let body = '';
+      req.on('data', (d) => (body += d));
+      req.on('end', () => {
+        res.end();
+        const report = JSON.parse(body);
+        const waiter = this.#waiters.shift();
+        if (waiter) waiter(report);
+        else this.reports.push(report);
+      });
+      return;
+    }
+    if (path === '/favicon.ico') {
+      res.writeHead(404).end();
+      return;
+    }
+    const upstream = http.request(
+      { host: '127.0.0.1', port: this.nodePort, method: req.method, path: req.url, headers: req.headers },
+      (up) => {
+        res.writeHead(up.statusCode, up.headers);
+        up.pipe(res);
+      },
+    );
+    upstream.on('error', () => res.destroy());
+    req.pipe(upstream);
+  }
+
+  #upgrade(req, socket, head) {
+    const upstream = net.connect(this.nodePort, '127.0.0.1', () => {
+      const lines = [`${req.method} ${req.url} HTTP/1.1`];
+      for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
+      upstream.write(`${lines.join('\r\n')}\r\n\r\n`);
+      if (head?.length) upstream.write(head);
+      socket.pipe(upstream).pipe(socket);
+    });
+    const end = () => {
+      socket.destroy();
+      upstream.destroy();
+    };
+    socket.on('error', end);
+    upstream.on('error', end);
+    socket.on('close', end);
+    upstream.on('close', end);
+  }
+
+  async close() {
+    this.#server?.closeAllConnections?.();
+    await new Promise((resolve) => (this.#server ? this.#server.close(() => resolve()) : resolve()));
+  }
+}
+
+/** Kills the process group led by `child` (a process this harness started). */
+function killGroup(child, signal) {
+  try {
+    process.kill(-child.pid, signal);
+  } catch {
+    child.kill(signal);
+  }
+}
+
+/** The Chromium to drive: CHROMIUM_BIN, or `chromium` on the PATH; null when neither. */
+export function chromiumBin() {
+  if (process.env.CHROMIUM_BIN) return process.env.CHROMIUM_BIN;
+  for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
+    for (const name of ['chromium', 'chromium-browser']) {
+      const p = path.join(dir, name);
+      if (fs.existsSync(p)) return p;
+    }
+  }
+  return null;
+}
+
+/** A headless Chromium (fake camera and microphone) showing `url`; `close()` kills it. */
+export function openBrowser(bin, url) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'streamedge-js-chromium-'));
+  const child = spawn(
+    bin,
+    [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--use-fake-device-for-media-stream',
+      '--use-fake-ui-for-media-stream',
+      '--autoplay-policy=no-user-gesture-required',
+      // Real host candidates instead of mDNS names the node cannot resolve.
+      '--disable-features=WebRtcHideLocalIpsWithMdns',
+      '--remote-debugging-port=0',
+      `--user-data-dir=${dir}`,
+      url,
+    ],
+    // Its own process group, so closing it ends its helper processes too.
+    { stdio: 'ignore', detached: true },
+  );
+  const group = { kill: (sig) => killGroup(child, sig) };
+  running.add(group);
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  return {
+    async close() {
+      killGroup(child, 'SIGKILL');
+      await exited;
+      running.delete(group);
+      // Helpers may still be writing their profile for a moment.
+      fs.rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+    },
+  };
 }
 
 export { sleep };
