@@ -615,10 +615,13 @@ export class Connection extends Emitter {
       this.#onOnline = () => this.#wake?.();
       target.addEventListener('online', this.#onOnline);
     }
-    this.#run().catch((e) => {
-      report(e);
-      this.#fail(new StreamedgeError('internal', `connection loop failed: ${e?.message}`, { cause: e }));
-    });
+    // Started after the caller had a chance to add listeners: every event is seen.
+    queueMicrotask(() =>
+      this.#run().catch((e) => {
+        report(e);
+        this.#fail(new StreamedgeError('internal', `connection loop failed: ${e?.message}`, { cause: e }));
+      }),
+    );
   }
 
   get streamId() {
@@ -633,6 +636,7 @@ export class Connection extends Emitter {
   /** Resolves when the connection is (next) open or resumed. */
   ready() {
     if (this.status === 'open') return Promise.resolve(this);
+    if (this.status === 'closed') return Promise.reject(new StreamedgeError('closed', 'the connection is closed'));
     return new Promise((resolve, reject) => {
       const off = this.on('connection', (e) => {
         if (e.status === 'open' || e.status === 'resumed') {
