@@ -571,6 +571,7 @@ export class Connection extends Emitter {
   #attempt = 0;
   #wake = null;
   #onOnline = null;
+  #fatal = null;
 
   // The current socket.
   #ws = null;
@@ -636,7 +637,7 @@ export class Connection extends Emitter {
   /** Resolves when the connection is (next) open or resumed. */
   ready() {
     if (this.status === 'open') return Promise.resolve(this);
-    if (this.status === 'closed') return Promise.reject(new StreamedgeError('closed', 'the connection is closed'));
+    if (this.status === 'closed') return Promise.reject(this.#fatal ?? new StreamedgeError('closed', 'the connection is closed'));
     return new Promise((resolve, reject) => {
       const off = this.on('connection', (e) => {
         if (e.status === 'open' || e.status === 'resumed') {
@@ -782,6 +783,7 @@ export class Connection extends Emitter {
   }
 
   #fail(error) {
+    this.#fatal = error;
     this.emit('error', error);
     this.#closed = true;
     this.#kill?.(1000, 'closing');
