@@ -71,7 +71,7 @@ export declare class StreamedgeError extends Error {
   /**
    * The node's stable code (`banned`, `rate_limited`, `slow_mode`, `token_expired`,
    * `stream_not_found`, …) or one of the client's: `closed`, `expired`, `body_too_long`,
-   * `invalid_body`, `history_lost`, `token_unavailable`, `websocket_unavailable`,
+   * `invalid_body`, `history_lost`, `network_error` (no HTTP answer), `token_unavailable`, `websocket_unavailable`,
    * `webrtc_unavailable`, `invalid_options`, `http_<status>` (an answer without a body).
    */
   code: string;

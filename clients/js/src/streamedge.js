@@ -224,7 +224,12 @@ class Http {
       } else if (contentType) {
         headers['Content-Type'] = contentType;
       }
-      const res = await this.fetch(this.url(path, query), { method, headers, body: payload });
+      let res;
+      try {
+        res = await this.fetch(this.url(path, query), { method, headers, body: payload });
+      } catch (e) {
+        throw new StreamedgeError('network_error', `${method} ${path}: ${e?.message ?? e}`, { cause: e });
+      }
       if (res.status === 401 && !force && token === undefined) {
         await res.arrayBuffer().catch(() => {});
         force = true;
@@ -697,7 +702,7 @@ export class Connection extends Emitter {
     this.#closed = true;
     this.#wake?.();
     this.#kill?.(1000, 'closed by the client');
-    if (this.#onOnline) globalThis.window?.removeEventListener?.('online', this.#onOnline);
+    this.#detachOnline();
     for (const p of this.#pending.values()) {
       clearTimeout(p.timer);
       p.reject?.(new StreamedgeError('closed', 'the connection was closed', { clientMsgId: p.id }));
@@ -774,12 +779,18 @@ export class Connection extends Emitter {
   /** Why an upgrade failed, from `GET /v1/streams/{id}` with the same token. */
   async #probe(token) {
     try {
-      await this.#http.request('GET', streamPath(this.#streamId), { token });
-      return { status: 200 };
+      const res = await this.#http.request('GET', streamPath(this.#streamId), { token });
+      await res.arrayBuffer().catch(() => {});
+      return { status: res.status };
     } catch (e) {
       if (e instanceof ApiError) return { status: e.status, error: e };
       return { status: 0 };
     }
+  }
+
+  #detachOnline() {
+    if (this.#onOnline) globalThis.window?.removeEventListener?.('online', this.#onOnline);
+    this.#onOnline = null;
   }
 
   #fail(error) {
@@ -787,6 +798,7 @@ export class Connection extends Emitter {
     this.emit('error', error);
     this.#closed = true;
     this.#kill?.(1000, 'closing');
+    this.#detachOnline();
     for (const p of this.#pending.values()) {
       clearTimeout(p.timer);
       p.reject?.(
