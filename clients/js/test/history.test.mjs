@@ -104,7 +104,10 @@ test('a resume past the shared history is backfilled from PostgreSQL through the
 async function freshDatabase(serverUrl) {
   const name = `se_js_${randomUUID().replace(/-/g, '').slice(0, 12)}`;
   const psql = process.env.PG_BIN ? path.join(process.env.PG_BIN, 'psql') : 'psql';
-  await run(psql, [serverUrl, '-q', '-X', '-v', 'ON_ERROR_STOP=1', '-c', `create database ${name}`]);
+  const sql = (command) => run(psql, [serverUrl, '-q', '-X', '-v', 'ON_ERROR_STOP=1', '-c', command]);
+  await sql(`create database ${name}`);
+  // Dropped last, once the node using it has stopped.
+  cleanup.push(() => sql(`drop database if exists ${name}`));
   const url = new URL(serverUrl);
   url.pathname = `/${name}`;
   await run(nodeBin(), ['migrate', '--database-url', url.toString(), '--auth-shim']);
