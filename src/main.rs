@@ -45,6 +45,33 @@ fn disable_transparent_huge_pages() {
     }
 }
 
+/// Each WebSocket is a file descriptor: raise the soft open-file limit to the hard limit
+/// (systemd's `LimitNOFILE=`, a container's `nofile` ulimit), so a default soft limit of
+/// 1,024 does not cap the node far below `ws.max_connections`.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read the struct passed; no other effect.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let wanted = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+            eprintln!(
+                "streamedge: could not raise the open-file limit from {}: {}",
+                lim.rlim_cur,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "streamedge",
@@ -375,6 +402,7 @@ fn serve(config: Config, dev: bool, dev_changes: Vec<&'static str>) -> ExitCode 
         );
     }
     disable_transparent_huge_pages();
+    raise_open_file_limit();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all().on_thread_park(release_memory_if_asked);
     if config.server.worker_threads > 0 {

@@ -201,3 +201,43 @@ async fn the_development_login_exists_only_when_turned_on() {
     let r = reqwest::Client::new().get(&url).send().await.unwrap();
     assert_eq!(r.status(), 405);
 }
+
+#[tokio::test]
+async fn the_console_is_served_only_when_enabled() {
+    let off = node(&[], false).await;
+    let r = reqwest::get(off.api_url("/")).await.unwrap();
+    assert_eq!(r.status(), 404);
+    let mut c = common::test_config();
+    c.console.enabled = true;
+    let on = TestNode::start(c).await;
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/console/app.js", "text/javascript"),
+        ("/console/app.css", "text/css"),
+        ("/console/streamedge.js", "text/javascript"),
+    ] {
+        let r = reqwest::get(on.api_url(path)).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let h = r.headers().clone();
+        assert!(
+            h["content-type"].to_str().unwrap().starts_with(kind),
+            "{path}"
+        );
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.starts_with("default-src 'self'") && !csp.contains("http"),
+            "{csp}"
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert!(!r.text().await.unwrap().is_empty());
+    }
+    // The page imports the library it is served with, from this origin only.
+    let page = reqwest::get(on.api_url("/console/app.js"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("from '/console/streamedge.js'"));
+    assert!(!page.contains("https://"), "no CDN");
+}

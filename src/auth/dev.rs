@@ -49,6 +49,12 @@ pub fn apply_dev_mode(config: &mut Config) -> Vec<&'static str> {
         config.server.cors_origins = vec!["*".into()];
         changed.push("server.cors_origins = [\"*\"]: pages on any origin may call the API");
     }
+    if !config.media.enabled {
+        config.media.enabled = true;
+        changed.push(
+            "media.enabled = true: WHIP/WHEP on this node (the console goes live through it)",
+        );
+    }
     if config.media.node_key.is_empty() {
         config.media.node_key = Secret::new(DEV_MEDIA_NODE_KEY);
         changed.push("media.node_key = the public development key");
@@ -124,7 +130,7 @@ mod tests {
         let changed = apply_dev_mode(&mut c);
         assert_eq!(c.auth.jwt_secret.expose(), "x".repeat(40));
         assert_eq!(c.agora.app_id, DEV_AGORA_APP_ID);
-        assert_eq!(changed.len(), 5);
+        assert_eq!(changed.len(), 6);
         assert!(c.auth.dev_login && c.console.enabled);
         assert_eq!(c.server.cors_origins, ["*"]);
         c.validate().unwrap();

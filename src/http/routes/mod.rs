@@ -1,6 +1,7 @@
 //! The API's handlers, one file per capability, and the route table that mounts them.
 
 pub mod chat;
+pub mod console;
 pub mod dev;
 pub mod export;
 pub mod media;
@@ -53,6 +54,9 @@ pub fn router(app: AppState) -> Router {
         );
     if app.config.auth.dev_login {
         rest = rest.route("/v1/dev/login", post(dev::login));
+    }
+    if app.config.console.enabled {
+        rest = rest.merge(console::router());
     }
     // CORS for the REST routes only: WHIP/WHEP allow any origin (their own layer), and
     // the WebSocket checks `Origin` itself.
