@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 const HOW_TO_RUN =
   'run the tests as `cd clients/js && STREAMEDGE_BIN=/path/to/streamedge REDIS_URL=redis://127.0.0.1:6379 npm test` ' +
-  '(scripts/test sets both)';
+  '(clients/js/README.md, "Tests")';
 
 /** The node binary, from STREAMEDGE_BIN (required). */
 export function nodeBin() {
@@ -289,14 +289,49 @@ export class TcpProxy {
       upstream.destroy();
     };
     client.on('data', (d) => upstream.write(d));
+    const down = { mode: 'head', buf: Buffer.alloc(0) };
     upstream.on('data', (d) => {
-      if (!this.#blackhole) client.write(d);
+      if (this.#blackhole) return;
+      if (down.mode === 'raw') {
+        client.write(d);
+        return;
+      }
+      down.buf = Buffer.concat([down.buf, d]);
+      if (down.mode === 'head') {
+        const end = down.buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const head = down.buf.subarray(0, end + 4);
+        client.write(head);
+        down.buf = down.buf.subarray(end + 4);
+        // A WebSocket's frames are followed one by one; anything else passes as it comes.
+        down.mode = head.toString('latin1').startsWith('HTTP/1.1 101') ? 'frames' : 'raw';
+        if (down.mode === 'raw') {
+          if (down.buf.length) client.write(down.buf);
+          down.buf = Buffer.alloc(0);
+          return;
+        }
+      }
+      for (let frame = serverFrame(down.buf); frame; frame = serverFrame(down.buf)) {
+        const bytes = down.buf.subarray(0, frame.size);
+        down.buf = down.buf.subarray(frame.size);
+        if (this.dropFrame && frame.opcode === 1 && this.dropFrame(frame.payload.toString())) {
+          this.dropFrame = null; // once
+          continue;
+        }
+        client.write(bytes);
+      }
     });
     for (const s of [client, upstream]) {
       s.on('error', end);
       s.on('close', end);
     }
   }
+
+  /**
+   * `dropFrame(text) → boolean`: the first text frame from the node it matches is lost
+   * (once) while the connection carries on — a hole in the live feed.
+   */
+  dropFrame = null;
 
   blackholeDownstream() {
     this.#blackhole = true;
@@ -320,6 +355,25 @@ export class TcpProxy {
     this.drop();
     await new Promise((resolve) => this.#server?.close(() => resolve()) ?? resolve());
   }
+}
+
+/** The first whole WebSocket frame (unmasked, as a server sends them) in `buf`, or null. */
+function serverFrame(buf) {
+  if (buf.length < 2) return null;
+  let len = buf[1] & 0x7f;
+  let offset = 2;
+  if (len === 126) {
+    if (buf.length < 4) return null;
+    len = buf.readUInt16BE(2);
+    offset = 4;
+  } else if (len === 127) {
+    if (buf.length < 10) return null;
+    len = Number(buf.readBigUInt64BE(2));
+    offset = 10;
+  }
+  if (buf[1] & 0x80) offset += 4; // masked: not from a server, but keep the framing
+  if (buf.length < offset + len) return null;
+  return { opcode: buf[0] & 0x0f, size: offset + len, payload: buf.subarray(offset, offset + len) };
 }
 
 /**

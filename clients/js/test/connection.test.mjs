@@ -77,6 +77,36 @@ test('every message arrives once and in order while another client sends through
   assert.equal(viewer.lastSeq, seqs.at(-1));
 });
 
+test('a message lost from the live feed is fetched again before anything after it', { timeout: 30_000 }, async () => {
+  const stream = await newStream('hole');
+  const viewer = track(connect(stream, { baseUrl: proxy.baseUrl, getToken: tokenSource('viewer-h'), storage: null, backoff: FAST }));
+  const rec = record(viewer);
+  await viewer.ready();
+  const sender = track(connect(stream, { baseUrl: node.baseUrl, getToken: tokenSource('sender-h'), storage: null }));
+  await sender.ready();
+
+  proxy.dropFrame = (text) => text.includes('"body":"lost on the way"');
+  const seqs = [];
+  for (const body of ['before', 'lost on the way', 'after', 'later']) seqs.push(await sender.send(body));
+  await waitFor(() => rec.message.length >= 4, `the viewer to get 4 messages (has ${rec.message.length})`);
+  await sleep(200); // a duplicate would show up now
+
+  assert.equal(proxy.dropFrame, null, 'the frame was dropped');
+  assert.deepEqual(
+    rec.message.map((m) => m.seq),
+    seqs,
+  );
+  assert.deepEqual(
+    rec.message.map((m) => m.body),
+    ['before', 'lost on the way', 'after', 'later'],
+  );
+  assert.deepEqual(
+    rec.connection.map((e) => e.status),
+    ['connecting', 'open'],
+    'rewound on the open socket, without reconnecting',
+  );
+});
+
 test('a send whose ack was lost is retried with the same client_msg_id and published once', { timeout: 30_000 }, async () => {
   const stream = await newStream('lost ack');
   const observer = track(connect(stream, { baseUrl: node.baseUrl, getToken: tokenSource('observer-2'), storage: null }));
