@@ -99,6 +99,17 @@ fn typo_in_config_file_exits_2_naming_the_key() {
 }
 
 #[test]
+fn the_binary_path_variable_of_test_tools_is_not_a_config_key() {
+    let (code, _, err) = streamedge(
+        &["check-config"],
+        &[("STREAMEDGE_BIN", "/usr/local/bin/streamedge")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = streamedge(&["check-config"], &[("STREAMEDGE_BINN", "x")]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
 fn unknown_section_exits_2() {
     let f = temp_file("section.toml", "[redsi]\nurl = \"\"\n");
     let (code, _, err) = streamedge(&["--config", f.to_str().unwrap(), "check-config"], &[]);

@@ -9,8 +9,9 @@ use super::Config;
 /// sets `redis.url` (sections separated by a double underscore).
 pub const ENV_PREFIX: &str = "STREAMEDGE_";
 
-/// Variables with the prefix that are not config keys (read by the CLI itself).
-const RESERVED_ENV: &[&str] = &["STREAMEDGE_CONFIG"];
+/// `STREAMEDGE_*` variables that are not config keys: the config file's path, and the node
+/// binary's path that test and benchmark tools pass around.
+const RESERVED_ENV: &[&str] = &["STREAMEDGE_CONFIG", "STREAMEDGE_BIN"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
