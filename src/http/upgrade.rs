@@ -113,6 +113,9 @@ impl WsUpgrade {
     {
         let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
         let on_upgrade = self.on_upgrade;
+        // What an async block captures stays in its future for the task's whole life, even
+        // after it is moved out: keep the (large) callback behind a pointer.
+        let serve = Box::new(serve);
         let task = async move {
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,

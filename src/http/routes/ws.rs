@@ -106,7 +106,7 @@ pub async fn stream_ws(
         settings,
     };
     Ok(upgrade.on_upgrade(codec, max_fragments, move |socket| {
-        serve(app, socket, accepted)
+        serve(app, Box::new((socket, accepted)))
     }))
 }
 
@@ -134,58 +134,25 @@ struct Accepted {
 /// viewer (or, for the seller, heartbeating the session), caught up, then driven.
 ///
 /// This future is each connection's task for its whole life, so its size is memory per
-/// viewer: the steps that run once (joining, catching up, leaving) and the seller's
-/// heartbeats are boxed, so their state is allocated only while they run.
-async fn serve(app: AppState, socket: WsStream, a: Accepted) {
-    let Accepted {
+/// viewer. Opening (registering, joining, the welcome, catching up) runs boxed and hands
+/// over only what the connection keeps ([`Open`]); leaving and the seller's heartbeats are
+/// boxed too, so their state is allocated only while they run.
+///
+/// An async fn keeps its arguments' storage for its whole life: the socket and what was
+/// accepted come boxed, and move out at once.
+async fn serve(app: AppState, start: Box<(WsStream, Accepted)>) {
+    let (socket, a) = *start;
+    let open = Box::pin(open(&app, a)).await;
+    let Open {
         stream,
-        record,
         who,
-        admission,
+        is_seller,
+        queue,
+        registration,
+        hub: _hub,
         slots: _slots,
-        since_seq,
-        queue_bytes,
         settings,
-    } = a;
-    let queue = Arc::new(OutboundQueue::new(queue_bytes));
-    let registration = app.registry.register(admission, stream, queue.clone());
-    let _hub = app.hubs.join(stream);
-    metrics::counter!("streamedge_ws_connections_total").increment(1);
-    let is_seller = record.owner_id == who.user_id;
-    if !is_seller {
-        if let Err(e) = Box::pin(app.viewers.join(&record, &who.user_id)).await {
-            tracing::warn!(%stream, error = %e, "viewer not recorded");
-        }
-    }
-    let viewers = Box::pin(app.viewers.counts(&record)).await.ok();
-    // Live chat frames are held back until the welcome is queued: the client gets every
-    // message after `last_seq`, live, with nothing missing in between.
-    let last_seq = Box::pin(app.chat.last_seq(&stream)).await.unwrap_or(0);
-    let welcome = ServerFrame::Welcome {
-        stream,
-        node: &app.node_id,
-        conn_id: registration.id,
-        protocol: SUBPROTOCOL,
-        state: record.state.as_str(),
-        session_id: record.session.as_ref().map(|s| s.id),
-        version: record.version,
-        last_seq,
-        viewers,
-    }
-    .encode();
-    let _ = queue.push(welcome);
-    let conn = &registration.conn;
-    match since_seq {
-        None => conn.finish_catch_up(last_seq, Vec::new()),
-        // A reconnect: what was missed, then live, in one go (live frames are still held
-        // back).
-        Some(since) => {
-            Box::pin(crate::ws::chat::resume(
-                &app.chat, &stream, conn, since, None,
-            ))
-            .await
-        }
-    }
+    } = open;
     let handler = crate::ws::chat::ChatHandler {
         chat: app.chat.clone(),
         stream,
@@ -214,6 +181,78 @@ async fn serve(app: AppState, socket: WsStream, a: Accepted) {
     let id = registration.id;
     tracing::debug!(%stream, conn = id, user = %who.user_id, ?end, "websocket closed");
     drop(registration);
+}
+
+/// What an open connection keeps for its life (the stream record and the rest of
+/// [`Accepted`] are dropped once it is open).
+struct Open {
+    stream: uuid::Uuid,
+    who: crate::auth::Principal,
+    is_seller: bool,
+    queue: Arc<OutboundQueue>,
+    registration: crate::ws::registry::Registration,
+    hub: crate::ws::hub::HubGuard,
+    slots: (Option<IpGuard>, UserGuard),
+    settings: ConnSettings,
+}
+
+/// Registers the connection, counts the viewer, queues `welcome` and catches up
+/// (`since_seq`); live chat frames are held back until then.
+async fn open(app: &AppState, a: Accepted) -> Open {
+    let Accepted {
+        stream,
+        record,
+        who,
+        admission,
+        slots,
+        since_seq,
+        queue_bytes,
+        settings,
+    } = a;
+    let queue = Arc::new(OutboundQueue::new(queue_bytes));
+    let registration = app.registry.register(admission, stream, queue.clone());
+    let hub = app.hubs.join(stream);
+    metrics::counter!("streamedge_ws_connections_total").increment(1);
+    let is_seller = record.owner_id == who.user_id;
+    if !is_seller {
+        if let Err(e) = app.viewers.join(&record, &who.user_id).await {
+            tracing::warn!(%stream, error = %e, "viewer not recorded");
+        }
+    }
+    let viewers = app.viewers.counts(&record).await.ok();
+    // Live chat frames are held back until the welcome is queued: the client gets every
+    // message after `last_seq`, live, with nothing missing in between.
+    let last_seq = app.chat.last_seq(&stream).await.unwrap_or(0);
+    let welcome = ServerFrame::Welcome {
+        stream,
+        node: &app.node_id,
+        conn_id: registration.id,
+        protocol: SUBPROTOCOL,
+        state: record.state.as_str(),
+        session_id: record.session.as_ref().map(|s| s.id),
+        version: record.version,
+        last_seq,
+        viewers,
+    }
+    .encode();
+    let _ = queue.push(welcome);
+    let conn = &registration.conn;
+    match since_seq {
+        None => conn.finish_catch_up(last_seq, Vec::new()),
+        // A reconnect: what was missed, then live, in one go (live frames are still held
+        // back).
+        Some(since) => crate::ws::chat::resume(&app.chat, &stream, conn, since, None).await,
+    }
+    Open {
+        stream,
+        who,
+        is_seller,
+        queue,
+        registration,
+        hub,
+        slots,
+        settings,
+    }
 }
 
 /// Sends a heartbeat for the seller's session every third of the heartbeat timeout, for
