@@ -164,6 +164,25 @@ async fn unknown_routes_and_methods_are_problem_json() {
         .await
         .unwrap();
     assert_eq!(r.status(), 405);
+    // Any method an admin route does not take (TRACE included) is 405 with `Allow`, as on
+    // the API listener.
+    for (path, allow) in [
+        ("/healthz", "GET,HEAD"),
+        ("/readyz", "GET,HEAD"),
+        ("/metrics", "GET,HEAD"),
+        ("/drain", "POST"),
+    ] {
+        let r = client
+            .request(reqwest::Method::TRACE, node.admin_url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{path}");
+        assert_eq!(r.headers()["allow"], allow, "{path}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "method_not_allowed", "{path}");
+    }
     node.shutdown().await.unwrap();
 }
 

@@ -612,6 +612,71 @@ async fn moderation_ban_on_one_node_stops_sends_on_another_and_deletes_reach_eve
 }
 
 #[tokio::test]
+async fn moderation_requests_are_read_as_the_openapi_description_says() {
+    let node = TestNode::start(common::test_config()).await;
+    let stream = node.new_stream().await;
+    let seller = common::seller("seller-1");
+    let base = node.api_url(&format!("/v1/streams/{stream}"));
+    // Integer fields take any JSON number without a fraction, as JSON Schema's `integer`
+    // does (`600.0` from encoders that write every number as a float); `null` is absent.
+    for (body, status, expires) in [
+        (json!({"duration_secs": 600.0}), 200, Some(600)),
+        (json!({"duration_secs": 4439.0}), 200, Some(4439)),
+        (json!({"duration_secs": null}), 200, None),
+        (json!({}), 200, None),
+        (json!({"duration_secs": 600.5}), 400, None),
+        (json!({"duration_secs": -1.0}), 400, None),
+        (json!({"duration_secs": "600"}), 400, None),
+    ] {
+        let (s, v) = common::call(
+            reqwest::Method::PUT,
+            &format!("{base}/bans/troll"),
+            &seller,
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(s, status, "{body}: {v}");
+        if s == 200 {
+            assert_eq!(v["expires_in_secs"].as_u64(), expires, "{body}: {v}");
+        } else {
+            assert_eq!(v["code"], "invalid_body", "{body}: {v}");
+        }
+    }
+    let (s, v) = common::call(
+        reqwest::Method::PUT,
+        &format!("{base}/chat-settings"),
+        &seller,
+        Some(json!({"slow_mode_secs": 5.0})),
+    )
+    .await;
+    assert_eq!((s, v), (200, json!({"slow_mode_secs": 5})));
+    // `seq` is a positive integer; a path segment that is not UTF-8 once decoded is refused
+    // as the parameter it stands for, as problem+json.
+    for (method, path, code) in [
+        (reqwest::Method::DELETE, "messages/0", "invalid_seq"),
+        (reqwest::Method::DELETE, "messages/%FF", "invalid_seq"),
+        (reqwest::Method::PUT, "bans/%FF", "invalid_user_id"),
+        (reqwest::Method::DELETE, "bans/%C3%28", "invalid_user_id"),
+    ] {
+        let r = reqwest::Client::new()
+            .request(method, format!("{base}/{path}"))
+            .bearer_auth(&seller)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/problem+json",
+            "{path}"
+        );
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["code"], code, "{path}: {v}");
+    }
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn slow_mode_spaces_out_each_users_messages() {
     let mut cfg = common::test_config();
     cfg.chat.user_per_sec = 0.0;

@@ -1,6 +1,8 @@
 //! The documentation keeps up with the code: every problem `code` the node can answer
-//! with is listed in docs/api.md and in the OpenAPI enum, and every WebSocket close code
-//! the node sends is in docs/protocol.md.
+//! with is listed in docs/api.md and in the OpenAPI enum, every WebSocket close code
+//! the node sends is in docs/protocol.md, and the OpenAPI `pattern` for text (titles,
+//! user ids) accepts what the node's text rule accepts. (scripts/schemathesis checks the
+//! rest of docs/openapi.yaml against a running node.)
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -97,5 +99,59 @@ fn every_close_code_is_documented() {
             protocol.contains(&format!("| {c} |")),
             "close code {c} not in docs/protocol.md"
         );
+    }
+}
+
+/// A double-quoted YAML scalar's content, unescaped (the escapes docs/openapi.yaml uses).
+fn yaml_unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let hex = |n: usize, chars: &mut std::str::Chars| {
+            let h: String = chars.take(n).collect();
+            char::from_u32(u32::from_str_radix(&h, 16).unwrap()).unwrap()
+        };
+        match chars.next() {
+            Some('\\') => out.push('\\'),
+            Some('"') => out.push('"'),
+            Some('x') => out.push(hex(2, &mut chars)),
+            Some('u') => out.push(hex(4, &mut chars)),
+            Some('U') => out.push(hex(8, &mut chars)),
+            other => panic!("unexpected YAML escape {other:?} in {s}"),
+        }
+    }
+    out
+}
+
+#[test]
+fn the_openapi_text_pattern_is_the_nodes_text_rule() {
+    use streamedge::domain::text::check;
+    let openapi = read("docs/openapi.yaml");
+    // The patterns of StreamTitle and UserId: the ones naming U+2028.
+    let patterns: Vec<String> = openapi
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pattern: \""))
+        .filter_map(|p| p.strip_suffix('"'))
+        .map(yaml_unescape)
+        .filter(|p| p.contains("\\u2028"))
+        .collect();
+    assert_eq!(patterns.len(), 2, "{patterns:?}");
+    for pattern in patterns {
+        let re = regex::Regex::new(&pattern).unwrap();
+        // Every character alone (is it visible?) and after a visible one (is it allowed?).
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            for text in [c.to_string(), format!("a{c}"), format!("{c}a")] {
+                assert_eq!(
+                    re.is_match(&text),
+                    check(&text).is_ok(),
+                    "{text:?} (U+{:04X})",
+                    c as u32
+                );
+            }
+        }
     }
 }

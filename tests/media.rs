@@ -396,9 +396,21 @@ async fn bad_whip_and_whep_requests_get_clear_errors() {
         .send()
         .await
         .unwrap();
-    assert!(r.status().is_success());
+    // 204, as docs/api.md says (the CORS layer alone would say 200).
+    assert_eq!(r.status(), 204);
     assert_eq!(r.headers()["accept-post"], "application/sdp");
     assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    // A plain OPTIONS (no preflight) on either endpoint gets the same, without a token.
+    for url in [&whip, &whep] {
+        let r = reqwest::Client::new()
+            .request(Method::OPTIONS, url)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "{url}");
+        assert_eq!(r.headers()["accept-post"], "application/sdp", "{url}");
+        assert!(r.headers().get("content-length").is_none(), "{url}");
+    }
     // Nothing was left behind by the refused requests.
     let m = node.metrics().await;
     assert!(!m.contains("streamedge_media_publishers 1"));

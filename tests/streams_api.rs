@@ -169,10 +169,18 @@ async fn bad_input_is_refused_with_stable_codes() {
     // A buyer cannot create.
     let (s, b) = post_json(&node, &common::buyer("bob"), json!({"title":"x"})).await;
     assert_eq!((s, b["code"].as_str()), (403, Some("seller_required")));
+    // `"id": null` is no id (what clients generated from the OpenAPI description send for
+    // an unset optional field): the node picks one.
+    let (s, b) = post_json(&node, &seller, json!({"title": "x", "id": null})).await;
+    assert_eq!(s, 201, "{b}");
+    assert!(b["id"].as_str().unwrap().parse::<uuid::Uuid>().is_ok());
     // Reads.
     let buyer = common::buyer("bob");
     for (path, status, code) in [
         ("/v1/streams/not-a-uuid", 400, "invalid_stream_id"),
+        // Not UTF-8 once decoded: refused as problem+json like any other bad id.
+        ("/v1/streams/%FF", 400, "invalid_stream_id"),
+        ("/v1/streams/%C3%28/viewers", 400, "invalid_stream_id"),
         (
             &*format!("/v1/streams/{}", uuid::Uuid::new_v4()),
             404,
@@ -193,6 +201,9 @@ async fn bad_input_is_refused_with_stable_codes() {
             "{path}: {b}"
         );
     }
+    // An empty `state=` is no filter (docs/openapi.yaml lists it).
+    let (s, b) = get(&node, &buyer, "/v1/streams?state=").await;
+    assert_eq!(s, 200, "{b}");
     node.shutdown().await.unwrap();
 }
 

@@ -1,6 +1,7 @@
-//! Request extractors whose rejections are problem+json: JSON bodies and query strings.
+//! Request extractors whose rejections are problem+json: path parameters, JSON bodies and
+//! query strings.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -30,17 +31,70 @@ impl<S: Send + Sync> FromRequestParts<S> for StreamId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let axum::extract::Path(raw) =
-            axum::extract::Path::<String>::from_request_parts(parts, state)
-                .await
-                .map_err(|_| {
-                    ApiError::new(
-                        ErrorKind::Invalid,
-                        "invalid_stream_id",
-                        "stream id must be a UUID",
-                    )
-                })?;
+        let ApiPath(raw) = ApiPath::<String>::from_request_parts(parts, state).await?;
         parse_stream_id(&raw).map(Self)
+    }
+}
+
+/// Path parameters (as strings: handlers parse them with their own codes). A segment
+/// whose percent-encoding does not decode to UTF-8 is refused as the parameter it stands
+/// for would be (`invalid_stream_id`, `invalid_user_id`, …), as problem+json like every
+/// other refusal.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Self(v)),
+            Err(e) => Err(path_rejection(&e)),
+        }
+    }
+}
+
+fn path_rejection(e: &PathRejection) -> ApiError {
+    use axum::extract::path::ErrorKind as Path;
+    let key = match e {
+        PathRejection::FailedToDeserializePathParams(e) => match e.kind() {
+            Path::InvalidUtf8InPathParam { key }
+            | Path::ParseErrorAtKey { key, .. }
+            | Path::DeserializeError { key, .. } => key.as_str(),
+            _ => "",
+        },
+        _ => "",
+    };
+    match key {
+        "stream_id" => ApiError::new(
+            ErrorKind::Invalid,
+            "invalid_stream_id",
+            "stream id must be a UUID",
+        ),
+        "session_id" => ApiError::new(
+            ErrorKind::Invalid,
+            "invalid_session_id",
+            "session id must be a UUID",
+        ),
+        "user_id" => ApiError::new(
+            ErrorKind::Invalid,
+            "invalid_user_id",
+            "user id must be UTF-8 text (docs/api.md, \"Text rules\")",
+        ),
+        "seq" => ApiError::new(
+            ErrorKind::Invalid,
+            "invalid_seq",
+            "seq must be a positive integer",
+        ),
+        "resource" => ApiError::new(
+            ErrorKind::NotFound,
+            "media_session_not_found",
+            "no such media session",
+        ),
+        _ => ApiError::not_found("no such endpoint"),
     }
 }
 

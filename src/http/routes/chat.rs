@@ -1,10 +1,10 @@
 //! `GET /v1/streams/{stream_id}/messages?before_seq=&limit=`: chat history, newest first.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use crate::http::extract::parse_stream_id;
+use crate::http::extract::{parse_stream_id, ApiPath};
 use crate::http::AppState;
 use crate::http::Authenticated;
 use crate::http::{ApiError, ApiQuery, ErrorKind};
@@ -30,7 +30,7 @@ pub const MAX_PAGE: usize = 200;
 
 pub async fn history(
     State(app): State<AppState>,
-    Path(stream_id): Path<String>,
+    ApiPath(stream_id): ApiPath<String>,
     Authenticated(_who): Authenticated,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Json<HistoryPage>, ApiError> {

@@ -7,15 +7,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::http::extract::parse_stream_id;
 use crate::http::extract::ApiQuery;
+use crate::http::extract::{parse_stream_id, ApiPath};
 use crate::http::AppState;
 use crate::http::Authenticated;
 use crate::http::{ApiError, ErrorKind};
@@ -46,7 +46,7 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
 
 pub async fn export(
     State(app): State<AppState>,
-    Path((stream_id, session_id)): Path<(String, String)>,
+    ApiPath((stream_id, session_id)): ApiPath<(String, String)>,
     Authenticated(who): Authenticated,
     ApiQuery(q): ApiQuery<ExportQuery>,
 ) -> Result<Response, ApiError> {

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
@@ -21,7 +21,7 @@ use webrtc::peer_connection::RTCPeerConnectionState;
 use crate::auth::extract::bearer;
 use crate::auth::AuthError;
 use crate::domain::session::Command;
-use crate::http::extract::parse_stream_id;
+use crate::http::extract::{parse_stream_id, ApiPath};
 use crate::http::AppState;
 use crate::http::{ApiError, ErrorKind};
 use crate::media::{MediaError, MediaService, ResourceKind};
@@ -49,9 +49,23 @@ pub fn router() -> axum::Router<AppState> {
     }
     r.layer(
         tower::ServiceBuilder::new()
+            .layer(axum::middleware::from_fn(options_no_content))
             .layer(axum::middleware::map_response(accept_post))
             .layer(cors()),
     )
+}
+
+/// `OPTIONS` on the WHIP/WHEP endpoints answers `204 No Content`, as docs/api.md says and
+/// WHIP clients expect; the CORS layer, which answers every `OPTIONS` itself (preflight or
+/// not, before the route), says `200` with an empty body.
+async fn options_no_content(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let options = req.method() == axum::http::Method::OPTIONS;
+    let mut r = next.run(req).await;
+    if options && r.status() == StatusCode::OK {
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        r.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    r
 }
 
 /// Largest SDP offer accepted.
@@ -171,9 +185,7 @@ impl axum::extract::FromRequest<AppState> for OfferRequest {
     async fn from_request(req: axum::extract::Request, app: &AppState) -> Result<Self, ApiError> {
         use axum::extract::FromRequestParts;
         let (mut parts, body) = req.into_parts();
-        let Path(stream_id) = Path::<String>::from_request_parts(&mut parts, app)
-            .await
-            .map_err(|_| ApiError::not_found("no such endpoint"))?;
+        let ApiPath(stream_id) = ApiPath::<String>::from_request_parts(&mut parts, app).await?;
         let headers = parts.headers.clone();
         let req = axum::extract::Request::from_parts(parts, body);
         let body = Bytes::from_request(req, app).await.map_err(|e| {
@@ -290,7 +302,7 @@ pub async fn whep(State(app): State<AppState>, req: OfferRequest) -> Result<Resp
 /// node — recorded in the shared state — and answers with that node's answer.
 pub async fn delete(
     State(app): State<AppState>,
-    Path((stream_id, resource)): Path<(String, String)>,
+    ApiPath((stream_id, resource)): ApiPath<(String, String)>,
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -368,7 +380,8 @@ pub async fn accept_post(mut r: Response) -> Response {
     r
 }
 
-/// A plain `OPTIONS` (no CORS preflight) on the WHIP/WHEP endpoints: `Accept-Post`.
+/// `OPTIONS` on the WHIP/WHEP endpoints: `Accept-Post` and CORS for any origin. (The CORS
+/// layer in front answers `OPTIONS` first; this is what the route itself would say.)
 pub async fn options() -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
     let h = r.headers_mut();

@@ -2,22 +2,23 @@
 //! `PUT|DELETE /v1/streams/{stream_id}/bans/{user_id}`,
 //! `PUT /v1/streams/{stream_id}/chat-settings`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use crate::http::extract::parse_stream_id;
+use crate::http::extract::{parse_stream_id, ApiPath};
+use crate::http::integer;
 use crate::http::{ApiError, ApiJson, AppState, Authenticated, ErrorKind};
 
 /// `DELETE /v1/streams/{stream_id}/messages/{seq}`
 pub async fn delete_message(
     State(app): State<AppState>,
-    Path((stream_id, seq)): Path<(String, String)>,
+    ApiPath((stream_id, seq)): ApiPath<(String, String)>,
     Authenticated(who): Authenticated,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_stream_id(&stream_id)?;
-    let seq: u64 = seq.parse().map_err(|_| {
+    let seq: u64 = seq.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
         ApiError::new(
             ErrorKind::Invalid,
             "invalid_seq",
@@ -33,7 +34,8 @@ pub async fn delete_message(
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BanBody {
-    /// A timeout of this many seconds; absent for a ban until lifted.
+    /// A timeout of this many seconds; absent (or `null`) for a ban until lifted.
+    #[serde(default, deserialize_with = "integer::option_u64")]
     pub duration_secs: Option<u64>,
 }
 
@@ -48,7 +50,7 @@ pub struct BanView {
 /// `PUT /v1/streams/{stream_id}/bans/{user_id}` with an optional `{"duration_secs": N}`.
 pub async fn ban(
     State(app): State<AppState>,
-    Path((stream_id, user)): Path<(String, String)>,
+    ApiPath((stream_id, user)): ApiPath<(String, String)>,
     Authenticated(who): Authenticated,
     body: axum::body::Bytes,
 ) -> Result<Json<BanView>, ApiError> {
@@ -77,7 +79,7 @@ pub async fn ban(
 /// `DELETE /v1/streams/{stream_id}/bans/{user_id}`
 pub async fn unban(
     State(app): State<AppState>,
-    Path((stream_id, user)): Path<(String, String)>,
+    ApiPath((stream_id, user)): ApiPath<(String, String)>,
     Authenticated(who): Authenticated,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_stream_id(&stream_id)?;
@@ -89,13 +91,14 @@ pub async fn unban(
 #[serde(deny_unknown_fields)]
 pub struct ChatSettings {
     /// Minimum seconds between two messages of one user (0 = off).
+    #[serde(deserialize_with = "integer::u64")]
     pub slow_mode_secs: u64,
 }
 
 /// `PUT /v1/streams/{stream_id}/chat-settings`
 pub async fn settings(
     State(app): State<AppState>,
-    Path(stream_id): Path<String>,
+    ApiPath(stream_id): ApiPath<String>,
     Authenticated(who): Authenticated,
     ApiJson(body): ApiJson<ChatSettings>,
 ) -> Result<Json<ChatSettings>, ApiError> {

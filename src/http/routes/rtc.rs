@@ -1,9 +1,9 @@
 //! `POST /v1/streams/{stream_id}/rtc-token`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 
-use crate::http::extract::parse_stream_id;
+use crate::http::extract::{parse_stream_id, ApiPath};
 use crate::http::rate_limit::{self, Route};
 use crate::http::AppState;
 use crate::http::{ApiError, ErrorKind};
@@ -14,7 +14,7 @@ use crate::rtc::service::{random_salt, IssuedToken};
 pub async fn issue(
     State(app): State<AppState>,
     ClientIp(ip): ClientIp,
-    Path(stream_id): Path<String>,
+    ApiPath(stream_id): ApiPath<String>,
     Authenticated(who): Authenticated,
 ) -> Result<Json<IssuedToken>, ApiError> {
     let id = parse_stream_id(&stream_id)?;

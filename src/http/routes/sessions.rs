@@ -1,14 +1,14 @@
 //! `POST /v1/streams/{stream_id}/session/{start|pause|resume|end|heartbeat}` (the seller)
 //! and `GET /v1/streams/{stream_id}/sessions/{session_id}`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 
 use super::streams::StreamView;
 use crate::domain::session::{Command, Transition};
 use crate::domain::SessionSummary;
-use crate::http::extract::parse_stream_id;
+use crate::http::extract::{parse_stream_id, ApiPath};
 use crate::http::AppState;
 use crate::http::Authenticated;
 use crate::http::{ApiError, ErrorKind};
@@ -24,7 +24,7 @@ pub struct CommandResult {
 
 pub async fn command(
     State(app): State<AppState>,
-    Path((stream_id, action)): Path<(String, String)>,
+    ApiPath((stream_id, action)): ApiPath<(String, String)>,
     Authenticated(who): Authenticated,
 ) -> Result<Json<CommandResult>, ApiError> {
     let id = parse_stream_id(&stream_id)?;
@@ -44,7 +44,7 @@ pub async fn command(
 
 pub async fn summary(
     State(app): State<AppState>,
-    Path((stream_id, session_id)): Path<(String, String)>,
+    ApiPath((stream_id, session_id)): ApiPath<(String, String)>,
     Authenticated(_who): Authenticated,
 ) -> Result<Json<SessionSummary>, ApiError> {
     let id = parse_stream_id(&stream_id)?;

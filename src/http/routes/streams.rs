@@ -1,6 +1,6 @@
 //! `POST /v1/streams`, `GET /v1/streams/{stream_id}`, `GET /v1/streams`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::domain::clock::rfc3339;
 use crate::domain::{Stream, StreamState};
-use crate::http::extract::parse_stream_id;
+use crate::http::extract::{parse_stream_id, ApiPath};
 use crate::http::rate_limit::{self, Route};
 use crate::http::AppState;
 use crate::http::{ApiError, ApiJson, ApiQuery, ErrorKind};
@@ -122,7 +122,7 @@ pub async fn create(
 pub async fn get(
     State(app): State<AppState>,
     ClientIp(ip): ClientIp,
-    Path(stream_id): Path<String>,
+    ApiPath(stream_id): ApiPath<String>,
     Authenticated(who): Authenticated,
 ) -> Result<Json<StreamView>, ApiError> {
     let id = parse_stream_id(&stream_id)?;

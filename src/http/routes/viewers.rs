@@ -1,10 +1,10 @@
 //! `GET /v1/streams/{stream_id}/viewers` (the stream's seller).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use crate::http::extract::parse_stream_id;
+use crate::http::extract::{parse_stream_id, ApiPath};
 use crate::http::AppState;
 use crate::http::Authenticated;
 use crate::http::{ApiError, ApiQuery, ErrorKind};
@@ -28,7 +28,7 @@ pub const MAX_PAGE: usize = 500;
 
 pub async fn list(
     State(app): State<AppState>,
-    Path(stream_id): Path<String>,
+    ApiPath(stream_id): ApiPath<String>,
     Authenticated(who): Authenticated,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<ViewerPage>, ApiError> {

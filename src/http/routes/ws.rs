@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use crate::admission::{IpGuard, Refusal, UserGuard};
-use crate::http::extract::parse_stream_id;
+use crate::http::extract::{parse_stream_id, ApiPath};
 use crate::http::upgrade::{NotAnUpgrade, WsStream, WsUpgrade};
 use crate::http::{ClientIp, WsAuthenticated};
-use axum::extract::{rejection::QueryRejection, ConnectInfo, Path, Query, State};
+use axum::extract::{rejection::QueryRejection, ConnectInfo, Query, State};
 use axum::response::Response;
 
 use crate::http::AppState;
@@ -27,7 +27,7 @@ pub struct WsParams {
 
 pub async fn stream_ws(
     State(app): State<AppState>,
-    Path(stream_id): Path<String>,
+    ApiPath(stream_id): ApiPath<String>,
     params: Result<Query<WsParams>, QueryRejection>,
     upgrade: Result<WsUpgrade, NotAnUpgrade>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
