@@ -289,7 +289,6 @@ async fn clients_that_drop_their_connection_are_not_protocol_errors() {
     // The counter is registered at zero (alerting counters are, for their rules); it must
     // stay there.
     let metrics = node.metrics().await;
-    // Registered at zero at start; still zero.
     assert!(
         metrics
             .lines()
