@@ -1,6 +1,7 @@
-//! WHIP (`POST /v1/streams/{stream_id}/whip`) and WHEP (`POST /v1/streams/{stream_id}/whep`)
-//! with their session resources (`DELETE`, `PATCH` → 405: the answer carries every
-//! candidate, so no trickle is needed) and CORS preflight.
+//! WHIP (`POST /v1/streams/{stream_id}/whip`) and WHEP (`POST /v1/streams/{stream_id}/whep`,
+//! `?max_layer=` caps a viewer's simulcast layer) with their session resources (`DELETE`,
+//! `PATCH` → 405: the answer carries every candidate, so no trickle is needed), a WHEP
+//! viewer's layer (`GET`/`POST …/whep/{resource}/layer`) and CORS preflight.
 //!
 //! Both accept the node's media token (from the rtc-token endpoint, audience
 //! `streamedge-media`, bound to the stream) or a Supabase access token as `Bearer`.
@@ -24,7 +25,7 @@ use crate::domain::session::Command;
 use crate::http::extract::parse_stream_id;
 use crate::http::AppState;
 use crate::http::{ApiError, ErrorKind};
-use crate::media::{MediaError, MediaService, ResourceKind};
+use crate::media::{Cap, CurrentLayer, MediaError, MediaService, ResourceKind};
 use crate::moderation::{require_not_ended, require_owner};
 use crate::rtc::service::{MediaClaims, MEDIA_AUDIENCE};
 use crate::streams::StreamState;
@@ -34,6 +35,13 @@ use crate::streams::StreamState;
 pub fn router() -> axum::Router<AppState> {
     use axum::routing::{delete as delete_route, post};
     let mut r = axum::Router::new();
+    r = r.route(
+        "/v1/streams/{stream_id}/whep/{resource}/layer",
+        axum::routing::get(get_layer)
+            .post(set_layer)
+            .options(options)
+            .layer(axum::extract::DefaultBodyLimit::max(4096)),
+    );
     for (kind, offer) in [("whip", post(whip)), ("whep", post(whep))] {
         r = r
             .route(
@@ -267,12 +275,32 @@ pub async fn whip(State(app): State<AppState>, req: OfferRequest) -> Result<Resp
     ))
 }
 
-/// `POST /v1/streams/{stream_id}/whep` (any signed-in viewer).
-pub async fn whep(State(app): State<AppState>, req: OfferRequest) -> Result<Response, ApiError> {
+/// A `max_layer` value: `low`, `mid`, `high` or a publisher's rid.
+fn parse_cap(value: &str) -> Result<Cap, ApiError> {
+    Cap::parse(value).ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::Invalid,
+            "invalid_max_layer",
+            "max_layer must be low, mid, high or a simulcast rid (letters, digits, - and _)",
+        )
+    })
+}
+
+/// `POST /v1/streams/{stream_id}/whep[?max_layer=low|mid|high|<rid>]` (any signed-in
+/// viewer).
+pub async fn whep(
+    State(app): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+    req: OfferRequest,
+) -> Result<Response, ApiError> {
+    let cap = match query.get("max_layer") {
+        Some(v) => parse_cap(v)?,
+        None => Cap::None,
+    };
     app.moderation
         .check_not_banned(&req.stream, &req.user)
         .await?;
-    let (answer, _state) = req.media.view(req.id, &req.user, &req.offer).await?;
+    let (answer, _state) = req.media.view(req.id, &req.user, &req.offer, cap).await?;
     let id = req.id;
     metrics::counter!("streamedge_media_sessions_total", "kind" => "whep").increment(1);
     Ok(created(
@@ -334,6 +362,161 @@ pub async fn delete(
     Ok(StatusCode::OK.into_response())
 }
 
+/// A WHEP viewer's layer: its cap and what it receives.
+#[derive(serde::Serialize)]
+struct LayerState {
+    max_layer: String,
+    #[serde(flatten)]
+    current: Option<CurrentLayer>,
+}
+
+/// The body of `POST …/whep/{resource}/layer`: `null` lifts the cap.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetLayer {
+    max_layer: Option<String>,
+}
+
+/// The caller's own WHEP session on this node, or the answer of the node that holds it.
+enum Session {
+    Here(LayerControlRef),
+    Elsewhere(Response),
+}
+
+type LayerControlRef = std::sync::Arc<crate::media::LayerControl>;
+
+async fn own_view(
+    app: &AppState,
+    stream_id: &str,
+    resource: &str,
+    method: reqwest::Method,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: Option<Bytes>,
+) -> Result<Session, ApiError> {
+    let media = media_enabled(app)?;
+    let id = parse_stream_id(stream_id)?;
+    if media.resource(resource).is_none() {
+        if let Some(home) = media.home_elsewhere(resource).await {
+            let auth = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            let (status, content_type, body) = media
+                .forward_request(&home, method, uri.path(), auth, body)
+                .await?;
+            let mut r = (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                body,
+            )
+                .into_response();
+            if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                r.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            return Ok(Session::Elsewhere(r));
+        }
+    }
+    let user = caller(app, headers, &id).await?;
+    let r = media
+        .resource(resource)
+        .filter(|r| r.stream == id && r.kind == ResourceKind::View)
+        .ok_or(MediaError::NoSuchResource)?;
+    if r.user != user {
+        return Err(ApiError::new(
+            ErrorKind::Forbidden,
+            "not_owner",
+            "only the session's creator can change its layer",
+        ));
+    }
+    Ok(Session::Here(r.layer.ok_or(MediaError::NoSuchResource)?))
+}
+
+fn layer_state(c: &crate::media::LayerControl) -> Response {
+    axum::Json(LayerState {
+        max_layer: c.cap().as_str().to_string(),
+        current: c.current(),
+    })
+    .into_response()
+}
+
+/// `GET /v1/streams/{stream_id}/whep/{resource}/layer`: the viewer's cap and the layer it
+/// receives (the session's creator).
+pub async fn get_layer(
+    State(app): State<AppState>,
+    Path((stream_id, resource)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    match own_view(
+        &app,
+        &stream_id,
+        &resource,
+        reqwest::Method::GET,
+        &uri,
+        &headers,
+        None,
+    )
+    .await?
+    {
+        Session::Elsewhere(r) => Ok(r),
+        Session::Here(c) => Ok(layer_state(&c)),
+    }
+}
+
+/// `POST /v1/streams/{stream_id}/whep/{resource}/layer` with `{"max_layer": "low"}`:
+/// changes the viewer's cap while it watches (the session's creator); the switch happens
+/// on the new layer's next keyframe.
+pub async fn set_layer(
+    State(app): State<AppState>,
+    Path((stream_id, resource)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| {
+            c.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !is_json {
+        return Err(ApiError::new(
+            ErrorKind::UnsupportedMediaType,
+            "unsupported_media_type",
+            "the body must be application/json",
+        ));
+    }
+    let set: SetLayer = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            ErrorKind::Invalid,
+            "invalid_body",
+            format!("expected {{\"max_layer\": \"low|mid|high|<rid>\" or null}}: {e}"),
+        )
+    })?;
+    let cap = match set.max_layer.as_deref() {
+        None | Some("none") => Cap::None,
+        Some(v) => parse_cap(v)?,
+    };
+    match own_view(
+        &app,
+        &stream_id,
+        &resource,
+        reqwest::Method::POST,
+        &uri,
+        &headers,
+        Some(body),
+    )
+    .await?
+    {
+        Session::Elsewhere(r) => Ok(r),
+        Session::Here(c) => {
+            c.set_cap(cap);
+            Ok(layer_state(&c))
+        }
+    }
+}
+
 /// `PATCH` on a session: trickle ICE and ICE restarts are not supported (the answer holds
 /// every candidate), which RFC 9725 answers with 405.
 pub async fn patch() -> Response {
@@ -354,7 +537,13 @@ pub fn cors() -> tower_http::cors::CorsLayer {
     use axum::http::Method;
     tower_http::cors::CorsLayer::new()
         .allow_origin(tower_http::cors::Any)
-        .allow_methods([Method::POST, Method::DELETE, Method::PATCH, Method::OPTIONS])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+        ])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
         .expose_headers([header::LOCATION, header::LINK])
         .max_age(Duration::from_secs(600))
