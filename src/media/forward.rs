@@ -249,13 +249,19 @@ pub(super) async fn track(
         }
     }
     if let Some(c) = &v.cur {
-        if v.video {
+        if v.counted() {
             metrics::gauge!("streamedge_media_layer_viewers", "layer" => c.name).decrement(1.0);
         }
     }
 }
 
 impl Viewer {
+    /// Whether the viewer counts in the per-layer gauge: a viewer's video (a relay
+    /// node's pinned layers do not).
+    fn counted(&self) -> bool {
+        self.video && self.pinned.is_none()
+    }
+
     /// The viewer's connection is up (a first packet was written): it can decode from
     /// the next keyframe on, so ask now and again shortly in case that one was lost; and
     /// start reading its feedback.
@@ -401,7 +407,7 @@ impl Viewer {
                 self.pending = None;
                 let mut s = Subscribed::new(ranked[ranked.len() - 1].clone());
                 s.name = layer_name(0, 1);
-                if self.video {
+                if self.counted() {
                     metrics::gauge!("streamedge_media_layer_viewers", "layer" => s.name)
                         .increment(1.0);
                 }

@@ -43,47 +43,76 @@ impl PeerConnectionEventHandler for Handler {
         let Some(publication) = self.on_track.clone() else {
             return;
         };
-        // With simulcast the SSRCs arrive with each layer's `OnOpen`; the codec is the
-        // same for every layer.
-        let ssrcs = track.ssrcs().await;
-        let mut codec = None;
-        for s in &ssrcs {
-            codec = track.codec(*s).await;
-            if codec.is_some() {
-                break;
-            }
-        }
-        let Some(codec) = codec else {
-            return;
-        };
-        let kind = if codec.mime_type.to_ascii_lowercase().starts_with("audio/") {
-            RtpCodecKind::Audio
-        } else {
-            RtpCodecKind::Video
-        };
-        let fwd = Arc::new(Forwarded {
-            kind,
-            codec: codec.clone(),
-            layers: Mutex::new(Vec::new()),
-        });
-        // A relayed layer (one track per layer from the origin node) joins the track it
-        // belongs to.
-        let relayed = relay::layer_of(&track.track_id().await);
-        if let Some((group, rid)) = &relayed {
-            let into = publication.relayed_into(group, &fwd);
-            tracing::info!(stream = %publication.stream, rid = %rid, "relayed layer");
-            let ssrc = ssrcs.first().copied().unwrap_or(0);
-            let layer = Layer::new(rid.clone(), ssrc, track.clone());
-            into.layers.lock().unwrap().push(layer.clone());
-            publication.tracks_changed.notify_waiters();
-            tokio::spawn(ingest(track, into, Some(layer), publication));
-            return;
-        }
-        publication.tracks.lock().unwrap().push(fwd.clone());
-        publication.tracks_changed.notify_waiters();
-        tracing::info!(stream = %publication.stream, codec = %codec.mime_type, ssrcs = ?ssrcs, "publisher track");
-        tokio::spawn(ingest(track, fwd, None, publication));
+        // Not in the handler: finding the codec of a simulcast track waits for a layer.
+        tokio::spawn(add_track(track, publication));
     }
+}
+
+/// Adds a publisher's (or a relay's) track to the publication and feeds it.
+async fn add_track(track: Arc<dyn TrackRemote>, publication: Arc<Publication>) {
+    let ssrcs = track.ssrcs().await;
+    tracing::debug!(?ssrcs, "track");
+    // With simulcast the SSRCs arrive with each layer's `OnOpen`; the codec is the same
+    // for every layer.
+    let mut opened = Vec::new();
+    let mut codec = None;
+    for s in track.ssrcs().await {
+        codec = track.codec(s).await;
+        if codec.is_some() {
+            break;
+        }
+    }
+    while codec.is_none() {
+        let ev = tokio::select! {
+            _ = publication.ended.cancelled() => return,
+            ev = track.poll() => ev,
+        };
+        match ev {
+            Some(TrackRemoteEvent::OnOpen(init)) => {
+                codec = track.codec(init.ssrc).await;
+                tracing::debug!(ssrc = init.ssrc, rid = ?init.rid, codec = ?codec, "track opened");
+                opened.push((init.rid.unwrap_or_default(), init.ssrc));
+            }
+            Some(TrackRemoteEvent::OnEnded) | None => return,
+            Some(e) => tracing::debug!(event = ?e, "track event before its codec"),
+        }
+    }
+    let Some(codec) = codec else {
+        return;
+    };
+    let kind = if codec.mime_type.to_ascii_lowercase().starts_with("audio/") {
+        RtpCodecKind::Audio
+    } else {
+        RtpCodecKind::Video
+    };
+    let fwd = Arc::new(Forwarded {
+        kind,
+        codec: codec.clone(),
+        layers: Mutex::new(Vec::new()),
+    });
+    // A relayed layer (one track per layer from the origin node) joins the track it
+    // belongs to.
+    if let Some((group, rid)) = relay::layer_of(&track.track_id().await) {
+        let into = publication.relayed_into(&group, &fwd);
+        tracing::info!(stream = %publication.stream, rid = %rid, "relayed layer");
+        let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
+        let layer = Layer::new(rid, ssrc, track.clone());
+        into.layers.lock().unwrap().push(layer.clone());
+        publication.tracks_changed.notify_waiters();
+        ingest(track, into, Some(layer), publication).await;
+        return;
+    }
+    for (rid, ssrc) in opened {
+        tracing::info!(rid = %rid, ssrc, "publisher layer");
+        fwd.layers
+            .lock()
+            .unwrap()
+            .push(Layer::new(rid, ssrc, track.clone()));
+    }
+    publication.tracks.lock().unwrap().push(fwd.clone());
+    publication.tracks_changed.notify_waiters();
+    tracing::info!(stream = %publication.stream, codec = %codec.mime_type, "publisher track");
+    ingest(track, fwd, None, publication).await;
 }
 
 /// How often a layer's bit rate is measured.
