@@ -6,19 +6,20 @@
 //! timestamps continuous ([`layers::SeqRewriter`]). A viewer that falls more than the
 //! channel holds behind is dropped, never the publisher.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::peer_connection::PeerConnection;
 
+use super::control::{CurrentLayer, LayerControl};
 use super::keyframes::{request_keyframe, viewer_feedback, Feedback};
-use super::layers::{layer_name, starts_keyframe, Cap, SeqRewriter, VideoCodec};
+use super::layers::{layer_name, starts_keyframe, SeqRewriter, VideoCodec};
 use super::select::{Estimator, Selector};
 use super::{Forwarded, Inbound, Layer, LATENCY_SAMPLE};
 
@@ -42,47 +43,6 @@ pub fn rewrite(p: &mut rtp::Packet, r: Rewrite) {
     p.header.extension = false;
     p.header.extensions.clear();
     p.header.extensions_padding = 0;
-}
-
-/// A viewer's layer, as the API sees it: its cap (changed while watching) and the layer
-/// it receives.
-pub struct LayerControl {
-    pub(super) cap: watch::Sender<Cap>,
-    current: Mutex<Option<CurrentLayer>>,
-}
-
-/// The layer a viewer receives.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct CurrentLayer {
-    /// `low`, `mid`, `high` (`single` without simulcast).
-    pub layer: &'static str,
-    /// The publisher's rid (empty without simulcast).
-    pub rid: String,
-    /// Layers the publisher sends.
-    pub layers: usize,
-    /// The viewer's estimated bandwidth (bit/s), when it reports one.
-    pub estimate_bps: Option<u64>,
-}
-
-impl LayerControl {
-    pub fn new(cap: Cap) -> Arc<Self> {
-        Arc::new(LayerControl {
-            cap: watch::Sender::new(cap),
-            current: Mutex::new(None),
-        })
-    }
-
-    pub fn set_cap(&self, cap: Cap) {
-        self.cap.send_replace(cap);
-    }
-
-    pub fn cap(&self) -> Cap {
-        self.cap.borrow().clone()
-    }
-
-    pub fn current(&self) -> Option<CurrentLayer> {
-        self.current.lock().unwrap().clone()
-    }
 }
 
 /// What ends a forwarding task: the viewer's session, or the publish.
@@ -367,7 +327,7 @@ impl Viewer {
             .iter()
             .position(|r| Arc::ptr_eq(r, &cur.layer))
             .unwrap_or(0);
-        *control.current.lock().unwrap() = Some(CurrentLayer {
+        control.set_current(CurrentLayer {
             layer: layer_name(i, ranked.len()),
             rid: cur.layer.rid.clone(),
             layers: ranked.len(),

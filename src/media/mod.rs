@@ -12,10 +12,11 @@
 //! triggers a keyframe request (PLI) upstream, at most one per `media.keyframe_interval`
 //! per layer.
 
+mod control;
 pub mod feedback;
 mod forward;
 mod ingest;
-pub use forward::{CurrentLayer, LayerControl};
+pub use control::{CurrentLayer, LayerControl};
 pub use ingest::ResourceHome;
 pub use layers::Cap;
 mod keyframes;
@@ -106,7 +107,7 @@ pub struct Resource {
     /// connection state change).
     ended: tokio_util::sync::CancellationToken,
     /// A WHEP viewer's layer cap and current layer.
-    pub layer: Option<Arc<forward::LayerControl>>,
+    pub layer: Option<Arc<control::LayerControl>>,
 }
 
 /// One forwarded track of a publication: its layers (one per simulcast encoding, or

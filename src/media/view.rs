@@ -13,7 +13,7 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::peer_connection::RTCPeerConnectionState;
 
-use super::forward::LayerControl;
+use super::control::LayerControl;
 use super::layers::Cap;
 use super::*;
 
