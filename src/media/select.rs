@@ -4,7 +4,8 @@
 //!
 //! - Down: the estimate stays under 0.85× the current layer's bitrate for 2 s (at once
 //!   when the cap drops or the layer stops arriving).
-//! - Up: the estimate stays over 1.3× the next layer's bitrate for 4 s; or, since a
+//! - Up: the estimate stays over 1.3× the next layer's bitrate for 4 s (then to the
+//!   highest layer it has that room for); or, since a
 //!   receiver's estimate rarely grows far past what it receives, a probe: no loss and an
 //!   estimate at least 1.4× the current layer for a hold-off (8 s, doubled after each
 //!   probe that had to come back down within 10 s, up to 64 s).
@@ -152,7 +153,11 @@ impl Selector {
             let since = *self.up_since.get_or_insert(now);
             if now.duration_since(since) >= UP_AFTER {
                 self.reset();
-                return next;
+                // As high as the estimate has room for, not just one step.
+                return (next..=top)
+                    .rev()
+                    .find(|&j| live(j) && est > UP_FACTOR * rates[j])
+                    .unwrap_or(next);
             }
         } else {
             self.up_since = None;
@@ -234,6 +239,15 @@ mod tests {
         assert_eq!(s.decide(t + secs(4.0), &RATES, Some(0), 2, room, None), 1);
         // Not enough for the top layer: stays.
         assert_eq!(s.decide(t + secs(20.0), &RATES, Some(1), 2, room, None), 1);
+        // Room for the top layer: straight there.
+        let mut s = Selector::default();
+        let plenty = Some(4e6);
+        assert_eq!(s.decide(t, &RATES, Some(0), 2, plenty, None), 0);
+        assert_eq!(s.decide(t + secs(4.0), &RATES, Some(0), 2, plenty, None), 2);
+        // Unless capped.
+        let mut s = Selector::default();
+        assert_eq!(s.decide(t, &RATES, Some(0), 1, plenty, None), 0);
+        assert_eq!(s.decide(t + secs(4.0), &RATES, Some(0), 1, plenty, None), 1);
         // The cap holds it down whatever the estimate.
         let mut s = Selector::default();
         for i in 0..20 {
