@@ -43,18 +43,28 @@ impl MediaService {
         }
         let guard = ViewerSlot(self.viewers.clone());
         // The publisher's tracks arrive shortly after its connection is up.
-        let deadline = tokio::time::Instant::now() + TRACKS_TIMEOUT;
+        let start = tokio::time::Instant::now();
+        let deadline = start + TRACKS_TIMEOUT;
         let tracks = loop {
             let wait = publication.tracks_changed.notified();
             let t = publication.tracks.lock().unwrap().clone();
+            let tracks_ready =
+                t.len() >= publication.expected_tracks.load(Ordering::Relaxed).max(1);
             let layers = publication.expected_layers.load(Ordering::Relaxed);
-            let all_layers = t
+            let layers_ready = t
                 .iter()
                 .all(|f| f.kind != RtpCodecKind::Video || f.layers.lock().unwrap().len() >= layers);
-            if t.len() >= publication.expected_tracks.load(Ordering::Relaxed).max(1) && all_layers {
+            if tracks_ready && layers_ready {
                 break t;
             }
-            if tokio::time::timeout_at(deadline, wait).await.is_err() {
+            // An offered layer may not be sent yet (a browser's top layer waits for its
+            // bandwidth estimate): waited for only briefly.
+            let until = if tracks_ready {
+                deadline.min(start + LAYERS_WAIT)
+            } else {
+                deadline
+            };
+            if tokio::time::timeout_at(until, wait).await.is_err() {
                 break publication.tracks.lock().unwrap().clone();
             }
         };
@@ -193,6 +203,10 @@ impl MediaService {
         Ok((Answer { resource, sdp }, state_rx))
     }
 }
+
+/// How long a WHEP answer waits for simulcast layers the publisher offered but does not
+/// send yet.
+const LAYERS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(super) fn rand_ssrc() -> u32 {
     let b = Uuid::new_v4().into_bytes();
