@@ -95,7 +95,10 @@ async fn add_track(track: Arc<dyn TrackRemote>, publication: Arc<Publication>) {
     if let Some((group, rid)) = relay::layer_of(&track.track_id().await) {
         let into = publication.relayed_into(&group, &fwd);
         tracing::info!(stream = %publication.stream, rid = %rid, "relayed layer");
-        let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
+        let ssrc = match opened.first() {
+            Some((_, ssrc)) => *ssrc,
+            None => ssrcs.first().copied().unwrap_or(0),
+        };
         let layer = Layer::new(rid, ssrc, track.clone());
         into.layers.lock().unwrap().push(layer.clone());
         publication.tracks_changed.notify_waiters();
