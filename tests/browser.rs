@@ -1,9 +1,10 @@
 //! A real browser against the media path: headless Chromium (Debian's `chromium`, with
 //! a fake camera and microphone) publishes through a page using WHIP; a second Chromium
 //! plays with WHEP and must decode video (`framesDecoded > 0` from `getStats`). With
-//! simulcast, Chromium publishes three layers; an unconstrained Chromium viewer decodes
-//! the top one while a `webrtc`-crate viewer reporting a low REMB gets the bottom one,
-//! and moves up when its REMB rises.
+//! simulcast, Chromium publishes three layers; a Chromium viewer capped at `low` decodes
+//! 320x180, then 1280x720 once its cap is lifted (its link is unconstrained), while a
+//! `webrtc`-crate viewer reporting a low REMB gets the bottom layer and moves up when its
+//! REMB rises.
 //! `scripts/test` installs Chromium when it is missing.
 
 use streamedge_testkit as common;
@@ -149,6 +150,18 @@ async fn chromium_publishes_with_whip_and_another_chromium_decodes_it_with_whep(
     node.shutdown().await.unwrap();
 }
 
+/// Percent-encodes a URL for a query parameter.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Serves the test page from its own origin (as a shop's would: CORS on the node) and
 /// collects its reports.
 async fn pages() -> (
@@ -205,9 +218,12 @@ async fn chromium_simulcast_reaches_each_viewer_at_the_layer_its_link_carries() 
         .await,
         "Chromium did not publish"
     );
+    // The Chromium viewer starts capped at the low layer (the app's choice); the cap is
+    // lifted later, on its unconstrained link.
+    let viewer_token = common::buyer("simulcast-viewer");
+    let capped_whep = urlencode(&format!("{whep}?max_layer=low"));
     let _viewer = Browser::open(&format!(
-        "{origin}/page?page=play&watch=1&url={whep}&token={}",
-        common::buyer("simulcast-viewer")
+        "{origin}/page?page=play&watch=1&url={capped_whep}&token={viewer_token}"
     ));
     let (slow_pc, slow, _) =
         webrtc_peer::start_viewer(&api, &stream, &common::buyer("slow-viewer"), "").await;
@@ -215,17 +231,23 @@ async fn chromium_simulcast_reaches_each_viewer_at_the_layer_its_link_carries() 
     let stop = Arc::new(AtomicBool::new(false));
     webrtc_peer::send_remb(slow.clone(), remb.clone(), stop.clone());
 
-    // The Chromium viewer decodes the top layer (1280x720), continuously.
+    // The Chromium viewer decodes the low layer (320x180), continuously; once its cap is
+    // lifted, the top layer (1280x720) — switching without renegotiation, still decoding.
     let mut seen: Vec<String> = Vec::new();
-    let mut top_since: Option<u64> = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut location = None;
+    let mut wanted = 320;
+    let mut since: Option<u64> = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         let r = tokio::time::timeout_at(deadline, reports.recv())
             .await
-            .unwrap_or_else(|_| panic!("the viewer never decoded 1280x720: {seen:?}"))
+            .unwrap_or_else(|_| panic!("the viewer never decoded {wanted} wide: {seen:?}"))
             .unwrap();
         if let Some(e) = r.get("error") {
             panic!("{} page failed: {e}; reports so far: {seen:?}", r["page"]);
+        }
+        if let Some(l) = r.get("location") {
+            location = Some(l.clone());
         }
         let Some(w) = r.get("watch") else {
             continue;
@@ -233,15 +255,31 @@ async fn chromium_simulcast_reaches_each_viewer_at_the_layer_its_link_carries() 
         seen.push(w.clone());
         let v: serde_json::Value = serde_json::from_str(w).unwrap();
         let decoded = v["decoded"].as_u64().unwrap_or(0);
-        if v["width"] == 1280 {
-            match top_since {
-                // Three more seconds at the top, frames still being decoded.
-                Some(d) if seen.len() >= 4 && decoded > d + 30 => break,
-                Some(_) => {}
-                None => top_since = Some(decoded),
+        if v["width"] != wanted {
+            since = None;
+            continue;
+        }
+        match since {
+            // Three more seconds at that layer, frames still being decoded.
+            Some(d) if decoded > d + 30 => {
+                if wanted == 1280 {
+                    break;
+                }
+                // Lift the cap.
+                let loc = location.clone().expect("the viewer's Location");
+                let (st, body) = common::call(
+                    reqwest::Method::POST,
+                    &format!("{api}{loc}/layer"),
+                    &viewer_token,
+                    Some(serde_json::json!({ "max_layer": null })),
+                )
+                .await;
+                assert_eq!(st, 200, "{body}");
+                wanted = 1280;
+                since = None;
             }
-        } else {
-            top_since = None;
+            Some(_) => {}
+            None => since = Some(decoded),
         }
     }
     // The constrained viewer gets the bottom layer (320x180) meanwhile.
