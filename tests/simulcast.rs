@@ -4,7 +4,8 @@
 //! unconstrained viewer receives the top layer, a viewer reporting a low REMB the bottom
 //! one and moves up when its REMB rises, without a gap longer than a keyframe interval
 //! and with continuous sequence numbers; a viewer capped at `mid` never gets `high`, and
-//! changing its cap while watching moves it. Across two nodes, a relay carries every layer.
+//! changing its cap while watching moves it; when the publisher stops its top layer, its
+//! viewers move to the next one. Across two nodes, a relay carries every layer.
 
 use streamedge_testkit as common;
 
@@ -70,13 +71,21 @@ fn vp8_packet(l: usize, picture: u16, first: bool, key: bool) -> Bytes {
     Bytes::from(p)
 }
 
-/// Publishes three simulcast layers; returns the peer, the WHIP resource and the flag that
-/// keeps the sender going.
+/// Which layers the publisher sends (all, at first), and whether it sends at all.
+#[derive(Default)]
+struct Sending {
+    stopped: AtomicBool,
+    /// Per layer: held back (a browser drops its top layers when its uplink shrinks).
+    paused: [AtomicBool; 3],
+}
+
+/// Publishes three simulcast layers; returns the peer, the WHIP resource and the switches
+/// of the sender.
 async fn start_publisher(
     api: &str,
     stream: &uuid::Uuid,
     seller: &str,
-) -> (Arc<dyn PeerConnection>, String, Arc<AtomicBool>) {
+) -> (Arc<dyn PeerConnection>, String, Arc<Sending>) {
     let (pc, gathered) = peer(None).await;
     let codec = RTCRtpCodec {
         mime_type: "video/VP8".into(),
@@ -149,14 +158,17 @@ async fn start_publisher(
             }
         }
     });
-    let sending = Arc::new(AtomicBool::new(true));
+    let sending = Arc::new(Sending::default());
     let flag = sending.clone();
     tokio::spawn(async move {
         let mut frame: u32 = 0;
         let mut seq = [0u16; 3];
         let mut last_key = [Instant::now() - KEYFRAME_EVERY; 3];
-        while flag.load(Ordering::Relaxed) {
+        while !flag.stopped.load(Ordering::Relaxed) {
             for (l, (rid, ssrc, _, packets)) in LAYERS.iter().enumerate() {
+                if flag.paused[l].load(Ordering::Relaxed) {
+                    continue;
+                }
                 let key = wanted[l].swap(false, Ordering::Relaxed)
                     || last_key[l].elapsed() >= KEYFRAME_EVERY;
                 if key {
@@ -344,9 +356,29 @@ async fn viewers_get_the_layer_their_link_and_cap_allow() {
     assert_eq!(st, 400, "{body}");
     assert!(body.contains("invalid_max_layer"), "{body}");
 
+    // The publisher stops sending its top layer: the viewers on it move to the middle one
+    // within a few seconds, with no gap longer than a keyframe interval.
+    let dropped = Instant::now();
+    sending.paused[2].store(true, Ordering::Relaxed);
+    wait_for_layer(
+        &fast,
+        1,
+        Duration::from_secs(6),
+        "a viewer of a dropped layer",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (gap, ok) = continuity(&fast.since(dropped));
+    assert!(
+        gap < KEYFRAME_EVERY,
+        "a {gap:?} freeze when the top layer stopped"
+    );
+    assert!(ok, "sequence numbers or timestamps jumped");
+    eprintln!("left the dropped layer in {:?}", dropped.elapsed());
+
     let m = node.metrics().await;
     for line in [
-        "streamedge_media_layer_viewers{layer=\"high\"} 2",
+        "streamedge_media_layer_viewers{layer=\"mid\"} 2",
         "streamedge_media_layer_viewers{layer=\"low\"} 1",
     ] {
         assert!(m.contains(line), "missing {line} in\n{m}");
@@ -360,7 +392,7 @@ async fn viewers_get_the_layer_their_link_and_cap_allow() {
         "{m}"
     );
     stop.store(true, Ordering::Relaxed);
-    sending.store(false, Ordering::Relaxed);
+    sending.stopped.store(true, Ordering::Relaxed);
     for pc in [fast_pc, slow_pc, capped_pc, pub_pc] {
         let _ = pc.close().await;
     }
@@ -405,7 +437,7 @@ async fn a_relay_carries_every_layer_to_another_node() {
     .await;
 
     stop.store(true, Ordering::Relaxed);
-    sending.store(false, Ordering::Relaxed);
+    sending.stopped.store(true, Ordering::Relaxed);
     for pc in [fast_pc, low_pc, slow_pc, pub_pc] {
         let _ = pc.close().await;
     }

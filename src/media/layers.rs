@@ -103,6 +103,20 @@ pub fn vp8_keyframe_size(p: &[u8]) -> Option<(u16, u16)> {
     Some((w, h))
 }
 
+/// A layer's smoothed bit rate after a measure of `measured` bit/s: an average weighted
+/// 60/40 toward the past, the first measure as is, and 0 once `idle` measures in a row
+/// (a second) saw nothing — a layer the publisher stopped sending (a browser drops its
+/// top layers when its uplink shrinks) is left at once.
+pub fn next_rate(old: f64, measured: f64, idle: u32) -> f64 {
+    if idle >= 2 {
+        0.0
+    } else if old == 0.0 {
+        measured
+    } else {
+        0.6 * old + 0.4 * measured
+    }
+}
+
 /// The name of layer `index` of `count` (ranked low to high) in the API and metrics:
 /// `low`, `mid`, `high` (`single` without simulcast).
 pub fn layer_name(index: usize, count: usize) -> &'static str {
@@ -261,6 +275,15 @@ mod tests {
         assert!(starts_keyframe(VideoCodec::Vp9, &[0x08]));
         assert!(!starts_keyframe(VideoCodec::Vp9, &[0x48]));
         assert_eq!(VideoCodec::from_mime("video/VP8"), VideoCodec::Vp8);
+    }
+
+    #[test]
+    fn a_stopped_layer_drops_to_zero_after_a_second() {
+        assert_eq!(next_rate(0.0, 1e6, 0), 1e6);
+        assert_eq!(next_rate(1e6, 2e6, 0), 1.4e6);
+        // One empty measure (500 ms): smoothed down, still arriving.
+        assert_eq!(next_rate(1e6, 0.0, 1), 6e5);
+        assert_eq!(next_rate(6e5, 0.0, 2), 0.0);
     }
 
     #[test]

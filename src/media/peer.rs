@@ -136,7 +136,8 @@ async fn ingest(
     let bytes_in = metrics::counter!("streamedge_media_bytes_in_total");
     let vp8 = layers::VideoCodec::from_mime(&fwd.codec.mime_type) == layers::VideoCodec::Vp8;
     // Per layer: bytes since the last measure.
-    let mut counted: Vec<(Arc<Layer>, u64)> = Vec::new();
+    // Per layer: bytes since the last measure, and measures in a row without any.
+    let mut counted: Vec<(Arc<Layer>, u64, u32)> = Vec::new();
     let mut window_start = Instant::now();
     let mut last: Option<Arc<Layer>> = only.clone();
     loop {
@@ -182,9 +183,9 @@ async fn ingest(
                         layer.pixels.store(u64::from(w) * u64::from(h), Relaxed);
                     }
                 }
-                match counted.iter_mut().find(|(l, _)| Arc::ptr_eq(l, &layer)) {
-                    Some((_, b)) => *b += n,
-                    None => counted.push((layer.clone(), n)),
+                match counted.iter_mut().find(|(l, ..)| Arc::ptr_eq(l, &layer)) {
+                    Some((_, b, _)) => *b += n,
+                    None => counted.push((layer.clone(), n, 0)),
                 }
                 let _ = layer.tx.send(Inbound {
                     at: Instant::now(),
@@ -193,23 +194,11 @@ async fn ingest(
                 let elapsed = window_start.elapsed();
                 if elapsed >= RATE_WINDOW {
                     window_start = Instant::now();
-                    for (l, b) in counted.iter_mut() {
-                        let now = *b as f64 * 8.0 / elapsed.as_secs_f64();
-                        let old = l.rate();
-                        // Smoothed; a layer that stopped drops to 0 within a few windows.
-                        let next = if old == 0.0 {
-                            now
-                        } else {
-                            0.6 * old + 0.4 * now
-                        };
-                        l.bitrate.store(
-                            if now == 0.0 && next < 1000.0 {
-                                0
-                            } else {
-                                next as u64
-                            },
-                            Relaxed,
-                        );
+                    for (l, b, idle) in counted.iter_mut() {
+                        let measured = *b as f64 * 8.0 / elapsed.as_secs_f64();
+                        *idle = if *b == 0 { *idle + 1 } else { 0 };
+                        let next = layers::next_rate(l.rate(), measured, *idle);
+                        l.bitrate.store(next as u64, Relaxed);
                         *b = 0;
                     }
                 }
