@@ -2,6 +2,9 @@
 //! crate) sends synthetic VP8-sized RTP at a bitrate through WHIP; N viewers (also the
 //! crate) join through WHEP; each viewer counts the packets it receives (payloads carry a
 //! counter), so loss per viewer is exact. The node's CPU comes from its `/metrics`.
+//! With `--simulcast` the publisher sends three layers (rids `q`, `h`, `f` at a tenth, a
+//! third and all of the bitrate) and each viewer receives one: the top one, as an
+//! unconstrained viewer does; loss is counted against the top layer.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +58,9 @@ pub struct Args {
     /// Local address for the peers' UDP sockets.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub udp_addr: String,
+    /// Publish three simulcast layers (a tenth, a third and all of `--kbps`).
+    #[arg(long)]
+    pub simulcast: bool,
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
@@ -62,6 +68,7 @@ pub struct Args {
 #[derive(Serialize)]
 struct Report {
     scenario: &'static str,
+    simulcast: bool,
     viewers: usize,
     connected: usize,
     kbps: u64,
@@ -136,12 +143,13 @@ async fn peer(
     Ok((Arc::new(pc), gathered))
 }
 
+/// Posts the offer, sets the answer and returns it.
 async fn negotiate(
     pc: &Arc<dyn PeerConnection>,
     gathered: &Notify,
     url: &str,
     token: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let offer = pc.create_offer(None).await?;
     let wait = gathered.notified();
     pc.set_local_description(offer).await?;
@@ -159,10 +167,22 @@ async fn negotiate(
         .send()
         .await?;
     anyhow::ensure!(r.status().as_u16() == 201, "{url}: {}", r.status());
-    pc.set_remote_description(RTCSessionDescription::answer(r.text().await?)?)
+    let answer = r.text().await?;
+    pc.set_remote_description(RTCSessionDescription::answer(answer.clone())?)
         .await?;
-    Ok(())
+    Ok(answer)
 }
+
+/// The id an SDP's `a=extmap` gives `uri`.
+fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
+    sdp.lines().find_map(|l| {
+        let (id, rest) = l.strip_prefix("a=extmap:")?.split_once(' ')?;
+        (rest.trim() == uri).then(|| id.parse().ok())?
+    })
+}
+
+/// The simulcast layers: rid, SSRC and share of the bitrate (the last one is the top).
+const LAYERS: [(&str, u32, u64); 3] = [("q", 7775, 10), ("h", 7776, 3), ("f", 7777, 1)];
 
 async fn node_cpu(admin: SocketAddr) -> f64 {
     metrics::scrape(admin)
@@ -188,68 +208,101 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         .to_string();
 
     let (publisher, gathered) = peer(&a.udp_addr, None).await?;
+    let codec = RTCRtpCodec {
+        mime_type: "video/VP8".into(),
+        clock_rate: 90000,
+        ..Default::default()
+    };
+    let layers: &[(&str, u32, u64)] = if a.simulcast { &LAYERS } else { &LAYERS[2..] };
     let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
         "load".into(),
         "load-video".into(),
         "load".into(),
         RtpCodecKind::Video,
-        vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters {
-                ssrc: Some(7777),
+        layers
+            .iter()
+            .map(|(rid, ssrc, _)| RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    rid: if a.simulcast {
+                        rid.to_string()
+                    } else {
+                        String::new()
+                    },
+                    ssrc: Some(*ssrc),
+                    ..Default::default()
+                },
+                codec: codec.clone(),
                 ..Default::default()
-            },
-            codec: RTCRtpCodec {
-                mime_type: "video/VP8".into(),
-                clock_rate: 90000,
-                ..Default::default()
-            },
-            ..Default::default()
-        }],
+            })
+            .collect(),
     )));
     publisher
         .add_track(track.clone() as Arc<dyn TrackLocal>)
         .await?;
-    negotiate(
+    let answer = negotiate(
         &publisher,
         &gathered,
         &format!("{api}/v1/streams/{stream}/whip"),
         &seller,
     )
     .await?;
+    // A simulcast sender marks its packets with their mid and rid.
+    let ids = (
+        extmap_id(&answer, "urn:ietf:params:rtp-hdrext:sdes:mid"),
+        extmap_id(&answer, "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"),
+        answer.lines().find_map(|l| l.strip_prefix("a=mid:")),
+    );
+    let marks = match ids {
+        (Some(mid_id), Some(rid_id), Some(mid)) if a.simulcast => {
+            Some((mid_id, rid_id, bytes::Bytes::from(mid.to_string())))
+        }
+        _ if a.simulcast => anyhow::bail!("the WHIP answer lacks the mid/rid extensions"),
+        _ => None,
+    };
 
-    // The stream: 1,200-byte packets at the bitrate.
-    let per_sec = (a.kbps * 1000 / (1200 * 8)).max(1);
+    // The stream: 1,200-byte packets at the bitrate, each layer at its share; `sent`
+    // counts the top layer's (what viewers receive).
     let sent = Arc::new(AtomicU64::new(0));
     let sending = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let sender = {
-        let (sent, sending, track) = (sent.clone(), sending.clone(), track.clone());
-        tokio::spawn(async move {
+    let mut senders = Vec::new();
+    for (l, (rid, ssrc, share)) in layers.iter().copied().enumerate() {
+        let top = l + 1 == layers.len();
+        let per_sec = (a.kbps * 1000 / share / (1200 * 8)).max(1);
+        let (sent, sending, track, marks) =
+            (sent.clone(), sending.clone(), track.clone(), marks.clone());
+        senders.push(tokio::spawn(async move {
             let interval = Duration::from_secs_f64(1.0 / per_sec as f64);
             let mut next = tokio::time::Instant::now();
             let mut i: u32 = 0;
             let payload = bytes::Bytes::from(vec![0x90u8; 1200]);
             while sending.load(Ordering::Relaxed) {
-                let p = rtp::Packet {
+                let mut p = rtp::Packet {
                     header: rtp::Header {
                         version: 2,
                         payload_type: 96,
                         sequence_number: i as u16,
                         timestamp: i.wrapping_mul(3000),
-                        ssrc: 7777,
+                        ssrc,
                         marker: i % 4 == 3,
                         ..Default::default()
                     },
                     payload: payload.clone(),
                 };
-                if track.write_rtp(p).await.is_ok() {
+                if let Some((mid_id, rid_id, mid)) = &marks {
+                    let _ = p.header.set_extension(*mid_id, mid.clone());
+                    let _ = p
+                        .header
+                        .set_extension(*rid_id, bytes::Bytes::from_static(rid.as_bytes()));
+                }
+                if track.write_rtp(p).await.is_ok() && top {
                     sent.fetch_add(1, Ordering::Relaxed);
                 }
                 i = i.wrapping_add(1);
                 next += interval;
                 tokio::time::sleep_until(next).await;
             }
-        })
-    };
+        }));
+    }
 
     let mut viewers = Vec::with_capacity(a.viewers);
     for v in 0..a.viewers {
@@ -272,7 +325,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         )
         .await
         {
-            Ok(()) => viewers.push((pc, received)),
+            Ok(_) => viewers.push((pc, received)),
             Err(e) => {
                 eprintln!("viewer {v}: {e}");
                 let _ = pc.close().await;
@@ -300,7 +353,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     // Packets in flight at the end still arrive: give them a moment, then count.
     let sent_end = sent.load(Ordering::Relaxed);
     sending.store(false, Ordering::Relaxed);
-    let _ = sender.await;
+    for sender in senders {
+        let _ = sender.await;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut got: Vec<u64> = viewers
         .iter()
@@ -314,6 +369,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     got.sort_unstable();
     let rep = Report {
         scenario: "media",
+        simulcast: a.simulcast,
         viewers: a.viewers,
         connected: viewers.len(),
         kbps: a.kbps,
@@ -335,7 +391,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         },
     };
     println!(
-        "media: {} of {} viewers at {} kbit/s; {} packets sent in {:.1}s; received min {} median {}; loss {:.3}% ({} viewers lost any); node {:.2} cores, {:.2} ms CPU per viewer-second",
+        "media{}: {} of {} viewers at {} kbit/s; {} packets sent in {:.1}s; received min {} median {}; loss {:.3}% ({} viewers lost any); node {:.2} cores, {:.2} ms CPU per viewer-second",
+        if rep.simulcast { " (simulcast: 3 layers in, the top one out)" } else { "" },
         rep.connected, rep.viewers, rep.kbps, rep.packets_sent, rep.seconds, rep.received_min,
         rep.received_median, rep.loss_percent, rep.viewers_with_loss, rep.node_cpu_cores,
         rep.node_cpu_ms_per_viewer_second

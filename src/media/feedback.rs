@@ -1,12 +1,14 @@
-//! Keyframe requests from viewers, let through to the application.
+//! Keyframe requests and congestion feedback from viewers, let through to the
+//! application.
 //!
 //! The crate's default interceptor chain ends inbound RTCP at its end: receiver reports,
 //! NACKs and transport-wide feedback are consumed by the interceptors that act on them
 //! (the NACK responder answers retransmission requests from its own send buffer). A
 //! picture-loss indication or full intra request, though, is about the publisher's
-//! stream, and only the application can pass it on. [`KeyframeRequestTap`] sits last in
-//! the chain and marks exactly those for delivery to the local track, where the viewer's
-//! forwarding task reads them and asks the publisher (rate-limited) for a keyframe.
+//! stream, and only the application can pass it on; and a viewer's receiver estimated
+//! maximum bitrate (REMB) and receiver reports (loss) choose its simulcast layer.
+//! [`KeyframeRequestTap`] sits last in the chain and marks exactly those for delivery to
+//! the local track, where the viewer's forwarding task reads them.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -14,6 +16,8 @@ use std::time::Instant;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::sansio::Protocol;
 
 /// After every default interceptor (the highest named slot is the jitter buffer, 13 000).
@@ -29,8 +33,14 @@ pub fn is_keyframe_request(p: &dyn rtc::rtcp::Packet) -> bool {
     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
 }
 
-/// Passes RTP through untouched; of inbound RTCP keeps only keyframe requests, marked for
-/// the application. Everything else inbound has already been acted on by the interceptors
+/// Whether an RTCP packet tells how much a viewer can receive (REMB, receiver report).
+pub fn is_congestion_feedback(p: &dyn rtc::rtcp::Packet) -> bool {
+    let any = p.as_any();
+    any.is::<ReceiverEstimatedMaximumBitrate>() || any.is::<ReceiverReport>()
+}
+
+/// Passes RTP through untouched; of inbound RTCP keeps only keyframe requests and
+/// congestion feedback, marked for the application. Everything else inbound has already been acted on by the interceptors
 /// wire-ward of this one, and ends here as it would at the end of the default chain.
 #[derive(Default)]
 pub struct KeyframeRequestTap {
@@ -52,7 +62,8 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
                 self.reads.push_back(msg);
                 return Ok(());
             }
-            packets.retain(|p| is_keyframe_request(p.as_ref()));
+            packets
+                .retain(|p| is_keyframe_request(p.as_ref()) || is_congestion_feedback(p.as_ref()));
             if packets.is_empty() {
                 return Ok(());
             }
@@ -87,7 +98,6 @@ impl Interceptor for KeyframeRequestTap {
 mod tests {
     use super::*;
     use rtc::interceptor::AttributedPacket;
-    use rtc::rtcp::receiver_report::ReceiverReport;
     use rtc::shared::TransportMessage;
 
     fn tagged(packet: Packet) -> TaggedPacket {
@@ -99,21 +109,21 @@ mod tests {
     }
 
     #[test]
-    fn only_keyframe_requests_reach_the_application() {
+    fn keyframe_requests_and_congestion_feedback_reach_the_application() {
         let mut tap = KeyframeRequestTap::default();
         let pli = PictureLossIndication {
             sender_ssrc: 1,
             media_ssrc: 2,
         };
-        // A compound packet: the report is dropped, the PLI goes on, marked.
+        // A compound packet: the description is dropped, the PLI goes on, marked.
         tap.handle_read(tagged(Packet::Rtcp(vec![
-            Box::new(ReceiverReport::default()),
+            Box::new(rtc::rtcp::source_description::SourceDescription::default()),
             Box::new(pli),
         ])))
         .unwrap();
-        // Only a report: nothing goes on.
+        // Only a sender report: nothing goes on.
         tap.handle_read(tagged(Packet::Rtcp(vec![Box::new(
-            ReceiverReport::default(),
+            rtc::rtcp::sender_report::SenderReport::default(),
         )])))
         .unwrap();
         // RTP passes untouched and unmarked.
@@ -133,5 +143,15 @@ mod tests {
         assert!(!second.message.has(&Attribute::DeliverToApplication));
         assert!(tap.poll_read().is_none());
         assert!(is_keyframe_request(&FullIntraRequest::default()));
+        // Congestion feedback goes on.
+        tap.handle_read(tagged(Packet::Rtcp(vec![
+            Box::new(ReceiverReport::default()),
+            Box::new(ReceiverEstimatedMaximumBitrate::default()),
+        ])))
+        .unwrap();
+        match &tap.poll_read().unwrap().message.packet {
+            Packet::Rtcp(p) => assert_eq!(p.len(), 2),
+            _ => panic!("expected RTCP"),
+        }
     }
 }

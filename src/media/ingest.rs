@@ -62,10 +62,27 @@ impl MediaService {
         path: &str,
         authorization: Option<&str>,
     ) -> Result<(u16, Option<String>, bytes::Bytes), MediaError> {
+        self.forward_request(home, reqwest::Method::DELETE, path, authorization, None)
+            .await
+    }
+
+    /// Sends a client's request on a session (method, path, `Authorization`, JSON body)
+    /// to the node that holds the session, and returns that node's answer.
+    pub async fn forward_request(
+        &self,
+        home: &ResourceHome,
+        method: reqwest::Method,
+        path: &str,
+        authorization: Option<&str>,
+        json: Option<bytes::Bytes>,
+    ) -> Result<(u16, Option<String>, bytes::Bytes), MediaError> {
         let url = format!("{}{path}", home.url.trim_end_matches('/'));
-        let mut req = self.http.delete(&url);
+        let mut req = self.http.request(method, &url);
         if let Some(a) = authorization {
             req = req.header("authorization", a);
+        }
+        if let Some(body) = json {
+            req = req.header("content-type", "application/json").body(body);
         }
         let r = req.send().await.map_err(webrtc_err)?;
         let status = r.status().as_u16();

@@ -3,21 +3,29 @@
 //! `webrtc` crate (0.21).
 //!
 //! One [`Publication`] per stream holds the publisher's peer connection and, per received
-//! track, a broadcast channel that the track's reader task feeds once; every viewer's
-//! forwarding task subscribes to it and writes the same packets (only the SSRC rewritten)
-//! to its own local track. A viewer that falls behind by more than the channel holds is
-//! dropped — never the publisher. A joining viewer triggers a keyframe request (PLI)
-//! upstream, at most one per `media.keyframe_interval` per track.
+//! track, one [`Layer`] per simulcast encoding (one without simulcast), each with a
+//! broadcast channel that the track's reader task feeds once. Every viewer's forwarding
+//! task subscribes to one layer at a time — chosen from the viewer's congestion feedback
+//! and cap ([`select`]) — and writes its packets (SSRC, sequence numbers and timestamps
+//! rewritten, [`layers`]) to its own local track. A viewer that falls behind by more than
+//! the channel holds is dropped — never the publisher. A joining or switching viewer
+//! triggers a keyframe request (PLI) upstream, at most one per `media.keyframe_interval`
+//! per layer.
 
+mod control;
 pub mod feedback;
 mod forward;
 mod ingest;
+pub use control::{CurrentLayer, LayerControl};
 pub use ingest::ResourceHome;
+pub use layers::Cap;
 mod keyframes;
+pub mod layers;
 mod peer;
 pub mod ports;
 mod relay;
 pub mod sdp;
+pub mod select;
 mod service;
 mod token;
 mod view;
@@ -38,7 +46,7 @@ use crate::config::MediaConfig;
 use crate::store::SharedState;
 
 pub use sdp::{check_offer, negotiated_pt};
-use sdp::{media_sections, sending_sections};
+use sdp::{media_sections, sending_groups, simulcast_layers};
 use service::{Hold, ViewerSlot};
 
 /// Packets a viewer may fall behind before it is dropped.
@@ -98,16 +106,70 @@ pub struct Resource {
     /// Cancelled when the session is removed (a local close does not always surface as a
     /// connection state change).
     ended: tokio_util::sync::CancellationToken,
+    /// A WHEP viewer's layer cap and current layer.
+    pub layer: Option<Arc<control::LayerControl>>,
 }
 
-/// One forwarded track of a publication.
+/// One forwarded track of a publication: its layers (one per simulcast encoding, or
+/// just one).
 struct Forwarded {
     kind: RtpCodecKind,
     codec: RTCRtpCodec,
-    tx: broadcast::Sender<Inbound>,
+    layers: Mutex<Vec<Arc<Layer>>>,
+}
+
+/// One encoding of a track: a simulcast layer (by its rid), or the only one.
+struct Layer {
+    /// The publisher's rid (`a=rid`), empty without simulcast.
+    rid: String,
+    ssrc: u32,
+    /// Where keyframe requests for it go.
     remote: Arc<dyn TrackRemote>,
-    media_ssrc: u32,
+    tx: broadcast::Sender<Inbound>,
     last_pli: Mutex<Option<Instant>>,
+    /// Received bit rate (payload), smoothed; 0 once the layer stops arriving.
+    bitrate: std::sync::atomic::AtomicU64,
+    /// Width × height its last keyframe announced (VP8), 0 when unknown.
+    pixels: std::sync::atomic::AtomicU64,
+}
+
+impl Layer {
+    fn new(rid: String, ssrc: u32, remote: Arc<dyn TrackRemote>) -> Arc<Layer> {
+        let (tx, _) = broadcast::channel(VIEWER_BUFFER_PACKETS);
+        Arc::new(Layer {
+            rid,
+            ssrc,
+            remote,
+            tx,
+            last_pli: Mutex::new(None),
+            bitrate: Default::default(),
+            pixels: Default::default(),
+        })
+    }
+
+    fn rate(&self) -> f64 {
+        self.bitrate.load(std::sync::atomic::Ordering::Relaxed) as f64
+    }
+}
+
+impl Forwarded {
+    /// The layers ranked low to high: by picture size where keyframes announce one,
+    /// else by bit rate.
+    fn ranked(&self) -> Vec<Arc<Layer>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut v = self.layers.lock().unwrap().clone();
+        v.sort_by_key(|l| (l.pixels.load(Relaxed), l.bitrate.load(Relaxed)));
+        v
+    }
+
+    fn layer(&self, ssrc: u32) -> Option<Arc<Layer>> {
+        self.layers
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.ssrc == ssrc)
+            .cloned()
+    }
 }
 
 /// A received packet and when it arrived (for the forwarding latency).
@@ -126,8 +188,14 @@ pub struct Publication {
     pub resource: String,
     /// Audio and video sections the publisher offered: tracks to wait for.
     expected_tracks: AtomicUsize,
+    /// Simulcast layers the publisher offered (`a=rid:… send`) for its video: layers a
+    /// viewer's answer waits for (briefly).
+    expected_layers: AtomicUsize,
     tracks: Mutex<Vec<Arc<Forwarded>>>,
     tracks_changed: Notify,
+    /// For a relay: the track each group of relayed layers forms (by the origin's track
+    /// id without its layer suffix).
+    relayed: Mutex<HashMap<String, Arc<Forwarded>>>,
     /// Viewers holding this publication (changed under the publications lock, so a relay
     /// is never closed as idle while a viewer is being added).
     holders: AtomicUsize,
@@ -141,11 +209,26 @@ impl Publication {
             stream,
             resource,
             expected_tracks: AtomicUsize::new(expected_tracks),
+            expected_layers: AtomicUsize::new(1),
             tracks: Mutex::new(Vec::new()),
             tracks_changed: Notify::new(),
+            relayed: Mutex::new(HashMap::new()),
             holders: AtomicUsize::new(0),
             ended: tokio_util::sync::CancellationToken::new(),
         })
+    }
+}
+
+impl Publication {
+    /// The track a relayed layer of `group` belongs to: `fwd` for the group's first.
+    fn relayed_into(&self, group: &str, fwd: &Arc<Forwarded>) -> Arc<Forwarded> {
+        let mut groups = self.relayed.lock().unwrap();
+        if let Some(f) = groups.get(group) {
+            return f.clone();
+        }
+        groups.insert(group.to_string(), fwd.clone());
+        self.tracks.lock().unwrap().push(fwd.clone());
+        fwd.clone()
     }
 }
 

@@ -3,7 +3,7 @@
 //! `media.udp_port_range` when set), and answering an offer with every ICE candidate.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rtc::interceptor::Registry;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
@@ -12,7 +12,7 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::Notify;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
@@ -25,7 +25,6 @@ pub(super) struct Handler {
     pub(super) gathered: Arc<Notify>,
     pub(super) state: tokio::sync::watch::Sender<RTCPeerConnectionState>,
     pub(super) on_track: Option<Arc<Publication>>,
-    pub(super) keyframe_interval: Duration,
 }
 
 #[async_trait::async_trait]
@@ -44,55 +43,169 @@ impl PeerConnectionEventHandler for Handler {
         let Some(publication) = self.on_track.clone() else {
             return;
         };
-        let Some(media_ssrc) = track.ssrcs().await.first().copied() else {
-            return;
+        // Not in the handler: finding the codec of a simulcast track waits for a layer.
+        tokio::spawn(add_track(track, publication));
+    }
+}
+
+/// Adds a publisher's (or a relay's) track to the publication and feeds it.
+async fn add_track(track: Arc<dyn TrackRemote>, publication: Arc<Publication>) {
+    let ssrcs = track.ssrcs().await;
+    tracing::debug!(?ssrcs, "track");
+    // With simulcast the SSRCs arrive with each layer's `OnOpen`; the codec is the same
+    // for every layer.
+    let mut opened = Vec::new();
+    let mut codec = None;
+    for s in track.ssrcs().await {
+        codec = track.codec(s).await;
+        if codec.is_some() {
+            break;
+        }
+    }
+    while codec.is_none() {
+        let ev = tokio::select! {
+            _ = publication.ended.cancelled() => return,
+            ev = track.poll() => ev,
         };
-        let Some(codec) = track.codec(media_ssrc).await else {
-            return;
+        match ev {
+            Some(TrackRemoteEvent::OnOpen(init)) => {
+                codec = track.codec(init.ssrc).await;
+                tracing::debug!(ssrc = init.ssrc, rid = ?init.rid, codec = ?codec, "track opened");
+                opened.push((init.rid.unwrap_or_default(), init.ssrc));
+            }
+            Some(TrackRemoteEvent::OnEnded) | None => return,
+            Some(e) => tracing::debug!(event = ?e, "track event before its codec"),
+        }
+    }
+    let Some(codec) = codec else {
+        return;
+    };
+    let kind = if codec.mime_type.to_ascii_lowercase().starts_with("audio/") {
+        RtpCodecKind::Audio
+    } else {
+        RtpCodecKind::Video
+    };
+    let fwd = Arc::new(Forwarded {
+        kind,
+        codec: codec.clone(),
+        layers: Mutex::new(Vec::new()),
+    });
+    // A relayed layer (one track per layer from the origin node) joins the track it
+    // belongs to.
+    if let Some((group, rid)) = relay::layer_of(&track.track_id().await) {
+        let into = publication.relayed_into(&group, &fwd);
+        tracing::info!(stream = %publication.stream, rid = %rid, "relayed layer");
+        let ssrc = match opened.first() {
+            Some((_, ssrc)) => *ssrc,
+            None => ssrcs.first().copied().unwrap_or(0),
         };
-        let kind = if codec.mime_type.to_ascii_lowercase().starts_with("audio/") {
-            RtpCodecKind::Audio
-        } else {
-            RtpCodecKind::Video
-        };
-        let (tx, _) = broadcast::channel(VIEWER_BUFFER_PACKETS);
-        let fwd = Arc::new(Forwarded {
-            kind,
-            codec: codec.clone(),
-            tx: tx.clone(),
-            remote: track.clone(),
-            media_ssrc,
-            last_pli: Mutex::new(None),
-        });
-        publication.tracks.lock().unwrap().push(fwd.clone());
+        let layer = Layer::new(rid, ssrc, track.clone());
+        into.layers.lock().unwrap().push(layer.clone());
         publication.tracks_changed.notify_waiters();
-        tracing::info!(stream = %publication.stream, codec = %codec.mime_type, ssrc = media_ssrc, "publisher track");
-        let ended = publication.ended.clone();
-        let keyframe_interval = self.keyframe_interval;
-        tokio::spawn(async move {
-            // One read per packet, handed to every viewer by the broadcast channel.
-            let packets_in = metrics::counter!("streamedge_media_packets_in_total");
-            let bytes_in = metrics::counter!("streamedge_media_bytes_in_total");
-            loop {
-                let ev = tokio::select! {
-                    _ = ended.cancelled() => break,
-                    ev = track.poll() => ev,
-                };
-                match ev {
-                    Some(TrackRemoteEvent::OnRtpPacket(p)) => {
-                        packets_in.increment(1);
-                        bytes_in.increment(p.payload.len() as u64);
-                        let _ = tx.send(Inbound {
-                            at: Instant::now(),
-                            packet: p,
-                        });
-                    }
-                    Some(TrackRemoteEvent::OnEnded) | None => break,
-                    Some(_) => {}
+        ingest(track, into, Some(layer), publication).await;
+        return;
+    }
+    for (rid, ssrc) in opened {
+        tracing::info!(rid = %rid, ssrc, "publisher layer");
+        fwd.layers
+            .lock()
+            .unwrap()
+            .push(Layer::new(rid, ssrc, track.clone()));
+    }
+    publication.tracks.lock().unwrap().push(fwd.clone());
+    publication.tracks_changed.notify_waiters();
+    tracing::info!(stream = %publication.stream, codec = %codec.mime_type, "publisher track");
+    ingest(track, fwd, None, publication).await;
+}
+
+/// How often a layer's bit rate is measured.
+const RATE_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Reads a publisher's track — every simulcast layer comes through it, told apart by
+/// SSRC — and hands each packet to its layer's channel: one read per packet for every
+/// viewer. `only`: the track carries that one layer (a relayed layer).
+async fn ingest(
+    track: Arc<dyn TrackRemote>,
+    fwd: Arc<Forwarded>,
+    only: Option<Arc<Layer>>,
+    publication: Arc<Publication>,
+) {
+    let ended = publication.ended.clone();
+    use std::sync::atomic::Ordering::Relaxed;
+    let packets_in = metrics::counter!("streamedge_media_packets_in_total");
+    let bytes_in = metrics::counter!("streamedge_media_bytes_in_total");
+    let vp8 = layers::VideoCodec::from_mime(&fwd.codec.mime_type) == layers::VideoCodec::Vp8;
+    // Per layer: bytes since the last measure.
+    // Per layer: bytes since the last measure, and measures in a row without any.
+    let mut counted: Vec<(Arc<Layer>, u64, u32)> = Vec::new();
+    let mut window_start = Instant::now();
+    let mut last: Option<Arc<Layer>> = only.clone();
+    loop {
+        let ev = tokio::select! {
+            _ = ended.cancelled() => break,
+            ev = track.poll() => ev,
+        };
+        match ev {
+            Some(TrackRemoteEvent::OnOpen(init)) if only.is_none() => {
+                let rid = init.rid.clone().unwrap_or_default();
+                if fwd.layer(init.ssrc).is_none() {
+                    tracing::info!(rid = %rid, ssrc = init.ssrc, "publisher layer");
+                    fwd.layers
+                        .lock()
+                        .unwrap()
+                        .push(Layer::new(rid, init.ssrc, track.clone()));
+                    publication.tracks_changed.notify_waiters();
                 }
             }
-            let _ = keyframe_interval;
-        });
+            Some(TrackRemoteEvent::OnRtpPacket(p)) => {
+                packets_in.increment(1);
+                let n = p.payload.len() as u64;
+                bytes_in.increment(n);
+                let ssrc = p.header.ssrc;
+                let layer = match &last {
+                    Some(l) if only.is_some() || l.ssrc == ssrc => l.clone(),
+                    _ => match fwd.layer(ssrc) {
+                        Some(l) => l,
+                        None if fwd.layers.lock().unwrap().is_empty() => {
+                            // No `OnOpen` came (a publish without simulcast).
+                            let rid = track.rid(ssrc).await.unwrap_or_default();
+                            let l = Layer::new(rid, ssrc, track.clone());
+                            fwd.layers.lock().unwrap().push(l.clone());
+                            l
+                        }
+                        // Another stream of the track (a repair stream): not forwarded.
+                        None => continue,
+                    },
+                };
+                last = Some(layer.clone());
+                if vp8 {
+                    if let Some((w, h)) = layers::vp8_keyframe_size(&p.payload) {
+                        layer.pixels.store(u64::from(w) * u64::from(h), Relaxed);
+                    }
+                }
+                match counted.iter_mut().find(|(l, ..)| Arc::ptr_eq(l, &layer)) {
+                    Some((_, b, _)) => *b += n,
+                    None => counted.push((layer.clone(), n, 0)),
+                }
+                let _ = layer.tx.send(Inbound {
+                    at: Instant::now(),
+                    packet: p,
+                });
+                let elapsed = window_start.elapsed();
+                if elapsed >= RATE_WINDOW {
+                    window_start = Instant::now();
+                    for (l, b, idle) in counted.iter_mut() {
+                        let measured = *b as f64 * 8.0 / elapsed.as_secs_f64();
+                        *idle = if *b == 0 { *idle + 1 } else { 0 };
+                        let next = layers::next_rate(l.rate(), measured, *idle);
+                        l.bitrate.store(next as u64, Relaxed);
+                        *b = 0;
+                    }
+                }
+            }
+            Some(TrackRemoteEvent::OnEnded) | None => break,
+            Some(_) => {}
+        }
     }
 }
 
@@ -125,7 +238,6 @@ impl MediaService {
                 gathered: gathered.clone(),
                 state: state_tx,
                 on_track,
-                keyframe_interval: self.cfg.keyframe_interval,
             })
             .await?;
         Ok((pc, port, gathered, state_rx))

@@ -1,6 +1,9 @@
 //! Relays: this node pulls a stream from the node that ingests it (WHEP with an internal
 //! token) and fans it out to its own viewers like a local publish; an idle relay closes
-//! after `media.relay_idle_timeout`.
+//! after `media.relay_idle_timeout`. A simulcast publish is relayed whole: the origin
+//! sends each layer on a track of its own (track id `…~<rid>`, up to [`MAX_LAYERS`]), and
+//! this node puts them back together as one layered track, so its viewers adapt as the
+//! origin's do.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,7 +30,10 @@ impl MediaService {
         let publication = Publication::new(stream, resource_id.clone(), 1);
         let (pc, port, gathered, mut state_rx) = self.connect(Some(publication.clone())).await?;
         let result = async {
-            for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+            // One video section per layer the origin may send.
+            let mut kinds = vec![RtpCodecKind::Audio];
+            kinds.extend([RtpCodecKind::Video; MAX_LAYERS]);
+            for kind in kinds {
                 pc.add_transceiver_from_kind(
                     kind,
                     Some(rtc::rtp_transceiver::RTCRtpTransceiverInit {
@@ -74,7 +80,7 @@ impl MediaService {
             let answer = r.text().await.map_err(webrtc_err)?;
             publication
                 .expected_tracks
-                .store(sending_sections(&answer).max(1), Ordering::Relaxed);
+                .store(sending_groups(&answer).max(1), Ordering::Relaxed);
             pc.set_remote_description(RTCSessionDescription::answer(answer).map_err(webrtc_err)?)
                 .await
                 .map_err(webrtc_err)?;
@@ -103,6 +109,7 @@ impl MediaService {
                 remote,
                 _port: port,
                 ended: tokio_util::sync::CancellationToken::new(),
+                layer: None,
             },
         );
         metrics::counter!("streamedge_media_relays_total").increment(1);
@@ -148,5 +155,35 @@ impl MediaService {
             let _ = me.remove(&resource_id).await;
         });
         Ok(publication)
+    }
+}
+
+/// Layers of one simulcast track an origin relays.
+pub(super) const MAX_LAYERS: usize = 3;
+
+/// The track id of one relayed layer.
+pub(super) fn layer_track_id(track: &str, rid: &str) -> String {
+    format!("{track}~{rid}")
+}
+
+/// The track and rid a relayed layer's track id names.
+pub(super) fn layer_of(track_id: &str) -> Option<(String, String)> {
+    let (track, rid) = track_id.rsplit_once('~')?;
+    (!track.is_empty() && !rid.is_empty()).then(|| (track.to_string(), rid.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relayed_layer_names_its_track_and_rid() {
+        let id = layer_track_id("streamedge-abc-video", "f");
+        assert_eq!(
+            layer_of(&id),
+            Some(("streamedge-abc-video".into(), "f".into()))
+        );
+        assert_eq!(layer_of("streamedge-abc-video"), None);
+        assert_eq!(layer_of("x~"), None);
     }
 }

@@ -62,21 +62,58 @@ pub fn negotiated_pt(sdp: &str, kind: RtpCodecKind, codec: &RTCRtpCodec) -> Opti
         .map(|(pt, _)| *pt)
 }
 
-/// Audio and video sections of an answer that send media (`sendonly` / `sendrecv`).
-pub(super) fn sending_sections(sdp: &str) -> usize {
+/// Simulcast layers an offer sends in its first video section (`a=rid:<id> send`); 0
+/// without simulcast.
+pub(super) fn simulcast_layers(sdp: &str) -> usize {
+    let mut in_video = false;
     let mut n = 0;
-    let mut in_media = false;
-    let mut sends = false;
     for l in sdp.lines() {
         if l.starts_with("m=") {
-            n += usize::from(in_media && sends);
-            in_media = l.starts_with("m=audio ") || l.starts_with("m=video ");
-            sends = false;
-        } else if l == "a=sendonly" || l == "a=sendrecv" {
-            sends = true;
+            if in_video {
+                break;
+            }
+            in_video = l.starts_with("m=video ");
+        } else if in_video {
+            if let Some(rest) = l.strip_prefix("a=rid:") {
+                if rest.split_whitespace().nth(1) == Some("send") {
+                    n += 1;
+                }
+            }
         }
     }
-    n + usize::from(in_media && sends)
+    n
+}
+
+/// Tracks an answer sends: its sending audio and video sections, the sections of one
+/// relayed simulcast track's layers (`a=msid` track ids `…~<rid>`) counted once.
+pub(super) fn sending_groups(sdp: &str) -> usize {
+    let mut groups = std::collections::HashSet::new();
+    let mut anonymous = 0;
+    let mut section: Option<(bool, Option<String>)> = None;
+    let mut close = |s: Option<(bool, Option<String>)>| match s {
+        Some((true, Some(track))) => {
+            let group = super::relay::layer_of(&track).map_or(track, |(g, _)| g);
+            groups.insert(group);
+        }
+        Some((true, None)) => anonymous += 1,
+        _ => {}
+    };
+    for l in sdp.lines() {
+        if l.starts_with("m=") {
+            close(section.take());
+            if l.starts_with("m=audio ") || l.starts_with("m=video ") {
+                section = Some((false, None));
+            }
+        } else if let Some((sends, track)) = section.as_mut() {
+            if l == "a=sendonly" || l == "a=sendrecv" {
+                *sends = true;
+            } else if let Some(rest) = l.strip_prefix("a=msid:") {
+                *track = rest.split_whitespace().nth(1).map(str::to_string);
+            }
+        }
+    }
+    close(section.take());
+    groups.len() + anonymous
 }
 
 /// Audio and video sections of an SDP.
@@ -140,9 +177,19 @@ mod tests {
             None
         );
         let answer = "v=0\r\nm=audio 9 x 111\r\na=recvonly\r\nm=video 9 x 96\r\na=sendonly\r\n";
-        assert_eq!(sending_sections(answer), 1);
         assert_eq!(media_sections(answer), 2);
         assert!(check_offer("v=0\r\nm=video 9 x 96\r\n").is_ok());
+        let simulcast = "v=0\r\nm=audio 9 x 111\r\na=sendonly\r\nm=video 9 x 96\r\n\
+                         a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\n\
+                         a=simulcast:send q;h;f\r\n";
+        assert_eq!(simulcast_layers(simulcast), 3);
+        assert_eq!(simulcast_layers(answer), 0);
+        let relayed = "v=0\r\nm=audio 9 x 111\r\na=msid:s s-audio\r\na=sendonly\r\n\
+                       m=video 9 x 96\r\na=msid:s s-video~q\r\na=sendonly\r\n\
+                       m=video 9 x 96\r\na=msid:s s-video~f\r\na=sendonly\r\n\
+                       m=video 9 x 96\r\na=inactive\r\n";
+        assert_eq!(sending_groups(relayed), 2);
+        assert_eq!(sending_groups(answer), 1);
         assert!(matches!(check_offer("v=0\r\n"), Err(MediaError::NoMedia)));
         assert!(matches!(check_offer("hello"), Err(MediaError::BadOffer(_))));
     }

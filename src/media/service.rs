@@ -87,6 +87,9 @@ impl MediaService {
         }
         let resource_id = Uuid::new_v4().simple().to_string();
         let publication = Publication::new(stream, resource_id.clone(), media_sections(offer));
+        publication
+            .expected_layers
+            .store(simulcast_layers(offer).max(1), Ordering::Relaxed);
         let (pc, port, gathered, state_rx) = self.connect(Some(publication.clone())).await?;
         let sdp = match Self::answer(&pc, offer, &gathered).await {
             Ok(s) => s,
@@ -114,6 +117,7 @@ impl MediaService {
             remote: None,
             _port: port,
             ended: tokio_util::sync::CancellationToken::new(),
+            layer: None,
         };
         self.resources
             .lock()

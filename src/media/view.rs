@@ -13,16 +13,22 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::peer_connection::RTCPeerConnectionState;
 
+use super::control::LayerControl;
+use super::layers::Cap;
 use super::*;
 
 impl MediaService {
-    /// WHEP: answers a viewer's offer with the stream's tracks.
+    /// WHEP: answers a viewer's offer with the stream's tracks; `cap` limits the
+    /// simulcast layer it receives. A relay node (user `node:…`) gets every layer of a
+    /// simulcast video on a track of its own instead.
     pub async fn view(
         self: &Arc<Self>,
         stream: Uuid,
         user: &str,
         offer: &str,
+        cap: Cap,
     ) -> Result<(Answer, tokio::sync::watch::Receiver<RTCPeerConnectionState>), MediaError> {
+        let relay = user.starts_with("node:");
         check_offer(offer)?;
         let hold = self.publication_or_relay(&stream).await?;
         let publication = hold.0.clone();
@@ -37,14 +43,28 @@ impl MediaService {
         }
         let guard = ViewerSlot(self.viewers.clone());
         // The publisher's tracks arrive shortly after its connection is up.
-        let deadline = tokio::time::Instant::now() + TRACKS_TIMEOUT;
+        let start = tokio::time::Instant::now();
+        let deadline = start + TRACKS_TIMEOUT;
         let tracks = loop {
             let wait = publication.tracks_changed.notified();
             let t = publication.tracks.lock().unwrap().clone();
-            if t.len() >= publication.expected_tracks.load(Ordering::Relaxed).max(1) {
+            let tracks_ready =
+                t.len() >= publication.expected_tracks.load(Ordering::Relaxed).max(1);
+            let layers = publication.expected_layers.load(Ordering::Relaxed);
+            let layers_ready = t
+                .iter()
+                .all(|f| f.kind != RtpCodecKind::Video || f.layers.lock().unwrap().len() >= layers);
+            if tracks_ready && layers_ready {
                 break t;
             }
-            if tokio::time::timeout_at(deadline, wait).await.is_err() {
+            // An offered layer may not be sent yet (a browser's top layer waits for its
+            // bandwidth estimate): waited for only briefly.
+            let until = if tracks_ready {
+                deadline.min(start + LAYERS_WAIT)
+            } else {
+                deadline
+            };
+            if tokio::time::timeout_at(until, wait).await.is_err() {
                 break publication.tracks.lock().unwrap().clone();
             }
         };
@@ -53,34 +73,52 @@ impl MediaService {
         }
         let (pc, port, gathered, state_rx) = self.connect(None).await?;
         let mut locals = Vec::new();
+        let control = LayerControl::new(cap);
+        let label = format!("streamedge-{}", stream.simple());
         for fwd in &tracks {
-            let ssrc = rand_ssrc();
-            let label = format!("streamedge-{}", stream.simple());
-            let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-                label.clone(),
-                format!(
-                    "{label}-{}",
-                    if fwd.kind == RtpCodecKind::Audio {
-                        "audio"
-                    } else {
-                        "video"
-                    }
-                ),
-                label,
-                fwd.kind,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
+            let kind = if fwd.kind == RtpCodecKind::Audio {
+                "audio"
+            } else {
+                "video"
+            };
+            // A relay gets each layer of a simulcast track on a track of its own.
+            let layers = fwd.ranked();
+            let per_layer: Vec<(String, Option<Arc<Layer>>)> =
+                if relay && fwd.kind == RtpCodecKind::Video && layers.len() > 1 {
+                    layers
+                        .into_iter()
+                        .take(relay::MAX_LAYERS)
+                        .map(|l| {
+                            (
+                                relay::layer_track_id(&format!("{label}-{kind}"), &l.rid),
+                                Some(l),
+                            )
+                        })
+                        .collect()
+                } else {
+                    vec![(format!("{label}-{kind}"), None)]
+                };
+            for (track_id, pinned) in per_layer {
+                let ssrc = rand_ssrc();
+                let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                    label.clone(),
+                    track_id,
+                    label.clone(),
+                    fwd.kind,
+                    vec![RTCRtpEncodingParameters {
+                        rtp_coding_parameters: RTCRtpCodingParameters {
+                            ssrc: Some(ssrc),
+                            ..Default::default()
+                        },
+                        codec: fwd.codec.clone(),
                         ..Default::default()
-                    },
-                    codec: fwd.codec.clone(),
-                    ..Default::default()
-                }],
-            )));
-            pc.add_track(local.clone() as Arc<dyn TrackLocal>)
-                .await
-                .map_err(webrtc_err)?;
-            locals.push((fwd.clone(), local, ssrc));
+                    }],
+                )));
+                pc.add_track(local.clone() as Arc<dyn TrackLocal>)
+                    .await
+                    .map_err(webrtc_err)?;
+                locals.push((fwd.clone(), local, ssrc, pinned));
+            }
         }
         let sdp = match Self::answer(&pc, offer, &gathered).await {
             Ok(s) => s,
@@ -92,9 +130,9 @@ impl MediaService {
         // Payload types are per session: each forwarded codec gets the viewer's number.
         let locals: Vec<_> = locals
             .into_iter()
-            .map(|(fwd, local, ssrc)| {
+            .map(|(fwd, local, ssrc, pinned)| {
                 let pt = negotiated_pt(&sdp, fwd.kind, &fwd.codec);
-                (fwd, local, ssrc, pt)
+                (fwd, local, ssrc, pt, pinned)
             })
             .collect();
         let resource_id = Uuid::new_v4().simple().to_string();
@@ -108,13 +146,15 @@ impl MediaService {
             remote: None,
             _port: port,
             ended: stop.clone(),
+            layer: Some(control.clone()),
         };
         self.resources
             .lock()
             .unwrap()
             .insert(resource_id.clone(), resource.clone());
         self.record_home(&resource_id).await;
-        for (fwd, local, ssrc, pt) in locals {
+        for (fwd, local, ssrc, pt, pinned) in locals {
+            let video = fwd.kind == RtpCodecKind::Video;
             tokio::spawn(forward::track(
                 fwd,
                 local,
@@ -124,7 +164,11 @@ impl MediaService {
                     publish: publication.ended.clone(),
                 },
                 pc.clone(),
-                self.cfg.keyframe_interval,
+                forward::Choice {
+                    keyframe_interval: self.cfg.keyframe_interval,
+                    control: (video && pinned.is_none()).then(|| control.clone()),
+                    pinned,
+                },
             ));
         }
         // The slot and the hold are released when the viewer's session ends: its connection
@@ -159,6 +203,10 @@ impl MediaService {
         Ok((Answer { resource, sdp }, state_rx))
     }
 }
+
+/// How long a WHEP answer waits for simulcast layers the publisher offered but does not
+/// send yet.
+const LAYERS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(super) fn rand_ssrc() -> u32 {
     let b = Uuid::new_v4().into_bytes();

@@ -2,7 +2,8 @@
 //!
 //! Metric names follow Prometheus conventions: `streamedge_` prefix, `_total` for
 //! counters, `_seconds` and `_bytes` units. Histograms whose name ends in `_seconds` get
-//! latency buckets from 100 µs to 10 s. Process metrics (`streamedge_process_*`: CPU,
+//! latency buckets from 100 µs to 10 s, those ending in `_bps` bit-rate buckets from
+//! 64 kbit/s to 20 Mbit/s. Process metrics (`streamedge_process_*`: CPU,
 //! memory, file descriptors, threads, start time) come from the `metrics-process` crate,
 //! collected at scrape time; CPU seconds are a float gauge (the crate's counter form counts
 //! whole seconds only).
@@ -14,6 +15,11 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
+];
+
+/// Bit rates from 64 kbit/s to 20 Mbit/s (histograms whose name ends in `_bps`).
+const BITRATE_BUCKETS: &[f64] = &[
+    64e3, 128e3, 256e3, 512e3, 768e3, 1e6, 1.5e6, 2e6, 3e6, 5e6, 8e6, 12e6, 20e6,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -29,6 +35,8 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("valid buckets")
+                .set_buckets_for_metric(Matcher::Suffix("_bps".into()), BITRATE_BUCKETS)
                 .expect("valid buckets")
                 .build_recorder();
             let handle = recorder.handle();
@@ -170,7 +178,11 @@ pub const CATALOG: &[Metric] = &[
     zero("streamedge_media_bytes_in_total", Counter, "RTP payload bytes received from publishers."),
     zero("streamedge_media_packets_out_total", Counter, "RTP packets forwarded to viewers."),
     zero("streamedge_media_bytes_out_total", Counter, "RTP payload bytes forwarded to viewers."),
-    zero_by("streamedge_media_keyframe_requests_total", Counter, "Keyframe requests (PLI) sent to publishers, by reason (join, viewer).", "reason", &["join", "viewer"]),
+    zero_by("streamedge_media_keyframe_requests_total", Counter, "Keyframe requests (PLI) sent to publishers, by reason (join, viewer, switch).", "reason", &["join", "viewer", "switch"]),
+    zero_by("streamedge_media_layer_viewers", Gauge, "WHEP viewers by the video layer they receive (low, mid, high; single without simulcast).", "layer", &["low", "mid", "high", "single"]),
+    zero_by("streamedge_media_layer_switches_total", Counter, "Simulcast layer switches of WHEP viewers, by direction (up, down).", "direction", &["up", "down"]),
+    zero("streamedge_media_viewer_bandwidth_bps", Histogram, "WHEP viewers' estimated bandwidth in bit/s (REMB and receiver-report loss), one sample per viewer every 5 s."),
+    zero("streamedge_media_freezes_total", Counter, "Gaps of more than 500 ms in the video forwarded to a WHEP viewer."),
     zero("streamedge_media_forward_seconds", Histogram, "From a packet's arrival from the publisher to its hand-off to a viewer's connection (sampled)."),
     zero("streamedge_media_udp_ports_leased", Gauge, "Ports of media.udp_port_range held by media connections."),
     zero("streamedge_media_viewers_dropped_total", Counter, "Media viewers dropped for falling behind."),

@@ -353,6 +353,20 @@ export interface MediaOptions {
   /** Longest wait for ICE gathering before the offer goes anyway. Default 5 000. */
   gatherTimeoutMs?: number;
   RTCPeerConnectionImpl?: typeof RTCPeerConnection;
+  /** WHIP: publish the video in simulcast layers — `true` for three (rids q, h, f), or
+   * your own `sendEncodings`. */
+  simulcast?: boolean | RTCRtpEncodingParameters[];
+  /** WHEP: the highest simulcast layer to receive (`low`, `mid`, `high` or a rid). */
+  maxLayer?: string;
+}
+
+/** A WHEP viewer's simulcast layer (`GET`/`POST …/whep/{resource}/layer`). */
+export interface ViewerLayer {
+  max_layer: string;
+  layer?: 'low' | 'mid' | 'high' | 'single';
+  rid?: string;
+  layers?: number;
+  estimate_bps?: number;
 }
 
 export interface MediaHandle {
@@ -367,6 +381,10 @@ export interface MediaHandle {
 
 export interface PlayHandle extends MediaHandle {
   stream: MediaStream;
+  /** Caps the simulcast layer while playing; `null` lifts the cap. */
+  setMaxLayer(layer: string | null): Promise<ViewerLayer>;
+  /** The cap and the layer being received. */
+  layer(): Promise<ViewerLayer>;
 }
 
 export declare function publish(

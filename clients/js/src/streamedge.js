@@ -1189,11 +1189,12 @@ function iceServersFromLinks(header) {
  * Offers `pc`'s SDP once gathering is complete, applies the answer, and returns the
  * handle; `stop()` closes the peer connection and DELETEs the resource (its `Location`).
  */
-async function negotiate(http, kind, streamId, pc, { token, gatherTimeoutMs = 5_000 }) {
+async function negotiate(http, kind, streamId, pc, { token, gatherTimeoutMs = 5_000, query }) {
   try {
     await pc.setLocalDescription(await pc.createOffer());
     await gatheringComplete(pc, gatherTimeoutMs);
     const res = await http.request('POST', `${streamPath(streamId)}/${kind}`, {
+      query,
       body: pc.localDescription.sdp,
       contentType: 'application/sdp',
       token,
@@ -1237,15 +1238,31 @@ async function publishWhip(http, streamId, mediaStream, options = {}) {
   if (typeof PC !== 'function') throw new StreamedgeError('webrtc_unavailable', 'RTCPeerConnection is not available');
   const pc = new PC({ iceServers: options.iceServers ?? [] });
   for (const track of mediaStream.getTracks()) {
-    pc.addTransceiver(track, { direction: 'sendonly', streams: [mediaStream] });
+    const init = { direction: 'sendonly', streams: [mediaStream] };
+    if (options.simulcast && track.kind === 'video') init.sendEncodings = simulcastEncodings(options.simulcast);
+    pc.addTransceiver(track, init);
   }
   const handle = await negotiate(http, 'whip', streamId, pc, options);
   return handle;
 }
 
 /**
+ * The `sendEncodings` of a simulcast publish: `true` for three layers (rids q, h, f at a
+ * quarter, half and full size; 150 kbit/s, 500 kbit/s, 1.5 Mbit/s), or the caller's own.
+ */
+function simulcastEncodings(simulcast) {
+  if (Array.isArray(simulcast)) return simulcast;
+  return [
+    { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+    { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+    { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+  ];
+}
+
+/**
  * WHEP: plays the stream in `videoElement` (receive-only audio and video). The handle has
- * `stream` (the MediaStream), `pc`, `location` and `stop()`.
+ * `stream` (the MediaStream), `pc`, `location`, `stop()`, and `setMaxLayer(layer)` /
+ * `layer()` for the simulcast layer (`maxLayer` in the options caps it from the start).
  */
 async function playWhep(http, streamId, videoElement, options = {}) {
   const PC = options.RTCPeerConnectionImpl ?? globalThis.RTCPeerConnection;
@@ -1258,8 +1275,20 @@ async function playWhep(http, streamId, videoElement, options = {}) {
     stream.addTrack(e.track);
     if (videoElement && videoElement.srcObject !== stream) videoElement.srcObject = stream;
   });
-  const handle = await negotiate(http, 'whep', streamId, pc, options);
-  return Object.assign(handle, { stream });
+  const query = options.maxLayer ? { max_layer: options.maxLayer } : undefined;
+  const handle = await negotiate(http, 'whep', streamId, pc, { ...options, query });
+  const token = options.token;
+  return Object.assign(handle, {
+    stream,
+    /** Caps the simulcast layer while playing (`low`, `mid`, `high`, a rid, or null). */
+    setMaxLayer(layer) {
+      return http.json('POST', `${handle.location}/layer`, { json: { max_layer: layer ?? null }, token });
+    },
+    /** The cap and the layer being received. */
+    layer() {
+      return http.json('GET', `${handle.location}/layer`, { token });
+    },
+  });
 }
 
 /** `publish(streamId, mediaStream, {baseUrl, getToken, iceServers?, token?})` (WHIP). */

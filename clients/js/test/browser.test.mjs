@@ -67,6 +67,7 @@ test('the module works unchanged in a browser: chat, token refresh, localStorage
   assert.equal(r.closedCode, 'closed');
   assert.equal(r.left, 0, 'close({discard: true}) emptied the outbox');
   assert.ok(r.frames > 0, 'the WHEP player decoded video');
+  assert.deepEqual(r.maxLayer, ['mid', 'low'], 'the player\'s layer cap, from play() and setMaxLayer()');
   assert.equal(r.srcObject, true, 'the video element shows the stream');
   assert.match(r.whip, new RegExp(`^${front.origin}/v1/streams/${stream}/whip/`));
   assert.match(r.whep, new RegExp(`^${front.origin}/v1/streams/${stream}/whep/`));

@@ -1,6 +1,7 @@
-//! WHIP (`POST /v1/streams/{stream_id}/whip`) and WHEP (`POST /v1/streams/{stream_id}/whep`)
-//! with their session resources (`DELETE`, `PATCH` → 405: the answer carries every
-//! candidate, so no trickle is needed) and CORS preflight.
+//! WHIP (`POST /v1/streams/{stream_id}/whip`) and WHEP (`POST /v1/streams/{stream_id}/whep`,
+//! `?max_layer=` caps a viewer's simulcast layer) with their session resources (`DELETE`,
+//! `PATCH` → 405: the answer carries every candidate, so no trickle is needed) and CORS
+//! preflight; a WHEP viewer's layer (`…/whep/{resource}/layer`) is in `media_layer`.
 //!
 //! Both accept the node's media token (from the rtc-token endpoint, audience
 //! `streamedge-media`, bound to the stream) or a Supabase access token as `Bearer`.
@@ -24,7 +25,7 @@ use crate::domain::session::Command;
 use crate::http::extract::{parse_stream_id, ApiPath};
 use crate::http::AppState;
 use crate::http::{ApiError, ErrorKind};
-use crate::media::{MediaError, MediaService, ResourceKind};
+use crate::media::{Cap, MediaError, MediaService, ResourceKind};
 use crate::moderation::{require_not_ended, require_owner};
 use crate::rtc::service::{MediaClaims, MEDIA_AUDIENCE};
 use crate::streams::StreamState;
@@ -34,6 +35,13 @@ use crate::streams::StreamState;
 pub fn router() -> axum::Router<AppState> {
     use axum::routing::{delete as delete_route, post};
     let mut r = axum::Router::new();
+    r = r.route(
+        "/v1/streams/{stream_id}/whep/{resource}/layer",
+        axum::routing::get(super::media_layer::get_layer)
+            .post(super::media_layer::set_layer)
+            .options(options)
+            .layer(axum::extract::DefaultBodyLimit::max(4096)),
+    );
     for (kind, offer) in [("whip", post(whip)), ("whep", post(whep))] {
         r = r
             .route(
@@ -92,7 +100,7 @@ impl From<MediaError> for ApiError {
     }
 }
 
-fn media_enabled(app: &AppState) -> Result<&std::sync::Arc<MediaService>, ApiError> {
+pub(super) fn media_enabled(app: &AppState) -> Result<&std::sync::Arc<MediaService>, ApiError> {
     app.media.as_ref().ok_or_else(|| {
         ApiError::new(
             ErrorKind::NotFound,
@@ -103,7 +111,11 @@ fn media_enabled(app: &AppState) -> Result<&std::sync::Arc<MediaService>, ApiErr
 }
 
 /// The caller: a media token for this stream, or a Supabase access token.
-async fn caller(app: &AppState, headers: &HeaderMap, stream: &Uuid) -> Result<String, ApiError> {
+pub(super) async fn caller(
+    app: &AppState,
+    headers: &HeaderMap,
+    stream: &Uuid,
+) -> Result<String, ApiError> {
     let token = bearer(headers)?.ok_or(AuthError::Missing)?;
     let key = app.config.media.node_key.expose();
     if !key.is_empty() {
@@ -279,12 +291,32 @@ pub async fn whip(State(app): State<AppState>, req: OfferRequest) -> Result<Resp
     ))
 }
 
-/// `POST /v1/streams/{stream_id}/whep` (any signed-in viewer).
-pub async fn whep(State(app): State<AppState>, req: OfferRequest) -> Result<Response, ApiError> {
+/// A `max_layer` value: `low`, `mid`, `high` or a publisher's rid.
+pub(super) fn parse_cap(value: &str) -> Result<Cap, ApiError> {
+    Cap::parse(value).ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::Invalid,
+            "invalid_max_layer",
+            "max_layer must be low, mid, high or a simulcast rid (letters, digits, - and _)",
+        )
+    })
+}
+
+/// `POST /v1/streams/{stream_id}/whep[?max_layer=low|mid|high|<rid>]` (any signed-in
+/// viewer).
+pub async fn whep(
+    State(app): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+    req: OfferRequest,
+) -> Result<Response, ApiError> {
+    let cap = match query.get("max_layer") {
+        Some(v) => parse_cap(v)?,
+        None => Cap::None,
+    };
     app.moderation
         .check_not_banned(&req.stream, &req.user)
         .await?;
-    let (answer, _state) = req.media.view(req.id, &req.user, &req.offer).await?;
+    let (answer, _state) = req.media.view(req.id, &req.user, &req.offer, cap).await?;
     let id = req.id;
     metrics::counter!("streamedge_media_sessions_total", "kind" => "whep").increment(1);
     Ok(created(
@@ -366,7 +398,13 @@ pub fn cors() -> tower_http::cors::CorsLayer {
     use axum::http::Method;
     tower_http::cors::CorsLayer::new()
         .allow_origin(tower_http::cors::Any)
-        .allow_methods([Method::POST, Method::DELETE, Method::PATCH, Method::OPTIONS])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+        ])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
         .expose_headers([header::LOCATION, header::LINK])
         .max_age(Duration::from_secs(600))

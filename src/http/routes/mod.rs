@@ -5,6 +5,7 @@ pub mod console;
 pub mod dev;
 pub mod export;
 pub mod media;
+pub mod media_layer;
 pub mod moderation;
 pub mod rtc;
 pub mod sessions;
