@@ -4,7 +4,8 @@
 //! counter), so loss per viewer is exact. The node's CPU comes from its `/metrics`.
 //! With `--simulcast` the publisher sends three layers (rids `q`, `h`, `f` at a tenth, a
 //! third and all of the bitrate) and each viewer receives one: the top one, as an
-//! unconstrained viewer does; loss is counted against the top layer.
+//! unconstrained viewer does (`--spread`: a third of them on each layer, by their cap);
+//! loss is counted against the layer each viewer receives.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,6 +62,10 @@ pub struct Args {
     /// Publish three simulcast layers (a tenth, a third and all of `--kbps`).
     #[arg(long)]
     pub simulcast: bool,
+    /// With `--simulcast`: spread the viewers evenly over the three layers (each capped
+    /// with `?max_layer=low|mid|high`) instead of all on the top one.
+    #[arg(long)]
+    pub spread: bool,
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
@@ -69,6 +74,7 @@ pub struct Args {
 struct Report {
     scenario: &'static str,
     simulcast: bool,
+    spread: bool,
     viewers: usize,
     connected: usize,
     kbps: u64,
@@ -261,12 +267,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     };
 
     // The stream: 1,200-byte packets at the bitrate, each layer at its share; `sent`
-    // counts the top layer's (what viewers receive).
-    let sent = Arc::new(AtomicU64::new(0));
+    // counts each layer's.
+    let sent: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
     let sending = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let mut senders = Vec::new();
     for (l, (rid, ssrc, share)) in layers.iter().copied().enumerate() {
-        let top = l + 1 == layers.len();
         let per_sec = (a.kbps * 1000 / share / (1200 * 8)).max(1);
         let (sent, sending, track, marks) =
             (sent.clone(), sending.clone(), track.clone(), marks.clone());
@@ -294,8 +299,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                         .header
                         .set_extension(*rid_id, bytes::Bytes::from_static(rid.as_bytes()));
                 }
-                if track.write_rtp(p).await.is_ok() && top {
-                    sent.fetch_add(1, Ordering::Relaxed);
+                if track.write_rtp(p).await.is_ok() {
+                    sent[l].fetch_add(1, Ordering::Relaxed);
                 }
                 i = i.wrapping_add(1);
                 next += interval;
@@ -304,8 +309,18 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         }));
     }
 
+    let top = layers.len() - 1;
     let mut viewers = Vec::with_capacity(a.viewers);
     for v in 0..a.viewers {
+        // The layer this viewer receives, and the cap that makes it so.
+        let (layer, query) = if a.simulcast && a.spread {
+            (
+                v % 3,
+                ["?max_layer=low", "?max_layer=mid", "?max_layer=high"][v % 3],
+            )
+        } else {
+            (top, "")
+        };
         let received = Arc::new(AtomicU64::new(0));
         let (pc, gathered) = peer(&a.udp_addr, Some(received.clone())).await?;
         pc.add_transceiver_from_kind(
@@ -320,12 +335,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         match negotiate(
             &pc,
             &gathered,
-            &format!("{api}/v1/streams/{stream}/whep"),
+            &format!("{api}/v1/streams/{stream}/whep{query}"),
             &buyer,
         )
         .await
         {
-            Ok(_) => viewers.push((pc, received)),
+            Ok(_) => viewers.push((pc, received, layer)),
             Err(e) => {
                 eprintln!("viewer {v}: {e}");
                 let _ = pc.close().await;
@@ -341,40 +356,51 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let start_counts: Vec<u64> = viewers
         .iter()
-        .map(|(_, r)| r.load(Ordering::Relaxed))
+        .map(|(_, r, _)| r.load(Ordering::Relaxed))
         .collect();
-    let sent_start = sent.load(Ordering::Relaxed);
+    let count = || -> [u64; 3] { std::array::from_fn(|l| sent[l].load(Ordering::Relaxed)) };
+    let sent_start = count();
     let cpu_start = node_cpu(a.admin).await;
     let t0 = Instant::now();
     tokio::time::sleep(a.duration).await;
     let secs = t0.elapsed().as_secs_f64();
-    let sent_n = sent.load(Ordering::Relaxed) - sent_start;
+    let sent_n: [u64; 3] = {
+        let now = count();
+        std::array::from_fn(|l| now[l] - sent_start[l])
+    };
     let cpu = node_cpu(a.admin).await - cpu_start;
     // Packets in flight at the end still arrive: give them a moment, then count.
-    let sent_end = sent.load(Ordering::Relaxed);
+    let sent_end = count();
     sending.store(false, Ordering::Relaxed);
     for sender in senders {
         let _ = sender.await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut got: Vec<u64> = viewers
+    // Per viewer: received in the window, and sent on its layer in the window.
+    let per_viewer: Vec<(u64, u64)> = viewers
         .iter()
         .zip(&start_counts)
-        .map(|((_, r), s)| (r.load(Ordering::Relaxed) - s).min(sent_end - sent_start))
+        .map(|((_, r, l), s)| {
+            let got = (r.load(Ordering::Relaxed) - s).min(sent_end[*l] - sent_start[*l]);
+            (got, sent_n[*l])
+        })
         .collect();
     // A packet sent in the window reached the viewer or was lost; the count is capped so
     // late arrivals of earlier packets do not mask losses.
-    let expected = sent_n * got.len() as u64;
-    let total: u64 = got.iter().map(|g| (*g).min(sent_n)).sum();
+    let expected: u64 = per_viewer.iter().map(|(_, n)| n).sum();
+    let total: u64 = per_viewer.iter().map(|(g, n)| (*g).min(*n)).sum();
+    let viewers_with_loss = per_viewer.iter().filter(|(g, n)| g < n).count();
+    let mut got: Vec<u64> = per_viewer.iter().map(|(g, _)| *g).collect();
     got.sort_unstable();
     let rep = Report {
         scenario: "media",
         simulcast: a.simulcast,
+        spread: a.simulcast && a.spread,
         viewers: a.viewers,
         connected: viewers.len(),
         kbps: a.kbps,
         seconds: secs,
-        packets_sent: sent_n,
+        packets_sent: sent_n[top],
         received_min: got.first().copied().unwrap_or(0),
         received_median: got.get(got.len() / 2).copied().unwrap_or(0),
         loss_percent: if expected == 0 {
@@ -382,7 +408,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         } else {
             100.0 * (expected.saturating_sub(total)) as f64 / expected as f64
         },
-        viewers_with_loss: got.iter().filter(|g| **g < sent_n).count(),
+        viewers_with_loss,
         node_cpu_cores: cpu / secs,
         node_cpu_ms_per_viewer_second: if viewers.is_empty() {
             0.0
@@ -392,12 +418,16 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     };
     println!(
         "media{}: {} of {} viewers at {} kbit/s; {} packets sent in {:.1}s; received min {} median {}; loss {:.3}% ({} viewers lost any); node {:.2} cores, {:.2} ms CPU per viewer-second",
-        if rep.simulcast { " (simulcast: 3 layers in, the top one out)" } else { "" },
+        match (rep.simulcast, rep.spread) {
+            (true, true) => " (simulcast: 3 layers in, viewers spread over them)",
+            (true, false) => " (simulcast: 3 layers in, the top one out)",
+            _ => "",
+        },
         rep.connected, rep.viewers, rep.kbps, rep.packets_sent, rep.seconds, rep.received_min,
         rep.received_median, rep.loss_percent, rep.viewers_with_loss, rep.node_cpu_cores,
         rep.node_cpu_ms_per_viewer_second
     );
-    for (pc, _) in viewers {
+    for (pc, ..) in viewers {
         let _ = pc.close().await;
     }
     let _ = publisher.close().await;
