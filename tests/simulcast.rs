@@ -376,13 +376,18 @@ async fn viewers_get_the_layer_their_link_and_cap_allow() {
     assert!(ok, "sequence numbers or timestamps jumped");
     eprintln!("left the dropped layer in {:?}", dropped.elapsed());
 
-    let m = node.metrics().await;
-    for line in [
+    // The other viewer on the dropped layer moves on its own schedule: wait for the gauges.
+    let want = [
         "streamedge_media_layer_viewers{layer=\"mid\"} 2",
         "streamedge_media_layer_viewers{layer=\"low\"} 1",
-    ] {
-        assert!(m.contains(line), "missing {line} in\n{m}");
-    }
+    ];
+    let settled = common::eventually(Duration::from_secs(8), || async {
+        let m = node.metrics().await;
+        want.iter().all(|l| m.contains(l))
+    })
+    .await;
+    let m = node.metrics().await;
+    assert!(settled, "missing {want:?} in\n{m}");
     assert!(
         !m.contains("streamedge_media_layer_switches_total{direction=\"up\"} 0"),
         "{m}"
