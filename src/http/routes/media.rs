@@ -345,17 +345,8 @@ pub async fn delete(
             let auth = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            let (status, content_type, body) =
-                media.forward_delete(&home, uri.path(), auth).await?;
-            let mut r = (
-                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-                body,
-            )
-                .into_response();
-            if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
-                r.headers_mut().insert(header::CONTENT_TYPE, ct);
-            }
-            return Ok(r);
+            let answer = media.forward_delete(&home, uri.path(), auth).await?;
+            return Ok(forwarded(answer));
         }
     }
     let user = caller(&app, &headers, &id).await?;
@@ -440,6 +431,22 @@ pub async fn options() -> Response {
         (header::ACCESS_CONTROL_EXPOSE_HEADERS, "Location, Link"),
     ] {
         h.insert(name, HeaderValue::from_static(value));
+    }
+    r
+}
+
+/// The answer of the node that holds a media session, passed on as it came: its status,
+/// content type and body.
+pub(super) fn forwarded(
+    (status, content_type, body): (u16, Option<String>, bytes::Bytes),
+) -> Response {
+    let mut r = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+        body,
+    )
+        .into_response();
+    if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        r.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
     r
 }

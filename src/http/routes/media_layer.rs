@@ -4,10 +4,10 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 
-use super::media::{caller, media_enabled, parse_cap};
+use super::media::{caller, forwarded, media_enabled, parse_cap};
 use crate::http::extract::parse_stream_id;
 use crate::http::AppState;
 use crate::http::{ApiError, ErrorKind};
@@ -52,18 +52,10 @@ async fn own_view(
             let auth = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            let (status, content_type, body) = media
+            let answer = media
                 .forward_request(&home, method, uri.path(), auth, body)
                 .await?;
-            let mut r = (
-                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-                body,
-            )
-                .into_response();
-            if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
-                r.headers_mut().insert(header::CONTENT_TYPE, ct);
-            }
-            return Ok(Session::Elsewhere(r));
+            return Ok(Session::Elsewhere(forwarded(answer)));
         }
     }
     let user = caller(app, headers, &id).await?;
