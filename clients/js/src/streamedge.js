@@ -1107,7 +1107,10 @@ export class Connection extends Emitter {
     }
     if (gen !== this.#gen || this.#closed || this.#mode !== 'backfilling') return;
     if (!covered) {
-      const first = got.length ? Math.min(...got.map((m) => m.seq)) : until + 1;
+      // What the node replayed after `resumed` counts as held too: the REST page is read
+      // later, and a live message may have pushed the oldest of them out of history since.
+      const held = [...got, ...this.#buffer].map((m) => m.seq).filter((seq) => seq > since);
+      const first = Math.min(until + 1, ...held);
       this.emit(
         'error',
         new StreamedgeError('history_lost', `messages after ${since} and before ${first} are no longer held`, {
@@ -1117,12 +1120,13 @@ export class Connection extends Emitter {
         }),
       );
     }
-    got.sort((a, b) => a.seq - b.seq);
-    this.#mode = 'live';
-    for (const m of got) this.#accept({ type: 'message', ...m });
-    const buffered = this.#buffer;
+    // The replay buffered meanwhile may start before the REST page does (see above):
+    // both are merged by seq, and a message in both is delivered once.
+    const merged = [...got.map((m) => ({ type: 'message', ...m })), ...this.#buffer];
+    merged.sort((a, b) => a.seq - b.seq);
     this.#buffer = [];
-    for (const m of buffered) this.#onMessage(m);
+    this.#mode = 'live';
+    for (const m of merged) this.#onMessage(m);
   }
 
   #onError(f, gen) {
