@@ -210,6 +210,8 @@ pub struct SenderPlan<'a> {
     /// streamedge: the stream id.
     pub stream: &'a str,
     pub jwt_secret: &'a str,
+    /// Sender `s` signs in as `<user_prefix>-<s>`.
+    pub user_prefix: &'a str,
     pub senders: usize,
     /// Messages per second, all senders together.
     pub rate: f64,
@@ -231,7 +233,12 @@ impl Senders {
         let mut tasks = Vec::new();
         for s in 0..plan.senders {
             let api = plan.apis[s % plan.apis.len()];
-            let url = stream_ws_url(api, plan.stream, plan.jwt_secret, &format!("sender-{s}"));
+            let url = stream_ws_url(
+                api,
+                plan.stream,
+                plan.jwt_secret,
+                &format!("{}-{s}", plan.user_prefix),
+            );
             let ws = proto
                 .open_sender(api, &url)
                 .await
@@ -281,6 +288,13 @@ impl Senders {
             }));
         }
         Ok(Self { counters, tasks })
+    }
+
+    /// Stops every sender now.
+    pub fn abort(self) {
+        for t in self.tasks {
+            t.abort();
+        }
     }
 
     /// Waits for every sender to finish (its send window plus 2 s for the last acks).

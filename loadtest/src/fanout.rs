@@ -176,6 +176,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             apis: &a.api,
             stream: &stream,
             jwt_secret: &a.jwt_secret,
+            user_prefix: "sender",
             senders: a.senders,
             rate: a.rate,
             duration: a.duration,

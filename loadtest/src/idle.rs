@@ -46,6 +46,14 @@ pub struct Args {
     /// Keep everything open this long after the last checkpoint.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub hold: Duration,
+    /// Chat going on meanwhile: messages per second on each stream (0: none), from one
+    /// signed-in sender per stream (`chatter-<n>`, connected from this process and not
+    /// counted among the viewers); every viewer receives them.
+    #[arg(long, default_value_t = 0.0)]
+    pub chat_per_stream: f64,
+    /// Body bytes of those messages (besides the timestamp).
+    #[arg(long, default_value_t = 100)]
+    pub chat_body_bytes: usize,
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -81,6 +89,9 @@ struct Report {
     scenario: &'static str,
     procs: usize,
     streams: usize,
+    chat_per_stream: f64,
+    chat_sent: u64,
+    chat_refused: u64,
     baseline_rss_bytes: f64,
     points: Vec<Point>,
     projected_rss_at_100k_bytes: Option<f64>,
@@ -143,6 +154,34 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         })?;
     eprintln!("baseline RSS {:.1} MiB", baseline / 1048576.0);
 
+    // Chat from the start (the baseline above is before it), so every checkpoint sees
+    // viewers that have received messages.
+    let mut chat = Vec::new();
+    if a.chat_per_stream > 0.0 {
+        let started = std::time::Instant::now();
+        for (k, stream) in streams.iter().enumerate() {
+            let prefix = format!("chatter-{k}");
+            chat.push(
+                crate::chat::Senders::start(
+                    crate::chat::SenderPlan {
+                        protocol: crate::proto::Protocol::Streamedge,
+                        apis: &[a.api],
+                        stream,
+                        jwt_secret: &a.jwt_secret,
+                        user_prefix: &prefix,
+                        senders: 1,
+                        rate: a.chat_per_stream,
+                        duration: Duration::from_secs(365 * 24 * 3600),
+                        body_bytes: a.chat_body_bytes,
+                        arrivals: crate::chat::Arrivals::Poisson,
+                    },
+                    started,
+                )
+                .await?,
+            );
+        }
+    }
+
     let mut points: Vec<Point> = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for &target in &a.checkpoints {
@@ -190,6 +229,23 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         tokio::time::sleep(a.hold).await;
         report::end_progress();
     }
+    let chat_counts = |f: fn(&crate::chat::SendCounters) -> u64| -> u64 {
+        chat.iter().map(|s| f(&s.counters)).sum()
+    };
+    let chat_sent = chat_counts(|c| c.sent.load(std::sync::atomic::Ordering::Relaxed));
+    let chat_refused = chat_counts(|c| c.refused.load(std::sync::atomic::Ordering::Relaxed));
+    for s in chat {
+        s.abort();
+    }
+    if a.chat_per_stream > 0.0 {
+        println!(
+            "chat: {chat_sent} messages sent over {} streams, {chat_refused} refused",
+            a.streams
+        );
+        if chat_refused > 0 {
+            *errors.entry("chat_refused".into()).or_default() += chat_refused;
+        }
+    }
     for (_, stdin, _) in workers.iter_mut() {
         let _ = stdin.write_all(b"quit\n").await;
     }
@@ -230,6 +286,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             scenario: "idle",
             procs: a.procs,
             streams: a.streams,
+            chat_per_stream: a.chat_per_stream,
+            chat_sent,
+            chat_refused,
             baseline_rss_bytes: baseline,
             points,
             projected_rss_at_100k_bytes: projected,

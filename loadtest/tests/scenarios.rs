@@ -64,14 +64,17 @@ async fn idle_holds_signed_in_viewers_and_reads_memory() {
             .args(["idle", "--api", &node.api.to_string()])
             .args(["--admin", &node.admin.to_string()])
             .args(["--checkpoints", "20,40", "--procs", "2", "--streams", "3"])
-            .args(["--settle", "200ms"]),
+            .args(["--settle", "500ms", "--chat-per-stream", "2"]),
     )
     .await;
     assert_eq!(report["errors"], serde_json::json!({}), "{report:#}");
     let points = report["points"].as_array().unwrap();
     assert_eq!(points.len(), 2);
     assert_eq!(points[1]["connections"], 40);
-    assert_eq!(points[1]["node_connections"], 40.0);
+    // The viewers and one chatting sender per stream.
+    assert_eq!(points[1]["node_connections"], 43.0);
+    assert_eq!(report["chat_refused"], 0, "{report:#}");
+    assert!(report["chat_sent"].as_u64().unwrap() > 0, "{report:#}");
     assert!(report["baseline_rss_bytes"].as_f64().unwrap() > 0.0);
     node.stop().await;
 }

@@ -71,12 +71,16 @@ static PUBLISH_TO_SOCKET: std::sync::LazyLock<metrics::Histogram> =
     std::sync::LazyLock::new(|| metrics::histogram!("streamedge_chat_publish_to_socket_seconds"));
 static SAMPLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 const SAMPLE_EVERY: u64 = 8;
+/// Frames' room a connection keeps between batches.
+const BATCH_KEPT: usize = 8;
 
 async fn send_loop<K>(sink: &mut K, queue: &OutboundQueue, ping_every: Duration) -> ConnEnd
 where
     K: Sink<Message, Error = WsError> + Unpin,
 {
-    let mut batch = Vec::with_capacity(16);
+    // Grows with the batches a busy stream brings and gives the room back afterwards: it
+    // is part of every idle viewer's memory.
+    let mut batch = Vec::new();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -101,6 +105,9 @@ where
                 }
                 if n > 0 {
                     FRAMES_OUT.increment(n);
+                }
+                if batch.capacity() > BATCH_KEPT {
+                    batch.shrink_to(BATCH_KEPT);
                 }
                 if let Some(reason) = close {
                     let frame = CloseFrame { code: CloseCode::from(reason.code), reason: reason.reason.into() };

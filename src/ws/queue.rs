@@ -42,6 +42,9 @@ pub enum PushError {
     Closed,
 }
 
+/// Frames' room a queue keeps once drained.
+const QUEUE_KEPT: usize = 8;
+
 #[derive(Default)]
 struct State {
     frames: VecDeque<Utf8Bytes>,
@@ -204,6 +207,10 @@ impl OutboundQueue {
                 let mut st = self.state.lock().expect("queue lock");
                 if !st.frames.is_empty() || st.close.is_some() {
                     out.extend(st.frames.drain(..));
+                    if st.frames.capacity() > QUEUE_KEPT {
+                        // A burst's room goes back (every idle viewer would keep it).
+                        st.frames.shrink_to(QUEUE_KEPT);
+                    }
                     st.bytes = 0;
                     let close = st.close.clone();
                     let published = st.oldest_publish.take();
