@@ -4,18 +4,17 @@
 
 use streamedge_testkit as common;
 
+#[path = "support/webrtc_peer.rs"]
+mod webrtc_peer;
+use webrtc_peer::{offer, post_sdp};
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::TestNode;
 use reqwest::Method;
-use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
-use rtc::peer_connection::configuration::media_engine::MediaEngine;
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -27,9 +26,7 @@ use tokio::sync::{mpsc, Notify};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
-};
+use webrtc::peer_connection::{PeerConnection, PeerConnectionEventHandler, RTCIceGatheringState};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -88,43 +85,13 @@ async fn peer_with(
     packets: Option<mpsc::UnboundedSender<(String, Bytes)>>,
     remotes: Remotes,
 ) -> (Arc<dyn PeerConnection>, Arc<Notify>) {
-    let mut media = MediaEngine::default();
-    media.register_default_codecs().unwrap();
-    let registry = register_default_interceptors(Registry::new(), &mut media)
-        .unwrap()
-        .with(
-            streamedge::media::feedback::slot(),
-            streamedge::media::feedback::KeyframeRequestTap::default(),
-        );
     let gathered = Arc::new(Notify::new());
-    let pc = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(media)
-        .with_setting_engine(
-            SettingEngineBuilder::new()
-                .with_include_loopback_candidate(true)
-                .build(),
-        )
-        .with_interceptor_registry(registry)
-        .with_handler(Arc::new(Client {
-            gathered: gathered.clone(),
-            packets,
-            remotes,
-        }) as Arc<dyn PeerConnectionEventHandler>)
-        .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
-        .build()
-        .await
-        .unwrap();
-    (Arc::new(pc), gathered)
-}
-
-/// Creates the offer and waits for gathering, so it holds the candidates.
-async fn offer(pc: &Arc<dyn PeerConnection>, gathered: &Notify) -> String {
-    let o = pc.create_offer(None).await.unwrap();
-    let wait = gathered.notified();
-    pc.set_local_description(o).await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
-    pc.local_description().await.unwrap().sdp
+    let handler = Arc::new(Client {
+        gathered: gathered.clone(),
+        packets,
+        remotes,
+    });
+    (webrtc_peer::build(handler).await, gathered)
 }
 
 /// A receive-only offer for `kinds` (what a WHEP viewer sends).
@@ -173,24 +140,6 @@ fn local_track(
             ..Default::default()
         }],
     )))
-}
-
-/// POSTs an SDP offer; returns status, Location and body.
-async fn post_sdp(url: &str, token: &str, sdp: &str) -> (u16, Option<String>, String) {
-    let r = reqwest::Client::new()
-        .post(url)
-        .bearer_auth(token)
-        .header("content-type", "application/sdp")
-        .body(sdp.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let loc = r
-        .headers()
-        .get("location")
-        .map(|v| v.to_str().unwrap().to_string());
-    (status, loc, r.text().await.unwrap())
 }
 
 fn media_config() -> streamedge::config::Config {

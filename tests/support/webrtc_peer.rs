@@ -1,6 +1,7 @@
-//! A `webrtc`-crate peer for the simulcast tests (tests/simulcast.rs, tests/browser.rs):
-//! a WHEP viewer that records every video packet it receives (and the picture size of
-//! VP8 keyframes) and can report a REMB, and the SDP helpers.
+//! A `webrtc`-crate peer for the media tests (tests/media.rs, tests/simulcast.rs,
+//! tests/browser.rs): the peer builder, a WHEP viewer that records every video packet it
+//! receives (and the picture size of VP8 keyframes) and can report a REMB, and the SDP
+//! helpers.
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -98,6 +99,18 @@ impl PeerConnectionEventHandler for Client {
 }
 
 pub async fn peer(received: Option<Arc<Received>>) -> (Arc<dyn PeerConnection>, Arc<Notify>) {
+    let gathered = Arc::new(Notify::new());
+    let handler = Arc::new(Client {
+        gathered: gathered.clone(),
+        received,
+    });
+    (build(handler).await, gathered)
+}
+
+/// A peer on loopback UDP with the default codecs and interceptors, plus the keyframe
+/// request tap the node uses (so a local track sees the PLIs it receives), whose events go
+/// to `handler`.
+pub async fn build(handler: Arc<dyn PeerConnectionEventHandler>) -> Arc<dyn PeerConnection> {
     let mut media = MediaEngine::default();
     media.register_default_codecs().unwrap();
     let registry = register_default_interceptors(Registry::new(), &mut media)
@@ -106,7 +119,6 @@ pub async fn peer(received: Option<Arc<Received>>) -> (Arc<dyn PeerConnection>, 
             streamedge::media::feedback::slot(),
             streamedge::media::feedback::KeyframeRequestTap::default(),
         );
-    let gathered = Arc::new(Notify::new());
     let pc = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(media)
@@ -116,17 +128,15 @@ pub async fn peer(received: Option<Arc<Received>>) -> (Arc<dyn PeerConnection>, 
                 .build(),
         )
         .with_interceptor_registry(registry)
-        .with_handler(Arc::new(Client {
-            gathered: gathered.clone(),
-            received,
-        }) as Arc<dyn PeerConnectionEventHandler>)
+        .with_handler(handler)
         .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
         .build()
         .await
         .unwrap();
-    (Arc::new(pc), gathered)
+    Arc::new(pc)
 }
 
+/// Creates the offer and waits for gathering, so it holds the candidates.
 pub async fn offer(pc: &Arc<dyn PeerConnection>, gathered: &Notify) -> String {
     let o = pc.create_offer(None).await.unwrap();
     let wait = gathered.notified();
@@ -135,6 +145,7 @@ pub async fn offer(pc: &Arc<dyn PeerConnection>, gathered: &Notify) -> String {
     pc.local_description().await.unwrap().sdp
 }
 
+/// POSTs an SDP offer; returns status, Location and body.
 pub async fn post_sdp(url: &str, token: &str, sdp: &str) -> (u16, Option<String>, String) {
     let r = reqwest::Client::new()
         .post(url)
