@@ -94,24 +94,7 @@ async fn chromium_publishes_with_whip_and_another_chromium_decodes_it_with_whep(
     let stream = common::create_stream(&format!("{api}/v1/streams"), &seller).await;
 
     // The pages come from their own origin, as a shop's would (CORS on the node).
-    let (tx, mut reports) = mpsc::unbounded_channel::<std::collections::HashMap<String, String>>();
-    let pages = axum::Router::new()
-        .route("/page", get(|| async { axum::response::Html(PAGE) }))
-        .route(
-            "/report",
-            get(
-                move |Query(q): Query<std::collections::HashMap<String, String>>| {
-                    let tx = tx.clone();
-                    async move {
-                        let _ = tx.send(q);
-                        ""
-                    }
-                },
-            ),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, pages).await });
+    let (origin, mut reports) = pages().await;
 
     let whip = format!("{api}/v1/streams/{stream}/whip");
     let whep = format!("{api}/v1/streams/{stream}/whep");
