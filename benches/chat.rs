@@ -4,16 +4,16 @@
 //!   stream hub does once per message per node (`ChatService::frame`, then the shared
 //!   `Utf8Bytes` every connection gets a reference to).
 //! - `chat_fanout_10k/registry`: handing that frame to 10,000 local connections of the
-//!   stream through the node's registry (`Registry::deliver_chat`: each connection's
-//!   sequence cursor and its bounded outbound queue, plus the writer wake-up signal).
-//! - `chat_fanout_10k/with_writers`: the same, until 10,000 writer tasks (the send loop's
-//!   `next_batch`, minus the socket write) have each taken the frame off their queue, on a
-//!   single-threaded tokio runtime: the push plus one task wake-up and poll per connection.
+//!   stream through the node's registry (`Registry::deliver_chat`: the frame encoded once,
+//!   each connection's sequence cursor and its bounded outbound queue, plus the writer
+//!   wake-up signal), with no socket attached: every frame is queued.
+//! - `chat_fanout_10k/direct_writes`: the same with a socket write half attached to every
+//!   queue, as on a node: each push writes the encoded frame at once (here to
+//!   `tokio::io::sink()`, so the system call itself is not measured), no task wakes up.
 //!
 //! `cargo bench --bench chat`
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,6 +79,10 @@ fn fanout(c: &mut Criterion) {
     g.sample_size(30);
     g.measurement_time(Duration::from_secs(8));
 
+    // One worker: the fan-out runs in the caller, as for a stream smaller than a shard.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     // The registry's fan-out alone; queues are emptied between iterations, untimed.
     let registry = Registry::new(SUBSCRIBERS);
     let stream = Uuid::new_v4();
@@ -92,7 +96,7 @@ fn fanout(c: &mut Criterion) {
                 seq += 1;
                 let frame = encode(seq, &payload);
                 let t = Instant::now();
-                black_box(registry.deliver_chat(&stream, seq, &frame, None));
+                black_box(rt.block_on(registry.deliver_chat(&stream, seq, &frame, None)));
                 took += t.elapsed();
                 for r in &regs {
                     // Frames are queued: the batch is ready without waiting.
@@ -107,58 +111,31 @@ fn fanout(c: &mut Criterion) {
     });
     drop(regs);
 
-    // With a writer task per connection waiting on its queue.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    // With a socket write half attached: the fan-out writes directly.
     let registry = Registry::new(SUBSCRIBERS);
     let stream = Uuid::new_v4();
     let regs = subscribers(&registry, stream);
-    let taken = Arc::new(AtomicUsize::new(0));
-    let all_taken = Arc::new(tokio::sync::Notify::new());
     for r in &regs {
-        let (queue, taken, all_taken) = (r.conn.queue.clone(), taken.clone(), all_taken.clone());
-        rt.spawn(async move {
-            let mut batch = Vec::with_capacity(16);
-            loop {
-                if queue.next_batch(&mut batch).await.is_some() {
-                    return;
-                }
-                let n = batch.len();
-                batch.clear();
-                if taken.fetch_add(n, Ordering::Relaxed) + n == SUBSCRIBERS {
-                    all_taken.notify_one();
-                }
-            }
-        });
+        r.conn.queue.attach(Box::new(tokio::io::sink()));
     }
     let mut seq = 0u64;
-    g.bench_function("with_writers", |b| {
+    g.bench_function("direct_writes", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
-                // Let every writer reach its first wait.
-                tokio::task::yield_now().await;
-                let mut took = Duration::ZERO;
-                for _ in 0..iters {
-                    seq += 1;
-                    let frame = encode(seq, &payload);
-                    taken.store(0, Ordering::Relaxed);
-                    let t = Instant::now();
-                    registry.deliver_chat(&stream, seq, &frame, None);
-                    all_taken.notified().await;
-                    took += t.elapsed();
-                }
-                took
-            })
+            let mut took = Duration::ZERO;
+            for _ in 0..iters {
+                seq += 1;
+                let frame = encode(seq, &payload);
+                let t = Instant::now();
+                black_box(rt.block_on(registry.deliver_chat(&stream, seq, &frame, None)));
+                took += t.elapsed();
+            }
+            for r in &regs {
+                assert_eq!(r.conn.queue.queued_bytes(), 0, "written, not queued");
+            }
+            took
         })
     });
     g.finish();
-    for r in &regs {
-        r.conn.queue.close(streamedge::ws::queue::CloseReason {
-            code: streamedge::ws::close_code::SERVICE_RESTART,
-            reason: "bench_done",
-        });
-    }
     drop(regs);
 }
 

@@ -36,6 +36,57 @@ async fn welcome_then_ping_pong() {
 }
 
 #[tokio::test]
+async fn websocket_pings_are_answered_and_a_client_close_is_answered_in_order() {
+    let node = TestNode::start(common::test_config()).await;
+    let mut ws = common::ws_connect(&node.ws_url(&node.new_stream().await)).await;
+    next_json(&mut ws, T).await;
+    // A protocol-level ping gets a pong with its payload, between application frames.
+    send_text(&mut ws, r#"{"type":"ping","ref":"a"}"#).await;
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    send_text(&mut ws, r#"{"type":"ping","ref":"b"}"#).await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        match tokio::time::timeout(T, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Text(t) => got.push(t.to_string()),
+            Message::Pong(p) => got.push(format!("pong:{}", String::from_utf8_lossy(&p))),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        got,
+        vec![
+            r#"{"type":"pong","ref":"a"}"#.to_string(),
+            "pong:are you there".to_string(),
+            r#"{"type":"pong","ref":"b"}"#.to_string(),
+        ]
+    );
+    // A client's close is answered with the same code, then the node hangs up.
+    ws.send(Message::Close(Some(
+        tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: 1000.into(),
+            reason: "bye".into(),
+        },
+    )))
+    .await
+    .unwrap();
+    let mut reply = None;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(T, ws.next()).await {
+        if let Message::Close(f) = msg {
+            reply = f.map(|f| u16::from(f.code));
+        }
+    }
+    assert_eq!(reply, Some(1000));
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn malformed_frames_get_error_frames_and_the_connection_stays_up() {
     let node = TestNode::start(common::test_config()).await;
     let mut ws = common::ws_connect(&node.ws_url(&node.new_stream().await)).await;

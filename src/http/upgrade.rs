@@ -8,13 +8,16 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
-use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::protocol::WebSocketConfig;
 
 use crate::ws::guard::FrameGuard;
 
-/// The stream WebSocket as the connection driver reads and writes it.
-pub type WsStream = WebSocketStream<FrameGuard<TokioIo<Upgraded>>>;
+/// An upgraded connection as the connection driver reads and writes it, with the codec
+/// settings to read it with.
+pub struct WsSocket {
+    pub io: FrameGuard<TokioIo<Upgraded>>,
+    pub config: WebSocketConfig,
+}
 
 /// A valid WebSocket upgrade request.
 pub struct WsUpgrade {
@@ -108,7 +111,7 @@ impl WsUpgrade {
         serve: F,
     ) -> Response
     where
-        F: FnOnce(WsStream) -> Fut + Send + 'static,
+        F: FnOnce(WsSocket) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
@@ -125,8 +128,7 @@ impl WsUpgrade {
                 }
             };
             let io = FrameGuard::new(TokioIo::new(upgraded), max_fragments);
-            let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-            serve(ws).await;
+            serve(WsSocket { io, config }).await;
         };
         tokio::spawn(task);
         let mut resp = Response::new(axum::body::Body::empty());

@@ -1,17 +1,24 @@
-//! One WebSocket connection: a send loop that drains the outbound queue in batches (one
-//! flush per batch) and pings, and a receive loop that enforces the idle timeout and
-//! answers client frames, under one `select!`. Generic over `Sink`/`Stream` so tests can
-//! drive it with channels.
+//! One WebSocket connection: the socket's write half goes to the connection's
+//! [`OutboundQueue`] (frames are written by whoever pushes them, or by this task when the
+//! socket was full), and one task runs, under one `select!`, the queue's writer with the
+//! pings, and a receive loop that enforces the idle timeout and answers client frames.
+//! The WebSocket codec reads the client's frames; what it writes itself (pong and close
+//! replies) goes through the queue, in order with everything else.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::CloseFrame;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message};
 
-use super::queue::{close_code, CloseReason, OutboundQueue};
+use super::queue::{close_code, CloseReason, OutboundQueue, Written};
+use super::wire;
 use crate::protocol::{self, ClientFrame, FrameError, ServerFrame};
 
 /// Timing settings of a connection.
@@ -38,102 +45,88 @@ pub trait FrameHandler: Send {
     fn on_frame(&mut self, frame: ClientFrame) -> impl std::future::Future<Output = ()> + Send;
 }
 
+/// The read half of the socket as the WebSocket codec sees it: reads come from the
+/// socket; what the codec writes (pong and close replies) is queued behind the frames
+/// already waiting.
+struct ReadSide<R> {
+    read: R,
+    queue: Arc<OutboundQueue>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ReadSide<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin> AsyncWrite for ReadSide<R> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        // A closing connection drops it: its close frame is on its way.
+        let _ = self.queue.push_wire(Bytes::copy_from_slice(buf), 0, None);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// Drives a connection until it ends. Frames the node wants to send are pushed to
-/// `queue` by anyone (fan-out, replies); this function writes them.
-pub async fn drive<S, H>(
-    socket: S,
+/// `queue` by anyone (fan-out, replies); `config` is the codec's (message size limits).
+pub async fn drive<IO, H>(
+    io: IO,
+    config: WebSocketConfig,
     queue: Arc<OutboundQueue>,
     settings: ConnSettings,
     mut handler: H,
 ) -> ConnEnd
 where
-    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Send,
+    IO: AsyncRead + AsyncWrite + Send + 'static,
     H: FrameHandler,
 {
-    let (mut sink, mut stream) = socket.split();
+    let (read, write) = tokio::io::split(io);
+    queue.attach(Box::new(write));
+    let read = ReadSide {
+        read,
+        queue: queue.clone(),
+    };
+    let mut stream = WebSocketStream::from_raw_socket(read, Role::Server, Some(config)).await;
     let end = tokio::select! {
-        end = send_loop(&mut sink, &queue, settings.ping_interval) => end,
+        end = send_loop(&queue, settings.ping_interval) => end,
         end = recv_loop(&mut stream, &queue, settings.idle_timeout, &mut handler) => end,
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), queue.finish()).await;
     if let ConnEnd::Closed(reason) = &end {
         metrics::counter!("streamedge_ws_closed_total", "reason" => reason.reason).increment(1);
     }
     end
 }
 
-/// Metric handles, registered once (the writer runs per frame batch).
-static FRAMES_OUT: std::sync::LazyLock<metrics::Counter> =
-    std::sync::LazyLock::new(|| metrics::counter!("streamedge_ws_frames_out_total"));
-static FLUSHES: std::sync::LazyLock<metrics::Counter> =
-    std::sync::LazyLock::new(|| metrics::counter!("streamedge_ws_flushes_total"));
-static PUBLISH_TO_SOCKET: std::sync::LazyLock<metrics::Histogram> =
-    std::sync::LazyLock::new(|| metrics::histogram!("streamedge_chat_publish_to_socket_seconds"));
-static SAMPLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-const SAMPLE_EVERY: u64 = 8;
-/// Frames' room a connection keeps between batches.
-const BATCH_KEPT: usize = 8;
-
-async fn send_loop<K>(sink: &mut K, queue: &OutboundQueue, ping_every: Duration) -> ConnEnd
-where
-    K: Sink<Message, Error = WsError> + Unpin,
-{
-    // Grows with the batches a busy stream brings and gives the room back afterwards: it
-    // is part of every idle viewer's memory.
-    let mut batch = Vec::new();
+async fn send_loop(queue: &OutboundQueue, ping_every: Duration) -> ConnEnd {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-                        (close, published) = queue.next_batch_published(&mut batch) => {
-                let n = batch.len() as u64;
-                // A client that does not read blocks the write; if its queue overflows
-                // meanwhile, give up on it at once rather than wait for the socket.
-                let write = async {
-                    for frame in batch.drain(..) {
-                        sink.feed(Message::Text(frame)).await?;
-                    }
-                    Ok::<(), WsError>(())
-                };
-                tokio::select! {
-                    r = write => if r.is_err() {
-                        return ConnEnd::WriteFailed;
-                    },
-                    reason = queue.closed(), if close.is_none() => {
-                        return ConnEnd::Closed(reason);
-                    }
-                }
-                if n > 0 {
-                    FRAMES_OUT.increment(n);
-                }
-                if batch.capacity() > BATCH_KEPT {
-                    batch.shrink_to(BATCH_KEPT);
-                }
-                if let Some(reason) = close {
-                    let frame = CloseFrame { code: CloseCode::from(reason.code), reason: reason.reason.into() };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                    return ConnEnd::Closed(reason);
-                }
-                                tokio::select! {
-                    r = sink.flush() => if r.is_err() {
-                        return ConnEnd::WriteFailed;
-                    },
-                    reason = queue.closed() => {
-                        return ConnEnd::Closed(reason);
-                    }
-                }
-                FLUSHES.increment(1);
-                if let Some(t) = published {
-                    // One batch in SAMPLE_EVERY: the metric stays cheap at 500k deliveries/s.
-                    if SAMPLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SAMPLE_EVERY == 0 {
-                        PUBLISH_TO_SOCKET.record(t.elapsed().as_secs_f64());
-                    }
-                }
-            }
+            written = queue.write_queued() => match written {
+                Written::Idle => {}
+                Written::Closed(reason) => return ConnEnd::Closed(reason),
+                Written::Failed => return ConnEnd::WriteFailed,
+            },
             _ = ping.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    return ConnEnd::WriteFailed;
-                }
+                // Refused only when closing or failed: the writer ends the connection.
+                let _ = queue.push_wire(Bytes::from_static(wire::PING), 0, None);
             }
         }
     }
@@ -146,7 +139,7 @@ async fn recv_loop<T, H>(
     handler: &mut H,
 ) -> ConnEnd
 where
-    T: Stream<Item = Result<Message, WsError>> + Unpin,
+    T: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     H: FrameHandler,
 {
     loop {
@@ -190,7 +183,12 @@ where
                 let _ = queue.push(FrameError::binary().to_frame().encode());
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-            Message::Close(_) => return ConnEnd::Client,
+            Message::Close(_) => {
+                // The codec answers with a close frame when flushed: it goes through the
+                // queue, after what is already waiting, and `drive` writes it out.
+                let _ = stream.flush().await;
+                return ConnEnd::Client;
+            }
         }
     }
 }

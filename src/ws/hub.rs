@@ -3,7 +3,7 @@
 //! connections, and pushes `viewers` frames when the counts change (checked every
 //! `viewers.push_interval`). The first local connection starts it, the last one stops it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
@@ -12,6 +12,8 @@ use uuid::Uuid;
 
 use std::time::Duration;
 
+use super::registry::LiveBatch;
+use super::wire;
 use super::Registry;
 use crate::chat::ChatService;
 use crate::domain::keys;
@@ -90,15 +92,23 @@ impl Hubs {
 /// Most chat messages handed to the connections in one batch.
 const MAX_BATCH: usize = 256;
 
+/// While a fan-out runs: the stream's subscription, to take in the chat messages that
+/// follow on, and where whatever else arrives waits (in order) to be handled after it.
+type Live<'a> = Option<(
+    &'a mut crate::store::Subscription,
+    &'a mut VecDeque<PubSubEvent>,
+)>;
+
 /// Delivers published messages (in sequence order), first backfilling from the log any
 /// sequence numbers between the last delivered one and them (publishes this node missed).
-/// Every connection gets the batch with one push and one wake-up. Returns the new last
-/// delivered sequence number.
+/// Every connection gets the batch with one write. Returns the new last delivered
+/// sequence number.
 async fn deliver_chat(
     app: &HubDeps,
     stream: &Uuid,
     last: u64,
     entries: Vec<crate::store::LogEntry>,
+    mut live: Live<'_>,
 ) -> u64 {
     let started = std::time::Instant::now();
     let mut last = last;
@@ -110,7 +120,7 @@ async fn deliver_chat(
         }
         if entry.seq > last + 1 {
             // Keep the order: what is batched goes first, then the backfill.
-            flush(app, stream, &mut batch, &mut published);
+            flush(app, stream, &mut batch, &mut published, &mut last, None).await;
             metrics::counter!("streamedge_chat_gaps_total").increment(1);
             last = backfill(app, stream, last, entry.seq - 1).await;
             if entry.seq <= last {
@@ -125,25 +135,92 @@ async fn deliver_chat(
         }
         last = entry.seq;
     }
-    flush(app, stream, &mut batch, &mut published);
+    let live = live.as_mut().map(|(sub, later)| (&mut **sub, &mut **later));
+    flush(app, stream, &mut batch, &mut published, &mut last, live).await;
     metrics::histogram!("streamedge_chat_fanout_seconds").record(started.elapsed().as_secs_f64());
     last
 }
 
-fn flush(
+/// Fans `batch` out to the stream's connections. While that runs, chat messages that
+/// follow on (`last` + 1, …) join it: connections not written yet get them in the same
+/// write, the others in another round right after (which writes only to them). So a
+/// message waits at most for the rest of one round, not for a whole round to end. Other
+/// events, and messages after a gap, wait in `live`'s queue.
+async fn flush(
     app: &HubDeps,
     stream: &Uuid,
     batch: &mut Vec<(u64, Utf8Bytes)>,
     published: &mut Option<std::time::Instant>,
+    last: &mut u64,
+    mut live: Live<'_>,
 ) {
     if batch.is_empty() {
         return;
     }
-    let n = app
-        .registry
-        .deliver_chat_batch(stream, batch, published.take());
-    metrics::counter!("streamedge_chat_deliveries_total").increment(n as u64);
+    let mut round = wire::Batch::encode(batch.iter().map(|(s, f)| (*s, f.as_str())));
     batch.clear();
+    let mut published = published.take();
+    let mut open = true;
+    loop {
+        let current = Arc::new(LiveBatch::new(round, published));
+        let Some(fan) = app.registry.start_fan_out(stream, current.clone()) else {
+            return;
+        };
+        let started_at = *last;
+        let mut wait = std::pin::pin!(fan.wait());
+        let taken = loop {
+            let extend = match live.as_mut() {
+                Some((sub, later)) if open && later.is_empty() => Some(&mut **sub),
+                _ => None,
+            };
+            tokio::select! {
+                n = &mut wait => break n,
+                ev = next_event(extend) => match ev {
+                    Some(PubSubEvent::Message(bytes)) if channel::is_chat(&bytes) => {
+                        match crate::store::decode_log_publish(&bytes) {
+                            Some(e) if e.seq == *last + 1 => {
+                                if let Some(frame) = crate::protocol::server::message(e.seq, &e.payload) {
+                                    current.extend([(e.seq, frame.as_str())]);
+                                }
+                                *last = e.seq;
+                            }
+                            // Already delivered.
+                            Some(e) if e.seq <= *last => {}
+                            // After a gap (or unreadable): handled, with its backfill, after
+                            // this fan-out.
+                            _ => {
+                                if let Some((_, later)) = live.as_mut() {
+                                    later.push_back(PubSubEvent::Message(bytes));
+                                }
+                            }
+                        }
+                    }
+                    Some(other) => {
+                        if let Some((_, later)) = live.as_mut() {
+                            later.push_back(other);
+                        }
+                    }
+                    None => open = false,
+                },
+            }
+        };
+        metrics::counter!("streamedge_chat_deliveries_total").increment(taken as u64);
+        if *last == started_at {
+            return;
+        }
+        // Messages joined during the round: the connections written before they did
+        // still need them.
+        round = current.get().tail(started_at);
+        published = None;
+    }
+}
+
+/// The subscription's next event, or never.
+async fn next_event(sub: Option<&mut crate::store::Subscription>) -> Option<PubSubEvent> {
+    match sub {
+        Some(sub) => sub.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// When a stored message was accepted (its `ts`, set by the node that sequenced it), as
@@ -167,7 +244,8 @@ async fn backfill(app: &HubDeps, stream: &Uuid, last: u64, until: u64) -> u64 {
                 if let Some(frame) = crate::protocol::server::message(e.seq, &e.payload) {
                     let published = published_at(&e.payload, std::time::Instant::now());
                     app.registry
-                        .deliver_chat(stream, e.seq, &frame.into(), published);
+                        .deliver_chat(stream, e.seq, &frame.into(), published)
+                        .await;
                 }
                 last = e.seq;
             }
@@ -210,32 +288,21 @@ async fn run(app: HubDeps, stream: Uuid, stop: CancellationToken) {
     // The last chat sequence number this node delivered for the stream.
     let mut chat_seq = app.chat.last_seq(&stream).await.unwrap_or(0);
     let mut last_session: Option<Uuid> = None;
+    // Events that arrived while a fan-out ran, in order: handled before anything newer.
+    let mut later: VecDeque<PubSubEvent> = VecDeque::new();
     loop {
+        if let Some(ev) = later.pop_front() {
+            if stop.is_cancelled() {
+                return;
+            }
+            handle_event(&app, &stream, &mut chat_seq, &mut sub, &mut later, ev).await;
+            continue;
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             ev = sub.recv() => {
-                let Some(mut ev) = ev else { return };
-                loop {
-                    let next = match ev {
-                        PubSubEvent::Message(bytes) if channel::is_chat(&bytes) => {
-                            // This message and the chat messages already waiting behind it
-                            // go out as one batch.
-                            let mut entries: Vec<_> =
-                                crate::store::decode_log_publish(&bytes).into_iter().collect();
-                            let next = gather(&mut sub, &mut entries);
-                            chat_seq = deliver_chat(&app, &stream, chat_seq, entries).await;
-                            next
-                        }
-                        other => {
-                            on_event(&app, &stream, &mut chat_seq, other).await;
-                            None
-                        }
-                    };
-                    match next {
-                        Some(e) => ev = e,
-                        None => break,
-                    }
-                }
+                let Some(ev) = ev else { return };
+                handle_event(&app, &stream, &mut chat_seq, &mut sub, &mut later, ev).await;
             }
             _ = tick.tick() => {
                 let Ok(s) = app.streams.get(&stream).await else { continue };
@@ -249,7 +316,7 @@ async fn run(app: HubDeps, stream: Uuid, stop: CancellationToken) {
                 }
                 match app.viewers.counts(&s).await {
                     Ok(c) if Some(c) != last_counts => {
-                        app.registry.broadcast(&stream, &viewers_frame(&stream, &c));
+                        app.registry.broadcast(&stream, &viewers_frame(&stream, &c)).await;
                         last_counts = Some(c);
                     }
                     Ok(_) => {}
@@ -257,6 +324,33 @@ async fn run(app: HubDeps, stream: Uuid, stop: CancellationToken) {
                 }
             }
         }
+    }
+}
+
+/// One event from the stream's channel. A chat publish goes out together with the chat
+/// messages already waiting behind it (and those arriving while it goes out).
+async fn handle_event(
+    app: &HubDeps,
+    stream: &Uuid,
+    chat_seq: &mut u64,
+    sub: &mut crate::store::Subscription,
+    later: &mut VecDeque<PubSubEvent>,
+    ev: PubSubEvent,
+) {
+    match ev {
+        PubSubEvent::Message(bytes) if channel::is_chat(&bytes) => {
+            let mut entries: Vec<_> = crate::store::decode_log_publish(&bytes)
+                .into_iter()
+                .collect();
+            // Only when nothing older waits: what waits in `later` came first.
+            if later.is_empty() {
+                if let Some(next) = gather(sub, &mut entries) {
+                    later.push_back(next);
+                }
+            }
+            *chat_seq = deliver_chat(app, stream, *chat_seq, entries, Some((sub, later))).await;
+        }
+        other => on_event(app, stream, chat_seq, other).await,
     }
 }
 
@@ -288,7 +382,7 @@ async fn on_event(app: &HubDeps, stream: &Uuid, chat_seq: &mut u64, ev: PubSubEv
             }
             ChannelEvent::Frame(bytes) => match Utf8Bytes::try_from(bytes) {
                 Ok(frame) => {
-                    app.registry.broadcast(stream, &frame);
+                    app.registry.broadcast(stream, &frame).await;
                 }
                 Err(_) => tracing::warn!(%stream, "non-UTF-8 event dropped"),
             },
@@ -297,7 +391,7 @@ async fn on_event(app: &HubDeps, stream: &Uuid, chat_seq: &mut u64, ev: PubSubEv
                 let entries = crate::store::decode_log_publish(&bytes)
                     .into_iter()
                     .collect();
-                *chat_seq = deliver_chat(app, stream, *chat_seq, entries).await;
+                *chat_seq = deliver_chat(app, stream, *chat_seq, entries, None).await;
             }
             ChannelEvent::Unreadable => tracing::warn!(%stream, "unreadable event dropped"),
         },
@@ -320,7 +414,7 @@ async fn on_event(app: &HubDeps, stream: &Uuid, chat_seq: &mut u64, ev: PubSubEv
                     at: None,
                     version: s.version,
                 };
-                app.registry.broadcast(stream, &frame.encode());
+                app.registry.broadcast(stream, &frame.encode()).await;
             }
         }
     }

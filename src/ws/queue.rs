@@ -1,13 +1,25 @@
-//! A connection's outbound queue: bounded by bytes, drained in batches so that one socket
-//! flush carries every frame that accumulated (write coalescing), and closable with a
-//! close code that is sent after the frames already queued.
+//! A connection's outbound side: its socket's write half and a queue of encoded frames
+//! ([`super::wire`]), bounded by bytes and closable with a close code that is sent after
+//! the frames already queued.
+//!
+//! Whoever pushes a frame writes it to the socket at once when nothing is waiting before
+//! it (a fan-out writes the same encoded bytes to every viewer from the hub's task, with
+//! no wake-up of the connection's task). What the socket does not take right away waits
+//! in the queue, and the connection's task writes it, everything that accumulated in one
+//! write (write coalescing), when the socket has room.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
 use tungstenite::Utf8Bytes;
+
+use super::wire;
 
 /// Why the node closes a connection, with its WebSocket close code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,20 +50,107 @@ pub mod close_code {
 pub enum PushError {
     /// The queue would exceed its byte bound; the connection is being closed.
     Full,
-    /// The connection is already closing.
+    /// The connection is already closing (or its socket failed).
     Closed,
 }
+
+/// A socket's write half.
+pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Frames' room a queue keeps once drained.
 const QUEUE_KEPT: usize = 8;
 
+/// Most queued frames written with one system call.
+const MAX_SLICES: usize = 64;
+
 #[derive(Default)]
 struct State {
-    frames: VecDeque<Utf8Bytes>,
+    /// Encoded frames not yet started, in order (a slow consumer's are dropped).
+    frames: VecDeque<Bytes>,
+    /// Text frames in `frames` (for `streamedge_ws_frames_out_total`).
+    frame_count: u64,
+    /// Bytes in `frames` and `partial`.
     bytes: usize,
+    /// The rest of a frame already partly written: it goes first and is never dropped.
+    partial: Option<Bytes>,
+    /// Something was written that the writer may still hold (a TLS session): the
+    /// connection's task must flush.
+    unflushed: bool,
+    /// The socket's write half while nobody writes to it; `None` while the connection's
+    /// task holds it (or before [`OutboundQueue::attach`]).
+    writer: Option<Writer>,
     close: Option<CloseReason>,
+    close_sent: bool,
+    /// Writing to the socket failed: the connection is gone.
+    failed: bool,
     /// When the oldest queued chat frame was published (for the fan-out latency metric).
     oldest_publish: Option<Instant>,
+}
+
+impl State {
+    fn has_work(&self) -> bool {
+        !self.frames.is_empty()
+            || self.partial.is_some()
+            || self.unflushed
+            || (self.close.is_some() && !self.close_sent)
+    }
+}
+
+/// Metric handles, registered once (they are updated per write).
+static FRAMES_OUT: std::sync::LazyLock<metrics::Counter> =
+    std::sync::LazyLock::new(|| metrics::counter!("streamedge_ws_frames_out_total"));
+static FLUSHES: std::sync::LazyLock<metrics::Counter> =
+    std::sync::LazyLock::new(|| metrics::counter!("streamedge_ws_flushes_total"));
+static PUBLISH_TO_SOCKET: std::sync::LazyLock<metrics::Histogram> =
+    std::sync::LazyLock::new(|| metrics::histogram!("streamedge_chat_publish_to_socket_seconds"));
+static SAMPLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// One write in this many records its publish-to-socket latency: the metric stays cheap
+/// at 500k deliveries/s.
+const SAMPLE_EVERY: u64 = 8;
+
+/// A write of frames to the socket: counted, and its latency sampled.
+fn wrote(frames: u64, published: Option<Instant>) {
+    if frames > 0 {
+        FRAMES_OUT.increment(frames);
+    }
+    FLUSHES.increment(1);
+    if let Some(t) = published {
+        if SAMPLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SAMPLE_EVERY == 0 {
+            PUBLISH_TO_SOCKET.record(t.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Writes what the socket takes without waiting: how much it took, and whether that is
+/// all flushed.
+fn write_now(w: &mut Writer, data: &[u8]) -> std::io::Result<(usize, bool)> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut off = 0;
+    while off < data.len() {
+        match Pin::new(&mut *w).poll_write(&mut cx, &data[off..]) {
+            Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => off += n,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return Ok((off, false)),
+        }
+    }
+    match Pin::new(&mut *w).poll_flush(&mut cx) {
+        Poll::Ready(Ok(())) => Ok((off, true)),
+        Poll::Ready(Err(e)) => Err(e),
+        Poll::Pending => Ok((off, false)),
+    }
+}
+
+/// How a round of writing by the connection's task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// Everything is written; the queue is idle.
+    Idle,
+    /// The queue is closing with this reason (its close frame is written, unless the
+    /// close interrupted a blocked write: [`OutboundQueue::finish`] sends it then).
+    Closed(CloseReason),
+    /// Writing to the socket failed.
+    Failed,
 }
 
 /// See the module documentation.
@@ -65,6 +164,90 @@ pub struct OutboundQueue {
     max_bytes: usize,
 }
 
+/// The socket's write half, held by the connection's task while it writes, with what it
+/// has taken from the queue and not written yet. Dropped half-way (the task's write was
+/// interrupted), it puts both back: the rest of a started frame goes first.
+struct Lease<'a> {
+    queue: &'a OutboundQueue,
+    writer: Option<Writer>,
+    pending: VecDeque<Bytes>,
+    /// Bytes of `pending`'s first frame already written.
+    offset: usize,
+}
+
+impl Lease<'_> {
+    /// Writes everything pending (in one system call for up to [`MAX_SLICES`] frames)
+    /// and flushes.
+    async fn write_pending(&mut self) -> std::io::Result<()> {
+        std::future::poll_fn(|cx| {
+            while !self.pending.is_empty() {
+                let w = self.writer.as_mut().expect("lease holds the writer");
+                let r = if self.pending.len() == 1 {
+                    Pin::new(&mut **w).poll_write(cx, &self.pending[0][self.offset..])
+                } else {
+                    let mut bufs = [std::io::IoSlice::new(&[]); MAX_SLICES];
+                    let mut k = 0;
+                    for (slot, b) in bufs.iter_mut().zip(&self.pending) {
+                        let b = if k == 0 { &b[self.offset..] } else { &b[..] };
+                        *slot = std::io::IoSlice::new(b);
+                        k += 1;
+                    }
+                    Pin::new(&mut **w).poll_write_vectored(cx, &bufs[..k])
+                };
+                match r {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                    }
+                    Poll::Ready(Ok(n)) => self.advance(n),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            let w = self.writer.as_mut().expect("lease holds the writer");
+            Pin::new(&mut **w).poll_flush(cx)
+        })
+        .await
+    }
+
+    /// `n` more bytes of `pending` are written.
+    fn advance(&mut self, mut n: usize) {
+        while let Some(front) = self.pending.front() {
+            let rest = front.len() - self.offset;
+            if n < rest {
+                self.offset += n;
+                return;
+            }
+            n -= rest;
+            self.pending.pop_front();
+            self.offset = 0;
+        }
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let Some(writer) = self.writer.take() else {
+            return;
+        };
+        let mut st = self.queue.lock();
+        if let Some(front) = self.pending.pop_front() {
+            let rest = front.slice(self.offset..);
+            st.bytes += rest.len();
+            if self.offset > 0 {
+                st.partial = Some(rest);
+            } else {
+                st.frames.push_front(rest);
+            }
+            for f in self.pending.drain(..).rev() {
+                st.bytes += f.len();
+                st.frames.push_front(f);
+            }
+            st.unflushed = true;
+        }
+        st.writer = Some(writer);
+    }
+}
+
 impl OutboundQueue {
     pub fn new(max_bytes: usize) -> Self {
         Self {
@@ -76,74 +259,122 @@ impl OutboundQueue {
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("queue lock")
+    }
+
+    /// Gives the queue its socket's write half: from now on frames are written.
+    pub fn attach(&self, writer: Writer) {
+        let mut st = self.lock();
+        st.writer = Some(writer);
+        let work = st.has_work();
+        drop(st);
+        if work {
+            self.notify.notify_one();
+        }
+    }
+
     /// Queues a text frame. If it does not fit, the queue closes itself with
     /// [`close_code::SLOW_CONSUMER`] and the frame is refused.
     pub fn push(&self, frame: Utf8Bytes) -> Result<(), PushError> {
-        self.push_published(frame, None)
+        self.push_wire(wire::text(&frame), 1, None)
     }
 
-    /// Queues a frame published at `published` (chat messages): the writer reports how
-    /// long it took from publishing to the socket.
-    pub fn push_published(
+    /// Queues encoded bytes holding `frames` text frames (or a control frame, with 0),
+    /// the oldest of them published at `published` (chat messages: the writer reports
+    /// how long it took from publishing to the socket). Written at once if nothing waits
+    /// before them and the socket takes them.
+    pub fn push_wire(
         &self,
-        frame: Utf8Bytes,
+        data: Bytes,
+        frames: usize,
         published: Option<Instant>,
     ) -> Result<(), PushError> {
-        self.push_many(std::iter::once(frame), published)
-    }
-
-    /// Queues several frames at once (one lock, one wake-up): a fan-out batch.
-    /// Stops at the first refusal (the queue is then closing).
-    pub fn push_many(
-        &self,
-        frames: impl Iterator<Item = Utf8Bytes>,
-        published: Option<Instant>,
-    ) -> Result<(), PushError> {
-        let mut st = self.state.lock().expect("queue lock");
-        if st.close.is_some() {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if st.close.is_some() || st.failed {
             return Err(PushError::Closed);
         }
-        let mut pushed = false;
-        for frame in frames {
-            if st.bytes + frame.len() > self.max_bytes {
-                tracing::debug!(
-                    queued = st.bytes,
-                    frames = st.frames.len(),
-                    frame = frame.len(),
-                    max = self.max_bytes,
-                    "outbound queue full"
-                );
-                st.close = Some(CloseReason {
-                    code: close_code::SLOW_CONSUMER,
-                    reason: "slow_consumer",
-                });
-                // Pending frames are dropped: the client resumes from its last seen
-                // position.
-                st.frames.clear();
-                st.bytes = 0;
-                drop(st);
-                self.notify.notify_one();
-                self.closing.notify_waiters();
-                return Err(PushError::Full);
-            }
-            st.bytes += frame.len();
-            st.frames.push_back(frame);
-            pushed = true;
-        }
-        if pushed && st.oldest_publish.is_none() {
-            st.oldest_publish = published;
-        }
-        drop(st);
-        if pushed {
+        if st.bytes + data.len() > self.max_bytes {
+            tracing::debug!(
+                queued = st.bytes,
+                frames = st.frames.len(),
+                frame = data.len(),
+                max = self.max_bytes,
+                "outbound queue full"
+            );
+            st.close = Some(CloseReason {
+                code: close_code::SLOW_CONSUMER,
+                reason: "slow_consumer",
+            });
+            // Pending frames are dropped: the client resumes from its last seen position.
+            // (The rest of a frame already started is still written, then the close.)
+            st.frames.clear();
+            st.frame_count = 0;
+            st.bytes = st.partial.as_ref().map_or(0, |p| p.len());
+            drop(guard);
             self.notify.notify_one();
+            self.closing.notify_waiters();
+            return Err(PushError::Full);
         }
+        let idle = st.frames.is_empty() && st.partial.is_none() && !st.unflushed;
+        if let (true, Some(w)) = (idle, st.writer.as_mut()) {
+            match write_now(w, &data) {
+                Ok((n, true)) if n == data.len() => {
+                    drop(guard);
+                    wrote(frames as u64, published);
+                    return Ok(());
+                }
+                Ok((n, _)) => {
+                    // The socket is full (or the writer holds bytes to flush): the
+                    // connection's task finishes when it has room.
+                    if n < data.len() {
+                        let rest = data.slice(n..);
+                        st.bytes += rest.len();
+                        if n > 0 {
+                            st.partial = Some(rest);
+                        } else {
+                            st.frames.push_back(rest);
+                            st.frame_count += frames as u64;
+                        }
+                    }
+                    if n > 0 {
+                        FRAMES_OUT.increment(frames as u64);
+                    }
+                    st.unflushed = true;
+                    if st.oldest_publish.is_none() {
+                        st.oldest_publish = published;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "websocket write failed");
+                    st.failed = true;
+                    drop(guard);
+                    self.notify.notify_one();
+                    self.closing.notify_waiters();
+                    return Err(PushError::Closed);
+                }
+            }
+        } else {
+            st.bytes += data.len();
+            st.frames.push_back(data);
+            st.frame_count += frames as u64;
+            if st.oldest_publish.is_none() {
+                st.oldest_publish = published;
+            }
+        }
+        drop(guard);
+        self.notify.notify_one();
         Ok(())
     }
 
     /// Asks for the connection to be closed after the frames already queued. The first
     /// reason given wins.
     pub fn close(&self, reason: CloseReason) {
-        let mut st = self.state.lock().expect("queue lock");
+        let mut st = self.lock();
         if st.close.is_none() {
             st.close = Some(reason);
         }
@@ -152,19 +383,28 @@ impl OutboundQueue {
         self.closing.notify_waiters();
     }
 
-    /// Completes once the queue is closing, with the reason.
+    /// Completes once the queue is closing (or its socket failed), with the reason.
     pub async fn closed(&self) -> CloseReason {
         loop {
             let notified = self.closing.notified();
-            if let Some(r) = self.state.lock().expect("queue lock").close.clone() {
-                return r;
+            {
+                let st = self.lock();
+                if let Some(r) = st.close.clone() {
+                    return r;
+                }
+                if st.failed {
+                    return CloseReason {
+                        code: close_code::INTERNAL_ERROR,
+                        reason: "write_failed",
+                    };
+                }
             }
             notified.await;
         }
     }
 
     pub fn is_closing(&self) -> bool {
-        self.state.lock().expect("queue lock").close.is_some()
+        self.lock().close.is_some()
     }
 
     /// Waits until at most half the queue is in use (or it is closing). The connection's
@@ -175,8 +415,8 @@ impl OutboundQueue {
         loop {
             let drained = self.drained.notified();
             {
-                let st = self.state.lock().expect("queue lock");
-                if st.bytes <= self.max_bytes / 2 || st.close.is_some() {
+                let st = self.lock();
+                if st.bytes <= self.max_bytes / 2 || st.close.is_some() || st.failed {
                     return;
                 }
             }
@@ -186,37 +426,136 @@ impl OutboundQueue {
 
     /// Bytes waiting to be written.
     pub fn queued_bytes(&self) -> usize {
-        self.state.lock().expect("queue lock").bytes
+        self.lock().bytes
     }
 
-    /// Takes everything queued into `out` and returns the close reason once the queue is
-    /// closing (after its frames). Waits while there is nothing to do.
-    pub async fn next_batch(&self, out: &mut Vec<Utf8Bytes>) -> Option<CloseReason> {
-        self.next_batch_published(out).await.0
+    /// The connection's task: waits until something waits to be written and writes it
+    /// (everything that accumulated, in one go), until the queue is idle again; then the
+    /// close frame if the queue is closing. A close while the socket is blocked ends the
+    /// round at once.
+    pub async fn write_queued(&self) -> Written {
+        let mut lease = loop {
+            let notified = self.notify.notified();
+            {
+                let mut st = self.lock();
+                if st.failed {
+                    return Written::Failed;
+                }
+                if st.has_work() {
+                    if let Some(writer) = st.writer.take() {
+                        break Lease {
+                            queue: self,
+                            writer: Some(writer),
+                            pending: VecDeque::new(),
+                            offset: 0,
+                        };
+                    }
+                }
+            }
+            notified.await;
+        };
+        loop {
+            let (frames, published, close) = {
+                let mut st = self.lock();
+                if !st.has_work() {
+                    // Idle: the writer goes back for direct writes.
+                    st.writer = lease.writer.take();
+                    return Written::Idle;
+                }
+                lease.pending.extend(st.partial.take());
+                lease.pending.extend(st.frames.drain(..));
+                if st.frames.capacity() > QUEUE_KEPT {
+                    // A burst's room goes back (every idle viewer would keep it).
+                    st.frames.shrink_to(QUEUE_KEPT);
+                }
+                st.bytes = 0;
+                st.unflushed = false;
+                let frames = std::mem::take(&mut st.frame_count);
+                let close = st.close.clone().filter(|_| !st.close_sent);
+                (frames, st.oldest_publish.take(), close)
+            };
+            self.drained.notify_waiters();
+            // A client that does not read blocks the write; if its queue overflows
+            // meanwhile (or the node shuts down), give up on it at once rather than wait.
+            let r = tokio::select! {
+                r = lease.write_pending() => r,
+                reason = self.closed(), if close.is_none() => {
+                    return if self.lock().failed { Written::Failed } else { Written::Closed(reason) };
+                }
+            };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "websocket write failed");
+                self.lock().failed = true;
+                return Written::Failed;
+            }
+            wrote(frames, published);
+            if lease.pending.capacity() > QUEUE_KEPT {
+                lease.pending.shrink_to(QUEUE_KEPT);
+            }
+            if let Some(reason) = close {
+                lease
+                    .pending
+                    .push_back(wire::close(reason.code, reason.reason));
+                self.lock().close_sent = true;
+                if lease.write_pending().await.is_err() {
+                    return Written::Failed;
+                }
+                return Written::Closed(reason);
+            }
+        }
     }
 
-    /// [`Self::next_batch`], also returning when the batch's oldest chat frame was
-    /// published.
-    pub async fn next_batch_published(
-        &self,
-        out: &mut Vec<Utf8Bytes>,
-    ) -> (Option<CloseReason>, Option<Instant>) {
+    /// The end of a connection: writes what is left (the rest of a started frame, then —
+    /// unless the client was too slow — the queued frames), the close frame if the queue
+    /// is closing and has not sent it, and shuts the write half down.
+    pub async fn finish(&self) {
+        let (mut writer, pending) = {
+            let mut st = self.lock();
+            let Some(writer) = st.writer.take() else {
+                return;
+            };
+            if st.failed {
+                return;
+            }
+            let slow = st
+                .close
+                .as_ref()
+                .is_some_and(|c| c.code == close_code::SLOW_CONSUMER);
+            let mut pending: Vec<Bytes> = st.partial.take().into_iter().collect();
+            if !slow {
+                pending.extend(st.frames.drain(..));
+            }
+            if let Some(c) = st.close.as_ref().filter(|_| !st.close_sent) {
+                pending.push(wire::close(c.code, c.reason));
+                st.close_sent = true;
+            }
+            (writer, pending)
+        };
+        use tokio::io::AsyncWriteExt;
+        for p in pending {
+            if writer.write_all(&p).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    }
+
+    /// Takes everything queued (encoded frames) into `out`, as the writer would, and
+    /// returns the close reason once the queue is closing. For tests and benchmarks of
+    /// what is queued, on a queue with no socket attached.
+    pub async fn next_batch(&self, out: &mut Vec<Bytes>) -> Option<CloseReason> {
         loop {
             let notified = self.notify.notified();
             {
-                let mut st = self.state.lock().expect("queue lock");
+                let mut st = self.lock();
                 if !st.frames.is_empty() || st.close.is_some() {
                     out.extend(st.frames.drain(..));
-                    if st.frames.capacity() > QUEUE_KEPT {
-                        // A burst's room goes back (every idle viewer would keep it).
-                        st.frames.shrink_to(QUEUE_KEPT);
-                    }
                     st.bytes = 0;
+                    st.frame_count = 0;
                     let close = st.close.clone();
-                    let published = st.oldest_publish.take();
                     drop(st);
                     self.drained.notify_waiters();
-                    return (close, published);
+                    return close;
                 }
             }
             notified.await;
@@ -227,29 +566,45 @@ impl OutboundQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    fn texts(out: &[Bytes]) -> Vec<String> {
+        out.iter().flat_map(|b| wire::texts(b)).collect()
+    }
+
+    /// A queue writing into an in-memory socket whose buffer holds `room` bytes.
+    fn attached(max: usize, room: usize) -> (Arc<OutboundQueue>, DuplexStream) {
+        let q = Arc::new(OutboundQueue::new(max));
+        let (ours, theirs) = tokio::io::duplex(room);
+        q.attach(Box::new(ours));
+        (q, theirs)
+    }
+
+    async fn read_exactly(s: &mut DuplexStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        s.read_exact(&mut buf).await.unwrap();
+        buf
+    }
 
     #[tokio::test]
     async fn batches_everything_queued() {
         let q = OutboundQueue::new(100);
         q.push("a".into()).unwrap();
         q.push("bb".into()).unwrap();
-        assert_eq!(q.queued_bytes(), 3);
+        assert_eq!(q.queued_bytes(), 7);
         let mut out = Vec::new();
         assert_eq!(q.next_batch(&mut out).await, None);
-        assert_eq!(out.len(), 2);
+        assert_eq!(texts(&out), vec!["a", "bb"]);
         assert_eq!(q.queued_bytes(), 0);
     }
 
     #[tokio::test]
-    async fn a_batch_is_one_push_and_overflow_still_closes() {
+    async fn overflow_closes_as_slow_consumer() {
         let q = OutboundQueue::new(6);
-        q.push_many(["ab".into(), "cd".into()].into_iter(), None)
-            .unwrap();
-        assert_eq!(q.queued_bytes(), 4);
-        assert_eq!(
-            q.push_many(["ef".into(), "gh".into()].into_iter(), None),
-            Err(PushError::Full)
-        );
+        q.push("abc".into()).unwrap();
+        assert_eq!(q.push("de".into()), Err(PushError::Full));
+        assert_eq!(q.push("x".into()), Err(PushError::Closed));
         let mut out = Vec::new();
         let reason = q.next_batch(&mut out).await.unwrap();
         assert_eq!(reason.code, close_code::SLOW_CONSUMER);
@@ -257,18 +612,6 @@ mod tests {
             out.is_empty(),
             "a slow consumer's pending frames are dropped"
         );
-    }
-
-    #[tokio::test]
-    async fn overflow_closes_as_slow_consumer() {
-        let q = OutboundQueue::new(4);
-        q.push("abc".into()).unwrap();
-        assert_eq!(q.push("de".into()), Err(PushError::Full));
-        assert_eq!(q.push("x".into()), Err(PushError::Closed));
-        let mut out = Vec::new();
-        let reason = q.next_batch(&mut out).await.unwrap();
-        assert_eq!(reason.code, close_code::SLOW_CONSUMER);
-        assert!(out.is_empty());
     }
 
     #[tokio::test]
@@ -291,8 +634,9 @@ mod tests {
 
     #[tokio::test]
     async fn room_waits_for_the_writer() {
-        let q = std::sync::Arc::new(OutboundQueue::new(10));
-        q.push("123456".into()).unwrap();
+        let q = Arc::new(OutboundQueue::new(20));
+        q.push("123456789".into()).unwrap();
+        q.push("12".into()).unwrap();
         let q2 = q.clone();
         let waiter = tokio::spawn(async move { q2.wait_for_room().await });
         tokio::task::yield_now().await;
@@ -303,8 +647,94 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_push_is_written_at_once_when_the_socket_has_room() {
+        let (q, mut client) = attached(1000, 1000);
+        q.push("hello".into()).unwrap();
+        // No task wrote it: the push did.
+        assert_eq!(q.queued_bytes(), 0);
+        assert_eq!(
+            wire::texts(&read_exactly(&mut client, 7).await),
+            vec!["hello"]
+        );
+    }
+
+    #[tokio::test]
+    async fn what_the_socket_does_not_take_waits_for_the_task_in_order() {
+        let (q, mut client) = attached(1000, 10);
+        q.push("0123456789abcdef".into()).unwrap(); // 18 bytes: 10 written, 8 wait
+        q.push("next".into()).unwrap();
+        assert_eq!(q.queued_bytes(), 8 + 6);
+        let writer = {
+            let q = q.clone();
+            tokio::spawn(async move { q.write_queued().await })
+        };
+        let got = read_exactly(&mut client, 24).await;
+        assert_eq!(wire::texts(&got), vec!["0123456789abcdef", "next"]);
+        assert_eq!(writer.await.unwrap(), Written::Idle);
+        // Idle again: the next push goes straight to the socket.
+        q.push("x".into()).unwrap();
+        assert_eq!(q.queued_bytes(), 0);
+        assert_eq!(wire::texts(&read_exactly(&mut client, 3).await), vec!["x"]);
+    }
+
+    #[tokio::test]
+    async fn a_slow_consumer_gets_the_rest_of_a_started_frame_then_the_close() {
+        let (q, mut client) = attached(40, 10);
+        q.push("0123456789abcdef".into()).unwrap(); // 10 of 18 bytes written
+        q.push("later".into()).unwrap();
+        assert_eq!(q.push("x".repeat(30).into()), Err(PushError::Full));
+        let writer = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let w = q.write_queued().await;
+                q.finish().await;
+                w
+            })
+        };
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(matches!(writer.await.unwrap(), Written::Closed(r) if r.code == 4002));
+        let frames = wire::texts(&got[..18]);
+        assert_eq!(frames, vec!["0123456789abcdef"]);
+        assert_eq!(&got[18..], &wire::close(4002, "slow_consumer")[..]);
+    }
+
+    #[tokio::test]
+    async fn a_close_interrupting_a_blocked_write_is_finished_by_finish() {
+        let (q, mut client) = attached(1000, 4);
+        q.push("0123456789".into()).unwrap(); // 4 of 12 written
+        let writer = {
+            let q = q.clone();
+            tokio::spawn(async move { q.write_queued().await })
+        };
+        tokio::task::yield_now().await;
+        q.close(CloseReason {
+            code: close_code::SERVICE_RESTART,
+            reason: "service_restart",
+        });
+        assert!(matches!(writer.await.unwrap(), Written::Closed(r) if r.code == 1012));
+        let finish = {
+            let q = q.clone();
+            tokio::spawn(async move { q.finish().await })
+        };
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        finish.await.unwrap();
+        assert_eq!(wire::texts(&got[..12]), vec!["0123456789"]);
+        assert_eq!(&got[12..], &wire::close(1012, "service_restart")[..]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_socket_refuses_pushes_and_ends_the_writer() {
+        let (q, client) = attached(1000, 100);
+        drop(client);
+        assert_eq!(q.push("a".into()), Err(PushError::Closed));
+        assert_eq!(q.write_queued().await, Written::Failed);
+    }
+
+    #[tokio::test]
     async fn waits_until_something_arrives() {
-        let q = std::sync::Arc::new(OutboundQueue::new(100));
+        let q = Arc::new(OutboundQueue::new(100));
         let q2 = q.clone();
         let t = tokio::spawn(async move {
             let mut out = Vec::new();

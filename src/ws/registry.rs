@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use tokio_util::task::TaskTracker;
 use tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
-use super::queue::{close_code, CloseReason, OutboundQueue, PushError};
+use super::queue::{close_code, CloseReason, OutboundQueue};
+use super::wire;
 
 pub type ConnId = u64;
 
@@ -27,9 +29,9 @@ pub struct Conn {
 struct Cursor {
     /// The last chat sequence number handed to this connection.
     last_seq: u64,
-    /// While catching up (on connect, or on `resume`), live frames wait here: chat frames
-    /// with their sequence number, other events with `None`.
-    buffer: Option<Vec<(Option<u64>, Utf8Bytes)>>,
+    /// While catching up (on connect, or on `resume`), live frames wait here (encoded):
+    /// chat frames with their sequence number, other events with `None`.
+    buffer: Option<Vec<(Option<u64>, Bytes)>>,
 }
 
 impl Conn {
@@ -43,41 +45,44 @@ impl Conn {
         }
     }
 
-    /// Live chat frames in sequence order (a fan-out batch): each queued if it is new to
-    /// this connection (duplicates and stale frames are dropped), or buffered while the
-    /// connection catches up; one lock and one wake-up for the lot.
-    pub fn deliver_batch(&self, batch: &[(u64, Utf8Bytes)], published: Option<std::time::Instant>) {
+    /// Live chat frames in sequence order (a fan-out batch, encoded once for every
+    /// connection): the ones new to this connection are written (duplicates and stale
+    /// frames are dropped), or buffered while the connection catches up; one push for the
+    /// lot.
+    /// Returns how many frames it took.
+    pub fn deliver_batch(
+        &self,
+        batch: &wire::Batch,
+        published: Option<std::time::Instant>,
+    ) -> usize {
         let mut c = self.cursor.lock().expect("cursor lock");
+        let from = c.last_seq;
         if let Some(buf) = c.buffer.as_mut() {
-            if buf.len() + batch.len() > MAX_CATCH_UP_BUFFER {
+            let new = batch.tail(buf.iter().rev().find_map(|(s, _)| *s).unwrap_or(from));
+            if buf.len() + new.len() > MAX_CATCH_UP_BUFFER {
                 drop(c);
                 self.queue.close(super::queue::CloseReason {
                     code: close_code::SLOW_CONSUMER,
                     reason: "slow_consumer",
                 });
-                return;
+                return 0;
             }
-            buf.extend(batch.iter().map(|(s, f)| (Some(*s), f.clone())));
-            return;
+            buf.extend(new.frames().map(|(s, f)| (Some(s), f)));
+            return new.len();
         }
-        let from = c.last_seq;
-        let Some(newest) = batch.last().map(|(s, _)| *s).filter(|s| *s > from) else {
-            return;
-        };
-        c.last_seq = newest;
+        let (bytes, n) = batch.after(from);
+        if n == 0 {
+            return 0;
+        }
+        c.last_seq = batch.last_key().unwrap_or(from);
         drop(c);
-        let _ = self.queue.push_many(
-            batch
-                .iter()
-                .filter(|(s, _)| *s > from)
-                .map(|(_, f)| f.clone()),
-            published,
-        );
+        let _ = self.queue.push_wire(bytes, n, published);
+        n
     }
 
-    /// A non-chat event (state, viewers, deleted): queued, or held back in order while
-    /// the connection catches up (so `welcome` is always the first frame).
-    pub fn push_event(&self, frame: &Utf8Bytes) -> Result<(), super::queue::PushError> {
+    /// A non-chat event (state, viewers, deleted), encoded: queued, or held back in order
+    /// while the connection catches up (so `welcome` is always the first frame).
+    pub fn push_event(&self, frame: &Bytes) -> Result<(), super::queue::PushError> {
         let mut c = self.cursor.lock().expect("cursor lock");
         if let Some(buf) = c.buffer.as_mut() {
             if buf.len() < MAX_CATCH_UP_BUFFER {
@@ -86,7 +91,7 @@ impl Conn {
             return Ok(());
         }
         drop(c);
-        self.queue.push(frame.clone())
+        self.queue.push_wire(frame.clone(), 1, None)
     }
 
     /// Starts holding live chat frames back (before reading history).
@@ -98,24 +103,25 @@ impl Conn {
     }
 
     /// Ends a catch-up: hands over everything after `since` — first `history` (ascending),
-    /// then the held-back live frames — each sequence number once, in order.
+    /// then the held-back live frames — each sequence number once, in order, in one push.
     pub fn finish_catch_up(&self, since: u64, history: Vec<(u64, Utf8Bytes)>) {
         let mut c = self.cursor.lock().expect("cursor lock");
         c.last_seq = since;
         let held = c.buffer.take().unwrap_or_default();
-        let history = history.into_iter().map(|(s, f)| (Some(s), f));
+        let mut out = BytesMut::new();
+        let mut frames = 0;
+        let history = history.into_iter().map(|(s, f)| (Some(s), wire::text(&f)));
         for (seq, frame) in history.chain(held) {
-            match seq {
-                Some(seq) if seq <= c.last_seq => {}
-                Some(seq) => {
-                    c.last_seq = seq;
-                    let _ = self.queue.push(frame);
+            if let Some(seq) = seq {
+                if seq <= c.last_seq {
+                    continue;
                 }
-                None => {
-                    let _ = self.queue.push(frame);
-                }
+                c.last_seq = seq;
             }
+            out.extend_from_slice(&frame);
+            frames += 1;
         }
+        let _ = self.queue.push_wire(out.freeze(), frames, None);
     }
 }
 
@@ -216,27 +222,41 @@ impl Registry {
         }
     }
 
-    /// Queues the same frame on every connection of a stream; returns how many took it.
-    /// Connections whose queue is full are closed as slow consumers.
-    pub fn broadcast(&self, stream: &Uuid, frame: &Utf8Bytes) -> usize {
+    /// The connections of a stream, taken out of the lock: a fan-out writes to their
+    /// sockets, and registering must not wait for that.
+    fn conns_of(&self, stream: &Uuid) -> Vec<Arc<Conn>> {
         let streams = self.streams.read().expect("registry lock");
-        let Some(conns) = streams.get(stream) else {
+        streams
+            .get(stream)
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Sends the same frame (encoded once) to every connection of a stream; returns how
+    /// many took it. Connections whose queue is full are closed as slow consumers.
+    pub async fn broadcast(&self, stream: &Uuid, frame: &Utf8Bytes) -> usize {
+        let conns = self.conns_of(stream);
+        if conns.is_empty() {
             return 0;
-        };
-        let mut delivered = 0;
-        for c in conns.values() {
-            match c.push_event(frame) {
-                Ok(()) => delivered += 1,
-                // The connection's own task counts the close (streamedge_ws_closed_total).
-                Err(PushError::Full) | Err(PushError::Closed) => {}
-            }
         }
-        delivered
+        let frame = wire::text(frame);
+        let taken = Arc::new(AtomicUsize::new(0));
+        let counted = taken.clone();
+        let shards = spawn_shards(conns, move |chunk| {
+            // A refusal closes the connection; its own task counts the close
+            // (streamedge_ws_closed_total).
+            let n = chunk
+                .iter()
+                .filter(|c| c.push_event(&frame).is_ok())
+                .count();
+            counted.fetch_add(n, Ordering::Relaxed);
+        });
+        FanOut { shards, taken }.wait().await
     }
 
     /// Hands a chat frame with sequence number `seq` to every connection of the stream,
     /// each of which takes it only if it is new to it.
-    pub fn deliver_chat(
+    pub async fn deliver_chat(
         &self,
         stream: &Uuid,
         seq: u64,
@@ -244,23 +264,43 @@ impl Registry {
         published: Option<std::time::Instant>,
     ) -> usize {
         self.deliver_chat_batch(stream, &[(seq, frame.clone())], published)
+            .await
     }
 
-    /// [`Self::deliver_chat`] for a batch of frames in sequence order.
-    pub fn deliver_chat_batch(
+    /// [`Self::deliver_chat`] for a batch of frames in sequence order, encoded once.
+    pub async fn deliver_chat_batch(
         &self,
         stream: &Uuid,
         batch: &[(u64, Utf8Bytes)],
         published: Option<std::time::Instant>,
     ) -> usize {
-        let streams = self.streams.read().expect("registry lock");
-        let Some(conns) = streams.get(stream) else {
-            return 0;
-        };
-        for c in conns.values() {
-            c.deliver_batch(batch, published);
+        let encoded = wire::Batch::encode(batch.iter().map(|(s, f)| (*s, f.as_str())));
+        match self.start_fan_out(stream, Arc::new(LiveBatch::new(encoded, published))) {
+            Some(fan) => fan.wait().await,
+            None => 0,
         }
-        conns.len() * batch.len()
+    }
+
+    /// Starts handing `batch` to every connection of the stream (each takes the frames
+    /// new to it), in shards on the runtime's workers; `None` if the stream has no
+    /// connections here. The batch may grow while the fan-out runs: connections not yet
+    /// written get the added frames in the same write.
+    pub fn start_fan_out(&self, stream: &Uuid, batch: Arc<LiveBatch>) -> Option<FanOut> {
+        let conns = self.conns_of(stream);
+        if conns.is_empty() {
+            return None;
+        }
+        let taken = Arc::new(AtomicUsize::new(0));
+        let counted = taken.clone();
+        let shards = spawn_shards(conns, move |chunk| {
+            let b = batch.get();
+            let n: usize = chunk
+                .iter()
+                .map(|c| c.deliver_batch(&b, batch.published))
+                .sum();
+            counted.fetch_add(n, Ordering::Relaxed);
+        });
+        Some(FanOut { shards, taken })
     }
 
     /// Closes every connection with 1012 (service restart) and refuses new ones.
@@ -319,6 +359,86 @@ impl Registry {
     }
 }
 
+/// A fan-out's frames: they may grow while it runs (the stream hub adds the chat
+/// messages that arrive meanwhile).
+pub struct LiveBatch {
+    current: std::sync::Mutex<Arc<wire::Batch>>,
+    /// When the oldest frame was published (for the publish-to-socket latency).
+    published: Option<std::time::Instant>,
+}
+
+impl LiveBatch {
+    pub fn new(batch: wire::Batch, published: Option<std::time::Instant>) -> Self {
+        Self {
+            current: std::sync::Mutex::new(Arc::new(batch)),
+            published,
+        }
+    }
+
+    /// The frames as they are now.
+    pub fn get(&self) -> Arc<wire::Batch> {
+        self.current.lock().expect("batch lock").clone()
+    }
+
+    /// Adds frames (keys above the batch's).
+    pub fn extend<'a>(&self, more: impl IntoIterator<Item = (u64, &'a str)> + Clone) {
+        let mut cur = self.current.lock().expect("batch lock");
+        *cur = Arc::new(cur.extended(more));
+    }
+}
+
+/// A fan-out in progress.
+pub struct FanOut {
+    shards: Vec<tokio::task::JoinHandle<()>>,
+    taken: Arc<AtomicUsize>,
+}
+
+impl FanOut {
+    /// Waits until every connection has had its turn; returns how many frames they took.
+    pub async fn wait(self) -> usize {
+        for t in self.shards {
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "fan-out shard failed");
+            }
+        }
+        self.taken.load(Ordering::Relaxed)
+    }
+}
+
+/// Fewest connections a fan-out shard writes: a stream with more is written by several
+/// of the runtime's workers at once.
+const SHARD_MIN: usize = 1024;
+
+/// Connections a shard hands frames to between two looks at a growing batch.
+const CHUNK: usize = 64;
+
+/// Runs `f` over every connection, in chunks, each connection exactly once. A large
+/// stream is split into shards (at most one per runtime worker) that run in parallel.
+/// Shards run outside tokio's cooperative budget: a socket write spends budget, and once
+/// it is spent (128 per poll) writes would be refused and handed to the connections'
+/// tasks.
+fn spawn_shards<F>(conns: Vec<Arc<Conn>>, f: F) -> Vec<tokio::task::JoinHandle<()>>
+where
+    F: Fn(&[Arc<Conn>]) + Send + Sync + 'static,
+{
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    let shards = (conns.len() / SHARD_MIN).clamp(1, workers);
+    let conns = Arc::new(conns);
+    let f = Arc::new(f);
+    let per = conns.len().div_ceil(shards);
+    // (A task spawned from a worker waits in that worker's next-task slot, where no other
+    // worker can take it; the next spawn moves it to the queue other workers take from.)
+    (0..shards)
+        .map(|i| {
+            let (conns, f) = (conns.clone(), f.clone());
+            tokio::spawn(tokio::task::coop::unconstrained(async move {
+                let end = ((i + 1) * per).min(conns.len());
+                conns[i * per..end].chunks(CHUNK).for_each(|c| f(c));
+            }))
+        })
+        .collect()
+}
+
 fn shutdown_reason() -> CloseReason {
     CloseReason {
         code: close_code::SERVICE_RESTART,
@@ -329,6 +449,11 @@ fn shutdown_reason() -> CloseReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The texts of queued encoded frames.
+    fn texts(out: &[Bytes]) -> Vec<String> {
+        out.iter().flat_map(|b| wire::texts(b)).collect()
+    }
 
     #[tokio::test]
     async fn admission_is_bounded_and_released() {
@@ -350,8 +475,12 @@ mod tests {
         let reg2 = r.register(r.try_admit().unwrap(), s2, q2.clone());
         reg1.conn.finish_catch_up(0, Vec::new());
         reg2.conn.finish_catch_up(0, Vec::new());
-        assert_eq!(r.broadcast(&s1, &"hi".into()), 1);
-        assert_eq!(q1.queued_bytes(), 2);
+        assert_eq!(r.broadcast(&s1, &"hi".into()).await, 1);
+        assert_eq!(
+            q1.queued_bytes(),
+            4,
+            "one text frame: two header bytes and \"hi\""
+        );
         assert_eq!(q2.queued_bytes(), 0);
         drop(reg1);
         assert_eq!(r.stream_connections(&s1), 0);
@@ -365,19 +494,18 @@ mod tests {
         let q = Arc::new(OutboundQueue::new(1 << 20));
         let reg = r.register(r.try_admit().unwrap(), s, q.clone());
         // While catching up: live chat 5, 6 and an event arrive.
-        r.deliver_chat(&s, 5, &"m5".into(), None);
-        r.broadcast(&s, &"ev".into());
-        r.deliver_chat(&s, 6, &"m6".into(), None);
+        r.deliver_chat(&s, 5, &"m5".into(), None).await;
+        r.broadcast(&s, &"ev".into()).await;
+        r.deliver_chat(&s, 6, &"m6".into(), None).await;
         assert_eq!(q.queued_bytes(), 0, "held back during the catch-up");
         // History after 3 holds 4 and 5.
         reg.conn
             .finish_catch_up(3, vec![(4, "m4".into()), (5, "m5".into())]);
-        r.deliver_chat(&s, 6, &"m6".into(), None); // a duplicate
-        r.deliver_chat(&s, 7, &"m7".into(), None);
+        r.deliver_chat(&s, 6, &"m6".into(), None).await; // a duplicate
+        r.deliver_chat(&s, 7, &"m7".into(), None).await;
         let mut out = Vec::new();
         q.next_batch(&mut out).await;
-        let got: Vec<&str> = out.iter().map(|f| f.as_str()).collect();
-        assert_eq!(got, vec!["m4", "m5", "ev", "m6", "m7"]);
+        assert_eq!(texts(&out), vec!["m4", "m5", "ev", "m6", "m7"]);
     }
 
     #[tokio::test]
@@ -387,18 +515,69 @@ mod tests {
         let q = Arc::new(OutboundQueue::new(1 << 20));
         let reg = r.register(r.try_admit().unwrap(), s, q.clone());
         // A batch during the catch-up is held like single frames.
-        r.deliver_chat_batch(&s, &[(5, "m5".into()), (6, "m6".into())], None);
+        r.deliver_chat_batch(&s, &[(5, "m5".into()), (6, "m6".into())], None)
+            .await;
         assert_eq!(q.queued_bytes(), 0);
         reg.conn.finish_catch_up(4, vec![(5, "m5".into())]);
-        // A batch overlapping what the connection has: only the new ones.
-        let n = r.deliver_chat_batch(&s, &[(6, "m6".into()), (7, "m7".into())], None);
-        assert_eq!(n, 2);
+        // A batch overlapping what the connection has: only the new one is taken.
+        let n = r
+            .deliver_chat_batch(&s, &[(6, "m6".into()), (7, "m7".into())], None)
+            .await;
+        assert_eq!(n, 1);
         // An all-stale batch adds nothing.
-        r.deliver_chat_batch(&s, &[(5, "m5".into()), (7, "m7".into())], None);
+        let n = r
+            .deliver_chat_batch(&s, &[(5, "m5".into()), (7, "m7".into())], None)
+            .await;
+        assert_eq!(n, 0);
         let mut out = Vec::new();
         q.next_batch(&mut out).await;
-        let got: Vec<&str> = out.iter().map(|f| f.as_str()).collect();
-        assert_eq!(got, vec!["m5", "m6", "m7"]);
+        assert_eq!(texts(&out), vec!["m5", "m6", "m7"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_stream_is_written_by_shards_each_connection_once_in_order() {
+        let r = Registry::new(5000);
+        let s = Uuid::new_v4();
+        let n = 3 * SHARD_MIN + 7;
+        let queues: Vec<_> = (0..n)
+            .map(|_| {
+                let q = Arc::new(OutboundQueue::new(1 << 20));
+                let reg = r.register(r.try_admit().unwrap(), s, q.clone());
+                reg.conn.finish_catch_up(0, Vec::new());
+                (q, reg)
+            })
+            .collect();
+        for seq in 1..=5u64 {
+            let frame: Utf8Bytes = format!("m{seq}").into();
+            assert_eq!(r.deliver_chat(&s, seq, &frame, None).await, n);
+        }
+        assert_eq!(r.broadcast(&s, &"ev".into()).await, n);
+        for (q, _) in &queues {
+            let mut out = Vec::new();
+            q.next_batch(&mut out).await;
+            assert_eq!(texts(&out), vec!["m1", "m2", "m3", "m4", "m5", "ev"]);
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_added_while_a_fan_out_runs_go_out_in_the_same_write() {
+        let r = Registry::new(10);
+        let s = Uuid::new_v4();
+        let q = Arc::new(OutboundQueue::new(1 << 20));
+        let reg = r.register(r.try_admit().unwrap(), s, q.clone());
+        reg.conn.finish_catch_up(4, Vec::new());
+        let live = Arc::new(LiveBatch::new(wire::Batch::encode([(5, "m5")]), None));
+        let fan = r.start_fan_out(&s, live.clone()).unwrap();
+        // The shard has not run yet (one thread): m6 joins before it does.
+        live.extend([(6, "m6")]);
+        assert_eq!(fan.wait().await, 2);
+        let mut out = Vec::new();
+        q.next_batch(&mut out).await;
+        assert_eq!(out.len(), 1, "one write");
+        assert_eq!(texts(&out), vec!["m5", "m6"]);
+        // A next round with what joined: nothing new for this connection.
+        let again = Arc::new(LiveBatch::new(live.get().tail(5), None));
+        assert_eq!(r.start_fan_out(&s, again).unwrap().wait().await, 0);
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::admission::{IpGuard, Refusal, UserGuard};
 use crate::http::extract::{parse_stream_id, ApiPath};
-use crate::http::upgrade::{NotAnUpgrade, WsStream, WsUpgrade};
+use crate::http::upgrade::{NotAnUpgrade, WsSocket, WsUpgrade};
 use crate::http::{ClientIp, WsAuthenticated};
 use axum::extract::{rejection::QueryRejection, ConnectInfo, Query, State};
 use axum::response::Response;
@@ -140,7 +140,7 @@ struct Accepted {
 ///
 /// An async fn keeps its arguments' storage for its whole life: the socket and what was
 /// accepted come boxed, and move out at once.
-async fn serve(app: AppState, start: Box<(WsStream, Accepted)>) {
+async fn serve(app: AppState, start: Box<(WsSocket, Accepted)>) {
     let (socket, a) = *start;
     let open = Box::pin(open(&app, a)).await;
     let Open {
@@ -165,11 +165,11 @@ async fn serve(app: AppState, start: Box<(WsStream, Accepted)>) {
             if is_seller {
                 // The seller's open connection is their heartbeat.
                 tokio::select! {
-                    end = conn::drive(socket, queue, settings, handler) => end,
+                    end = conn::drive(socket.io, socket.config, queue, settings, handler) => end,
                     never = Box::pin(seller_heartbeats(&app, stream, &who.user_id)) => match never {},
                 }
             } else {
-                conn::drive(socket, queue, settings, handler).await
+                conn::drive(socket.io, socket.config, queue, settings, handler).await
             }
         })
         .await;
