@@ -139,7 +139,7 @@ pub const CATALOG: &[Metric] = &[
     zero_by("streamedge_ws_closed_total", Counter, "WebSocket connections closed by the node, by reason.", "reason", &["slow_consumer", "idle_timeout", "message_too_big", "too_many_fragments", "invalid_utf8", "protocol_error", "service_restart"]),
     zero_by("streamedge_ws_frames_in_total", Counter, "WebSocket data frames received from clients, by kind (text, binary).", "kind", &["text", "binary"]),
     zero("streamedge_ws_frames_out_total", Counter, "WebSocket data frames written to clients."),
-    zero("streamedge_ws_flushes_total", Counter, "Socket flushes of WebSocket frames (each carries one or more frames)."),
+    zero("streamedge_ws_flushes_total", Counter, "Socket writes of WebSocket frames (each carries one or more frames)."),
     m("streamedge_auth_failures_total", Counter, "Access tokens refused, by problem code."),
     zero_by("streamedge_jwks_refreshes_total", Counter, "JWKS fetches, by result (ok, error).", "result", &["ok", "error"]),
     m("streamedge_rate_limited_total", Counter, "Requests refused with 429 by the route rate limits, by route and scope (user, ip)."),

@@ -17,8 +17,9 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message};
 
-use super::queue::{close_code, CloseReason, OutboundQueue, Written};
+use super::queue::{close_code, CloseReason, OutboundQueue};
 use super::wire;
+use super::writer::Written;
 use crate::protocol::{self, ClientFrame, FrameError, ServerFrame};
 
 /// Timing settings of a connection.

@@ -161,7 +161,10 @@ async fn flush(
     batch.clear();
     let mut published = published.take();
     let mut open = true;
-    loop {
+    for rounds in 1.. {
+        // Under steady chat every round would have messages joining: after a few, new
+        // ones wait for the hub's loop, so the viewer counts and `stop` get their turn.
+        let joining = rounds <= MAX_JOINING_ROUNDS;
         let current = Arc::new(LiveBatch::new(round, published));
         let Some(fan) = app.registry.start_fan_out(stream, current.clone()) else {
             return;
@@ -170,7 +173,7 @@ async fn flush(
         let mut wait = std::pin::pin!(fan.wait());
         let taken = loop {
             let extend = match live.as_mut() {
-                Some((sub, later)) if open && later.is_empty() => Some(&mut **sub),
+                Some((sub, later)) if joining && open && later.is_empty() => Some(&mut **sub),
                 _ => None,
             };
             tokio::select! {
@@ -214,6 +217,10 @@ async fn flush(
         published = None;
     }
 }
+
+/// Rounds of one fan-out that messages can join (the last round after them only writes
+/// what joined).
+const MAX_JOINING_ROUNDS: u32 = 4;
 
 /// The subscription's next event, or never.
 async fn next_event(sub: Option<&mut crate::store::Subscription>) -> Option<PubSubEvent> {

@@ -12,6 +12,7 @@ pub mod hub;
 pub mod queue;
 pub mod registry;
 pub mod wire;
+pub mod writer;
 
 pub use queue::close_code;
 pub use registry::Registry;

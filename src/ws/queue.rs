@@ -6,7 +6,7 @@
 //! it (a fan-out writes the same encoded bytes to every viewer from the hub's task, with
 //! no wake-up of the connection's task). What the socket does not take right away waits
 //! in the queue, and the connection's task writes it, everything that accumulated in one
-//! write (write coalescing), when the socket has room.
+//! write (write coalescing), when the socket has room ([`super::writer`]).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -58,37 +58,34 @@ pub enum PushError {
 pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Frames' room a queue keeps once drained.
-const QUEUE_KEPT: usize = 8;
-
-/// Most queued frames written with one system call.
-const MAX_SLICES: usize = 64;
+pub(super) const QUEUE_KEPT: usize = 8;
 
 #[derive(Default)]
-struct State {
+pub(super) struct State {
     /// Encoded frames not yet started, in order (a slow consumer's are dropped).
-    frames: VecDeque<Bytes>,
+    pub(super) frames: VecDeque<Bytes>,
     /// Text frames in `frames` (for `streamedge_ws_frames_out_total`).
-    frame_count: u64,
+    pub(super) frame_count: u64,
     /// Bytes in `frames` and `partial`.
-    bytes: usize,
+    pub(super) bytes: usize,
     /// The rest of a frame already partly written: it goes first and is never dropped.
-    partial: Option<Bytes>,
+    pub(super) partial: Option<Bytes>,
     /// Something was written that the writer may still hold (a TLS session): the
     /// connection's task must flush.
-    unflushed: bool,
+    pub(super) unflushed: bool,
     /// The socket's write half while nobody writes to it; `None` while the connection's
     /// task holds it (or before [`OutboundQueue::attach`]).
-    writer: Option<Writer>,
-    close: Option<CloseReason>,
-    close_sent: bool,
+    pub(super) writer: Option<Writer>,
+    pub(super) close: Option<CloseReason>,
+    pub(super) close_sent: bool,
     /// Writing to the socket failed: the connection is gone.
-    failed: bool,
+    pub(super) failed: bool,
     /// When the oldest queued chat frame was published (for the fan-out latency metric).
-    oldest_publish: Option<Instant>,
+    pub(super) oldest_publish: Option<Instant>,
 }
 
 impl State {
-    fn has_work(&self) -> bool {
+    pub(super) fn has_work(&self) -> bool {
         !self.frames.is_empty()
             || self.partial.is_some()
             || self.unflushed
@@ -109,7 +106,7 @@ static SAMPLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 const SAMPLE_EVERY: u64 = 8;
 
 /// A write of frames to the socket: counted, and its latency sampled.
-fn wrote(frames: u64, published: Option<Instant>) {
+pub(super) fn wrote(frames: u64, published: Option<Instant>) {
     if frames > 0 {
         FRAMES_OUT.increment(frames);
     }
@@ -141,111 +138,15 @@ fn write_now(w: &mut Writer, data: &[u8]) -> std::io::Result<(usize, bool)> {
     }
 }
 
-/// How a round of writing by the connection's task ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Written {
-    /// Everything is written; the queue is idle.
-    Idle,
-    /// The queue is closing with this reason (its close frame is written, unless the
-    /// close interrupted a blocked write: [`OutboundQueue::finish`] sends it then).
-    Closed(CloseReason),
-    /// Writing to the socket failed.
-    Failed,
-}
-
 /// See the module documentation.
 pub struct OutboundQueue {
     state: Mutex<State>,
-    notify: Notify,
+    pub(super) notify: Notify,
     /// Signalled whenever the writer takes a batch.
-    drained: Notify,
+    pub(super) drained: Notify,
     /// Signalled when the queue starts closing.
     closing: Notify,
     max_bytes: usize,
-}
-
-/// The socket's write half, held by the connection's task while it writes, with what it
-/// has taken from the queue and not written yet. Dropped half-way (the task's write was
-/// interrupted), it puts both back: the rest of a started frame goes first.
-struct Lease<'a> {
-    queue: &'a OutboundQueue,
-    writer: Option<Writer>,
-    pending: VecDeque<Bytes>,
-    /// Bytes of `pending`'s first frame already written.
-    offset: usize,
-}
-
-impl Lease<'_> {
-    /// Writes everything pending (in one system call for up to [`MAX_SLICES`] frames)
-    /// and flushes.
-    async fn write_pending(&mut self) -> std::io::Result<()> {
-        std::future::poll_fn(|cx| {
-            while !self.pending.is_empty() {
-                let w = self.writer.as_mut().expect("lease holds the writer");
-                let r = if self.pending.len() == 1 {
-                    Pin::new(&mut **w).poll_write(cx, &self.pending[0][self.offset..])
-                } else {
-                    let mut bufs = [std::io::IoSlice::new(&[]); MAX_SLICES];
-                    let mut k = 0;
-                    for (slot, b) in bufs.iter_mut().zip(&self.pending) {
-                        let b = if k == 0 { &b[self.offset..] } else { &b[..] };
-                        *slot = std::io::IoSlice::new(b);
-                        k += 1;
-                    }
-                    Pin::new(&mut **w).poll_write_vectored(cx, &bufs[..k])
-                };
-                match r {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
-                    }
-                    Poll::Ready(Ok(n)) => self.advance(n),
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-            let w = self.writer.as_mut().expect("lease holds the writer");
-            Pin::new(&mut **w).poll_flush(cx)
-        })
-        .await
-    }
-
-    /// `n` more bytes of `pending` are written.
-    fn advance(&mut self, mut n: usize) {
-        while let Some(front) = self.pending.front() {
-            let rest = front.len() - self.offset;
-            if n < rest {
-                self.offset += n;
-                return;
-            }
-            n -= rest;
-            self.pending.pop_front();
-            self.offset = 0;
-        }
-    }
-}
-
-impl Drop for Lease<'_> {
-    fn drop(&mut self) {
-        let Some(writer) = self.writer.take() else {
-            return;
-        };
-        let mut st = self.queue.lock();
-        if let Some(front) = self.pending.pop_front() {
-            let rest = front.slice(self.offset..);
-            st.bytes += rest.len();
-            if self.offset > 0 {
-                st.partial = Some(rest);
-            } else {
-                st.frames.push_front(rest);
-            }
-            for f in self.pending.drain(..).rev() {
-                st.bytes += f.len();
-                st.frames.push_front(f);
-            }
-            st.unflushed = true;
-        }
-        st.writer = Some(writer);
-    }
 }
 
 impl OutboundQueue {
@@ -259,7 +160,7 @@ impl OutboundQueue {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("queue lock")
     }
 
@@ -429,117 +330,6 @@ impl OutboundQueue {
         self.lock().bytes
     }
 
-    /// The connection's task: waits until something waits to be written and writes it
-    /// (everything that accumulated, in one go), until the queue is idle again; then the
-    /// close frame if the queue is closing. A close while the socket is blocked ends the
-    /// round at once.
-    pub async fn write_queued(&self) -> Written {
-        let mut lease = loop {
-            let notified = self.notify.notified();
-            {
-                let mut st = self.lock();
-                if st.failed {
-                    return Written::Failed;
-                }
-                if st.has_work() {
-                    if let Some(writer) = st.writer.take() {
-                        break Lease {
-                            queue: self,
-                            writer: Some(writer),
-                            pending: VecDeque::new(),
-                            offset: 0,
-                        };
-                    }
-                }
-            }
-            notified.await;
-        };
-        loop {
-            let (frames, published, close) = {
-                let mut st = self.lock();
-                if !st.has_work() {
-                    // Idle: the writer goes back for direct writes.
-                    st.writer = lease.writer.take();
-                    return Written::Idle;
-                }
-                lease.pending.extend(st.partial.take());
-                lease.pending.extend(st.frames.drain(..));
-                if st.frames.capacity() > QUEUE_KEPT {
-                    // A burst's room goes back (every idle viewer would keep it).
-                    st.frames.shrink_to(QUEUE_KEPT);
-                }
-                st.bytes = 0;
-                st.unflushed = false;
-                let frames = std::mem::take(&mut st.frame_count);
-                let close = st.close.clone().filter(|_| !st.close_sent);
-                (frames, st.oldest_publish.take(), close)
-            };
-            self.drained.notify_waiters();
-            // A client that does not read blocks the write; if its queue overflows
-            // meanwhile (or the node shuts down), give up on it at once rather than wait.
-            let r = tokio::select! {
-                r = lease.write_pending() => r,
-                reason = self.closed(), if close.is_none() => {
-                    return if self.lock().failed { Written::Failed } else { Written::Closed(reason) };
-                }
-            };
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "websocket write failed");
-                self.lock().failed = true;
-                return Written::Failed;
-            }
-            wrote(frames, published);
-            if lease.pending.capacity() > QUEUE_KEPT {
-                lease.pending.shrink_to(QUEUE_KEPT);
-            }
-            if let Some(reason) = close {
-                lease
-                    .pending
-                    .push_back(wire::close(reason.code, reason.reason));
-                self.lock().close_sent = true;
-                if lease.write_pending().await.is_err() {
-                    return Written::Failed;
-                }
-                return Written::Closed(reason);
-            }
-        }
-    }
-
-    /// The end of a connection: writes what is left (the rest of a started frame, then —
-    /// unless the client was too slow — the queued frames), the close frame if the queue
-    /// is closing and has not sent it, and shuts the write half down.
-    pub async fn finish(&self) {
-        let (mut writer, pending) = {
-            let mut st = self.lock();
-            let Some(writer) = st.writer.take() else {
-                return;
-            };
-            if st.failed {
-                return;
-            }
-            let slow = st
-                .close
-                .as_ref()
-                .is_some_and(|c| c.code == close_code::SLOW_CONSUMER);
-            let mut pending: Vec<Bytes> = st.partial.take().into_iter().collect();
-            if !slow {
-                pending.extend(st.frames.drain(..));
-            }
-            if let Some(c) = st.close.as_ref().filter(|_| !st.close_sent) {
-                pending.push(wire::close(c.code, c.reason));
-                st.close_sent = true;
-            }
-            (writer, pending)
-        };
-        use tokio::io::AsyncWriteExt;
-        for p in pending {
-            if writer.write_all(&p).await.is_err() {
-                return;
-            }
-        }
-        let _ = writer.shutdown().await;
-    }
-
     /// Takes everything queued (encoded frames) into `out`, as the writer would, and
     /// returns the close reason once the queue is closing. For tests and benchmarks of
     /// what is queued, on a queue with no socket attached.
@@ -566,6 +356,7 @@ impl OutboundQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ws::writer::Written;
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, DuplexStream};
 
