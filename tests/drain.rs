@@ -52,9 +52,14 @@ async fn closes(clients: &mut [common::Ws], limit: Duration) -> Vec<(u16, Instan
     futures_util::future::join_all(waits).await
 }
 
-/// The sequence both triggers share, checked from the outside.
-async fn drains_in_order(mut node: NodeProcess, stream: uuid::Uuid, mut clients: Vec<common::Ws>) {
-    let triggered = Instant::now();
+/// The sequence both triggers share, checked from the outside; `triggered` is taken just
+/// before the drain was asked for (the node's drain_delay cannot start earlier).
+async fn drains_in_order(
+    mut node: NodeProcess,
+    stream: uuid::Uuid,
+    mut clients: Vec<common::Ws>,
+    triggered: Instant,
+) {
     // Readiness goes false at once…
     assert!(
         common::eventually(Duration::from_secs(1), || async {
@@ -105,8 +110,9 @@ async fn sigterm_drains_readiness_first_then_spread_closes() {
     let node = draining_node();
     let stream = common::create_stream(&node.api_url("/v1/streams"), &common::seller("s")).await;
     let clients = viewers(&node, &stream, 20).await;
+    let triggered = Instant::now();
     node.signal("TERM");
-    drains_in_order(node, stream, clients).await;
+    drains_in_order(node, stream, clients, triggered).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,6 +121,7 @@ async fn post_drain_on_the_admin_listener_does_the_same() {
     let stream = common::create_stream(&node.api_url("/v1/streams"), &common::seller("s")).await;
     let clients = viewers(&node, &stream, 20).await;
     let admin = format!("http://{}/drain", node.admin);
+    let triggered = Instant::now();
     let r = reqwest::Client::new().post(&admin).send().await.unwrap();
     assert_eq!(r.status(), 202);
     let body: serde_json::Value = r.json().await.unwrap();
@@ -123,7 +130,7 @@ async fn post_drain_on_the_admin_listener_does_the_same() {
     // GET is not how one drains a node.
     let r = reqwest::get(&admin).await.unwrap();
     assert_eq!(r.status(), 405);
-    drains_in_order(node, stream, clients).await;
+    drains_in_order(node, stream, clients, triggered).await;
 }
 
 #[tokio::test]
