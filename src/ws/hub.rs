@@ -37,29 +37,43 @@ pub struct HubDeps {
     pub push_interval: Duration,
 }
 
+/// A running hub: how many connections hold it, how to stop it, and whether it is
+/// subscribed yet.
+struct Running {
+    holders: usize,
+    stop: CancellationToken,
+    ready: tokio::sync::watch::Receiver<bool>,
+}
+
+type RunningHubs = Arc<Mutex<HashMap<Uuid, Running>>>;
+
 pub struct Hubs {
     deps: HubDeps,
-    running: Arc<Mutex<HashMap<Uuid, (usize, CancellationToken)>>>,
+    running: RunningHubs,
 }
 
 /// Keeps a stream's hub running while held.
 pub struct HubGuard {
     stream: Uuid,
-    running: Arc<Mutex<HashMap<Uuid, (usize, CancellationToken)>>>,
+    running: RunningHubs,
 }
 
 impl Drop for HubGuard {
     fn drop(&mut self) {
         let mut map = self.running.lock().expect("hubs lock");
-        if let Some((n, token)) = map.get_mut(&self.stream) {
-            *n -= 1;
-            if *n == 0 {
-                token.cancel();
+        if let Some(r) = map.get_mut(&self.stream) {
+            r.holders -= 1;
+            if r.holders == 0 {
+                r.stop.cancel();
                 map.remove(&self.stream);
             }
         }
     }
 }
+
+/// Longest a connection waits for a new hub to subscribe (the store may be down: it then
+/// carries on and the hub catches up from the log once subscribed).
+const READY_WAIT: Duration = Duration::from_secs(2);
 
 impl Hubs {
     pub fn new(deps: HubDeps) -> Self {
@@ -69,19 +83,37 @@ impl Hubs {
         }
     }
 
-    /// Joins (starting if needed) the hub of `stream`.
-    pub fn join(&self, stream: Uuid) -> HubGuard {
-        let mut map = self.running.lock().expect("hubs lock");
-        let entry = map.entry(stream).or_insert_with(|| {
-            let token = CancellationToken::new();
-            tokio::spawn(run(self.deps.clone(), stream, token.clone()));
-            (0, token)
-        });
-        entry.0 += 1;
-        HubGuard {
+    /// Joins (starting if needed) the hub of `stream`, once it is subscribed to the
+    /// stream's channel: a connection reads the stream's last sequence number for its
+    /// `welcome` after this, so every later message reaches it through the hub. (A hub
+    /// subscribed after a message was published would never deliver it.)
+    pub async fn join(&self, stream: Uuid) -> HubGuard {
+        let mut ready = {
+            let mut map = self.running.lock().expect("hubs lock");
+            let entry = map.entry(stream).or_insert_with(|| {
+                let stop = CancellationToken::new();
+                let (ready_tx, ready) = tokio::sync::watch::channel(false);
+                tokio::spawn(run(self.deps.clone(), stream, stop.clone(), ready_tx));
+                Running {
+                    holders: 0,
+                    stop,
+                    ready,
+                }
+            });
+            entry.holders += 1;
+            entry.ready.clone()
+        };
+        let guard = HubGuard {
             stream,
             running: self.running.clone(),
+        };
+        if tokio::time::timeout(READY_WAIT, ready.wait_for(|r| *r))
+            .await
+            .is_err()
+        {
+            tracing::warn!(%stream, "stream hub not subscribed yet; the connection carries on");
         }
+        guard
     }
 
     pub fn running(&self) -> usize {
@@ -275,7 +307,12 @@ pub fn viewers_frame(stream: &Uuid, c: &ViewerCounts) -> Utf8Bytes {
     .encode()
 }
 
-async fn run(app: HubDeps, stream: Uuid, stop: CancellationToken) {
+async fn run(
+    app: HubDeps,
+    stream: Uuid,
+    stop: CancellationToken,
+    ready: tokio::sync::watch::Sender<bool>,
+) {
     let channel = keys::stream_events(&stream);
     let mut sub = loop {
         match app.store.subscribe(&channel).await {
@@ -294,6 +331,8 @@ async fn run(app: HubDeps, stream: Uuid, stop: CancellationToken) {
     let mut last_counts: Option<ViewerCounts> = None;
     // The last chat sequence number this node delivered for the stream.
     let mut chat_seq = app.chat.last_seq(&stream).await.unwrap_or(0);
+    // Subscribed, and what came before is the connections' history: they may join.
+    ready.send_replace(true);
     let mut last_session: Option<Uuid> = None;
     // Events that arrived while a fan-out ran, in order: handled before anything newer.
     let mut later: VecDeque<PubSubEvent> = VecDeque::new();

@@ -211,7 +211,7 @@ async fn open(app: &AppState, a: Accepted) -> Open {
     } = a;
     let queue = Arc::new(OutboundQueue::new(queue_bytes));
     let registration = app.registry.register(admission, stream, queue.clone());
-    let hub = app.hubs.join(stream);
+    let hub = app.hubs.join(stream).await;
     metrics::counter!("streamedge_ws_connections_total").increment(1);
     let is_seller = record.owner_id == who.user_id;
     if !is_seller {
