@@ -360,10 +360,6 @@ mod tests {
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, DuplexStream};
 
-    fn texts(out: &[Bytes]) -> Vec<String> {
-        out.iter().flat_map(|b| wire::texts(b)).collect()
-    }
-
     /// A queue writing into an in-memory socket whose buffer holds `room` bytes.
     fn attached(max: usize, room: usize) -> (Arc<OutboundQueue>, DuplexStream) {
         let q = Arc::new(OutboundQueue::new(max));
@@ -386,7 +382,7 @@ mod tests {
         assert_eq!(q.queued_bytes(), 7);
         let mut out = Vec::new();
         assert_eq!(q.next_batch(&mut out).await, None);
-        assert_eq!(texts(&out), vec!["a", "bb"]);
+        assert_eq!(wire::texts_of(&out), vec!["a", "bb"]);
         assert_eq!(q.queued_bytes(), 0);
     }
 

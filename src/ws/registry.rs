@@ -450,11 +450,6 @@ fn shutdown_reason() -> CloseReason {
 mod tests {
     use super::*;
 
-    /// The texts of queued encoded frames.
-    fn texts(out: &[Bytes]) -> Vec<String> {
-        out.iter().flat_map(|b| wire::texts(b)).collect()
-    }
-
     #[tokio::test]
     async fn admission_is_bounded_and_released() {
         let r = Registry::new(2);
@@ -505,7 +500,7 @@ mod tests {
         r.deliver_chat(&s, 7, &"m7".into(), None).await;
         let mut out = Vec::new();
         q.next_batch(&mut out).await;
-        assert_eq!(texts(&out), vec!["m4", "m5", "ev", "m6", "m7"]);
+        assert_eq!(wire::texts_of(&out), vec!["m4", "m5", "ev", "m6", "m7"]);
     }
 
     #[tokio::test]
@@ -531,7 +526,7 @@ mod tests {
         assert_eq!(n, 0);
         let mut out = Vec::new();
         q.next_batch(&mut out).await;
-        assert_eq!(texts(&out), vec!["m5", "m6", "m7"]);
+        assert_eq!(wire::texts_of(&out), vec!["m5", "m6", "m7"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -555,7 +550,10 @@ mod tests {
         for (q, _) in &queues {
             let mut out = Vec::new();
             q.next_batch(&mut out).await;
-            assert_eq!(texts(&out), vec!["m1", "m2", "m3", "m4", "m5", "ev"]);
+            assert_eq!(
+                wire::texts_of(&out),
+                vec!["m1", "m2", "m3", "m4", "m5", "ev"]
+            );
         }
     }
 
@@ -574,7 +572,7 @@ mod tests {
         let mut out = Vec::new();
         q.next_batch(&mut out).await;
         assert_eq!(out.len(), 1, "one write");
-        assert_eq!(texts(&out), vec!["m5", "m6"]);
+        assert_eq!(wire::texts_of(&out), vec!["m5", "m6"]);
         // A next round with what joined: nothing new for this connection.
         let again = Arc::new(LiveBatch::new(live.get().tail(5), None));
         assert_eq!(r.start_fan_out(&s, again).unwrap().wait().await, 0);

@@ -154,7 +154,8 @@ impl Batch {
     }
 }
 
-/// The payload of one unmasked frame (tests and diagnostics).
+/// The payload of one unmasked frame (for tests).
+#[cfg(test)]
 pub fn payload(frame: &[u8]) -> &[u8] {
     let (start, len) = match frame[1] & 0x7f {
         126 => (4, u16::from_be_bytes([frame[2], frame[3]]) as usize),
@@ -167,8 +168,8 @@ pub fn payload(frame: &[u8]) -> &[u8] {
     &frame[start..start + len]
 }
 
-/// Splits back-to-back unmasked frames into their payloads as text (tests and
-/// diagnostics).
+/// Splits back-to-back unmasked frames into their payloads as text (for tests).
+#[cfg(test)]
 pub fn texts(mut bytes: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
@@ -178,6 +179,12 @@ pub fn texts(mut bytes: &[u8]) -> Vec<String> {
         bytes = &bytes[header + p.len()..];
     }
     out
+}
+
+/// [`texts`] of several buffers, in order (for tests).
+#[cfg(test)]
+pub fn texts_of(bufs: &[Bytes]) -> Vec<String> {
+    bufs.iter().flat_map(|b| texts(b)).collect()
 }
 
 #[cfg(test)]
