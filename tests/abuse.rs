@@ -94,7 +94,7 @@ async fn huge_unfinished_heads_get_431_and_others_are_served() {
                 }
             }
             let mut buf = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut buf)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(15), tcp.read_to_end(&mut buf)).await;
             String::from_utf8_lossy(&buf).into_owned()
         }));
     }

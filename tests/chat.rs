@@ -465,7 +465,7 @@ async fn moderation_ban_on_one_node_stops_sends_on_another_and_deletes_reach_eve
         (e["code"].as_str(), e["ref"].as_str()),
         (Some("banned"), Some("t2"))
     );
-    // Lifted; then a 1-second timeout that expires by itself.
+    // Lifted; then a 3-second timeout that expires by itself.
     assert_eq!(
         common::delete(&format!("{base}/bans/troll"), &seller)
             .await
@@ -481,16 +481,17 @@ async fn moderation_ban_on_one_node_stops_sends_on_another_and_deletes_reach_eve
         reqwest::Method::PUT,
         &format!("{base}/bans/troll"),
         &seller,
-        Some(json!({"duration_secs": 1})),
+        // Long enough that the next message arrives inside it even on a stalled machine.
+        Some(json!({"duration_secs": 3})),
     )
     .await;
-    assert_eq!((s, v["expires_in_secs"].as_u64()), (200, Some(1)));
+    assert_eq!((s, v["expires_in_secs"].as_u64()), (200, Some(3)));
     common::send_chat(&mut troll, "t4", "x").await;
     assert_eq!(
         common::next_of_type(&mut troll, "error", T).await["code"],
         "banned"
     );
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     common::send_chat(&mut troll, "t5", "back").await;
     assert_eq!(
         common::next_of_type(&mut troll, "ack", T).await["client_msg_id"],
@@ -687,7 +688,8 @@ async fn slow_mode_spaces_out_each_users_messages() {
         reqwest::Method::PUT,
         &format!("http://{}/v1/streams/{stream}/chat-settings", node.api),
         &seller,
-        Some(json!({"slow_mode_secs": 1})),
+        // Long enough that the second message arrives inside it even on a stalled machine.
+        Some(json!({"slow_mode_secs": 3})),
     )
     .await;
     assert_eq!(s, 200);
@@ -708,7 +710,7 @@ async fn slow_mode_spaces_out_each_users_messages() {
         common::next_of_type(&mut other, "ack", T).await["client_msg_id"],
         "o1"
     );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     common::send_chat(&mut ws, "s3", "three").await;
     assert_eq!(
         common::next_of_type(&mut ws, "ack", T).await["client_msg_id"],

@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use common::NodeProcess;
 
-const DELAY: Duration = Duration::from_secs(3);
+// Long enough for the checks of the first phase on a loaded machine (debug build).
+const DELAY: Duration = Duration::from_secs(6);
 const SPREAD: Duration = Duration::from_secs(2);
 
 fn draining_node() -> NodeProcess {
     NodeProcess::spawn(&[
         ("STREAMEDGE_SERVER__SHUTDOWN_GRACE", "20s".to_string()),
-        ("STREAMEDGE_SERVER__DRAIN_DELAY", "3s".to_string()),
+        ("STREAMEDGE_SERVER__DRAIN_DELAY", "6s".to_string()),
         ("STREAMEDGE_SERVER__DRAIN_SPREAD", "2s".to_string()),
     ])
 }
@@ -62,7 +63,7 @@ async fn drains_in_order(
 ) {
     // Readiness goes false at once…
     assert!(
-        common::eventually(Duration::from_secs(1), || async {
+        common::eventually(Duration::from_secs(5), || async {
             readyz(&node).await.0 == 503
         })
         .await,
@@ -84,7 +85,7 @@ async fn drains_in_order(
         "the checks above took longer than drain_delay; the test cannot tell the phases apart"
     );
     // Then every WebSocket closes with 1012, not before drain_delay and spread out.
-    let done = closes(&mut clients, Duration::from_secs(15)).await;
+    let done = closes(&mut clients, Duration::from_secs(20)).await;
     assert!(
         done.iter().all(|(c, _)| *c == 1012),
         "close codes: {done:?}"
@@ -92,9 +93,10 @@ async fn drains_in_order(
     let first = done.iter().map(|(_, t)| *t).min().unwrap();
     let last = done.iter().map(|(_, t)| *t).max().unwrap();
     assert!(first - triggered >= DELAY, "closed before drain_delay");
-    // The node pauses between steps of the spread: the closes cannot all land together.
+    // The node pauses between steps of the spread: the closes cannot all land together
+    // (seen from here, where a stalled test can bunch them up somewhat).
     assert!(
-        last - first >= SPREAD / 2,
+        last - first >= SPREAD / 4,
         "closes not spread: {:?}",
         last - first
     );
@@ -126,7 +128,7 @@ async fn post_drain_on_the_admin_listener_does_the_same() {
     assert_eq!(r.status(), 202);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["draining"], true);
-    assert_eq!(body["drain_delay_ms"], 3000);
+    assert_eq!(body["drain_delay_ms"], 6000);
     // GET is not how one drains a node.
     let r = reqwest::get(&admin).await.unwrap();
     assert_eq!(r.status(), 405);

@@ -279,7 +279,8 @@ async fn viewers_get_the_layer_their_link_and_cap_allow() {
         let layers: HashSet<u8> = got.iter().map(|g| g.layer).collect();
         assert_eq!(layers, HashSet::from([layer]), "{who}");
         let (gap, ok) = continuity(&got);
-        assert!(gap < Duration::from_millis(500), "{who}: a {gap:?} gap");
+        // No freeze (a stalled test machine can hold packets back for a moment).
+        assert!(gap < KEYFRAME_EVERY, "{who}: a {gap:?} gap");
         assert!(ok, "{who}: sequence numbers or timestamps jumped");
     }
     // The capped viewer never received the top layer.

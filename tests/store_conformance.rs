@@ -101,7 +101,8 @@ async fn kv_round_trip(s: Store) {
 }
 
 async fn kv_ttl_expires(s: Store) {
-    s.set("short", b"x", Some(Duration::from_millis(300)))
+    // Long enough that a stalled machine does not expire it before the first check.
+    s.set("short", b"x", Some(Duration::from_millis(1500)))
         .await
         .unwrap();
     s.set("long", b"y", Some(Duration::from_secs(60)))
@@ -212,7 +213,7 @@ async fn presence_expires(s: Store) {
     s.presence_touch("e", "stays", Duration::from_secs(30))
         .await
         .unwrap();
-    s.presence_touch("e", "goes", Duration::from_millis(300))
+    s.presence_touch("e", "goes", Duration::from_millis(1500))
         .await
         .unwrap();
     assert_eq!(s.presence_count("e").await.unwrap(), 2);
@@ -465,19 +466,21 @@ async fn rate_limit_burst_then_refusal(s: Store) {
     }
     let d = s.rate_limit("rl", 0.5, 3).await.unwrap();
     assert!(!d.allowed);
+    // Two seconds from the first of the burst, less however long the calls took.
     assert!(
-        d.retry_after > Duration::from_millis(1500) && d.retry_after <= Duration::from_secs(2),
+        d.retry_after > Duration::ZERO && d.retry_after <= Duration::from_secs(2),
         "retry after {:?}",
         d.retry_after
     );
     // Other keys are independent.
     assert!(s.rate_limit("rl-other", 0.5, 1).await.unwrap().allowed);
-    // A fast limiter refills.
-    assert!(s.rate_limit("fast", 20.0, 1).await.unwrap().allowed);
-    assert!(!s.rate_limit("fast", 20.0, 1).await.unwrap().allowed);
+    // A faster limiter refills (every 500 ms: slow enough that two calls in a row on a
+    // stalled machine still see the refusal).
+    assert!(s.rate_limit("fast", 2.0, 1).await.unwrap().allowed);
+    assert!(!s.rate_limit("fast", 2.0, 1).await.unwrap().allowed);
     assert!(
         common::eventually(WAIT, || async {
-            s.rate_limit("fast", 20.0, 1).await.unwrap().allowed
+            s.rate_limit("fast", 2.0, 1).await.unwrap().allowed
         })
         .await
     );
@@ -849,20 +852,15 @@ async fn redis_outbox_records_of_a_dead_reader_are_taken_over() {
     }
     let dead = s.outbox_take("dead-node-0", 3, RECLAIM).await.unwrap();
     assert_eq!(dead.len(), 3);
-    // Not yet idle long enough: the other reader gets only the untaken two.
-    let live = s
-        .outbox_take("live-node-0", 10, Duration::from_millis(300))
-        .await
-        .unwrap();
+    // Not yet idle long enough (2 s: more than a stalled machine takes between the two
+    // calls): the other reader gets only the untaken two.
+    const IDLE: Duration = Duration::from_secs(2);
+    let live = s.outbox_take("live-node-0", 10, IDLE).await.unwrap();
     assert_eq!(live.len(), 2);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(IDLE + Duration::from_millis(200)).await;
     let mut taken = Vec::new();
     for _ in 0..5 {
-        taken.extend(
-            s.outbox_take("live-node-0", 10, Duration::from_millis(300))
-                .await
-                .unwrap(),
-        );
+        taken.extend(s.outbox_take("live-node-0", 10, IDLE).await.unwrap());
         if dead.iter().all(|d| taken.iter().any(|t| t.id == d.id)) {
             break;
         }

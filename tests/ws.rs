@@ -150,14 +150,16 @@ async fn idle_connection_is_closed_with_4001() {
 #[tokio::test]
 async fn answering_pings_keeps_a_quiet_connection_open() {
     let mut cfg = common::test_config();
-    cfg.ws.ping_interval = Duration::from_millis(100);
-    cfg.ws.idle_timeout = Duration::from_millis(400);
+    // The idle timeout is generous against a stalled test thread (the node and this client
+    // share it), and the reading lasts well past it.
+    cfg.ws.ping_interval = Duration::from_millis(250);
+    cfg.ws.idle_timeout = Duration::from_millis(1500);
     let node = TestNode::start(cfg).await;
     let mut ws = common::ws_connect(&node.ws_url(&node.new_stream().await)).await;
     next_json(&mut ws, T).await;
     // Read (and so auto-answer pings) for well past the idle timeout.
     let mut pings = 0;
-    let until = tokio::time::Instant::now() + Duration::from_millis(1200);
+    let until = tokio::time::Instant::now() + Duration::from_millis(3500);
     while let Ok(Some(msg)) = tokio::time::timeout_at(until, ws.next()).await {
         match msg.unwrap() {
             Message::Ping(_) => pings += 1,

@@ -58,9 +58,7 @@ impl ViewerService {
             *n == 1
         };
         if first {
-            self.store
-                .presence_touch(&keys::viewers_presence(&stream.id), user, self.cfg.ttl)
-                .await?;
+            self.touch_held(&stream.id, user).await?;
             // Peaks between two count pushes are not lost.
             self.counts(stream).await?;
         }
@@ -89,27 +87,46 @@ impl ViewerService {
             }
         };
         if last {
-            self.store
-                .presence_remove(&keys::viewers_presence(stream), user)
-                .await?;
-            self.store
-                .publish(&keys::stream_events(stream), channel::viewer_left(user))
-                .await?;
+            self.gone(stream, user).await?;
+        }
+        Ok(())
+    }
+
+    fn holds(&self, stream: &Uuid, user: &str) -> bool {
+        self.local
+            .lock()
+            .expect("viewers lock")
+            .contains_key(&(*stream, user.to_string()))
+    }
+
+    /// `user` is no longer watching here: out of the presence set, and the other nodes are
+    /// told (one still holding them marks them present again).
+    async fn gone(&self, stream: &Uuid, user: &str) -> Result<(), StoreError> {
+        self.store
+            .presence_remove(&keys::viewers_presence(stream), user)
+            .await?;
+        self.store
+            .publish(&keys::stream_events(stream), channel::viewer_left(user))
+            .await
+    }
+
+    /// Marks `user` present. Their last connection here may close while the mark is on its
+    /// way, and its removal overtake it: then the mark is taken back, so that nobody stays
+    /// counted who left.
+    async fn touch_held(&self, stream: &Uuid, user: &str) -> Result<(), StoreError> {
+        self.store
+            .presence_touch(&keys::viewers_presence(stream), user, self.cfg.ttl)
+            .await?;
+        if !self.holds(stream, user) {
+            self.gone(stream, user).await?;
         }
         Ok(())
     }
 
     /// Another node lost `user`: if this node still holds them, mark them present again.
     pub async fn on_viewer_left(&self, stream: &Uuid, user: &str) -> Result<(), StoreError> {
-        let held = self
-            .local
-            .lock()
-            .expect("viewers lock")
-            .contains_key(&(*stream, user.to_string()));
-        if held {
-            self.store
-                .presence_touch(&keys::viewers_presence(stream), user, self.cfg.ttl)
-                .await?;
+        if self.holds(stream, user) {
+            self.touch_held(stream, user).await?;
         }
         Ok(())
     }
@@ -124,9 +141,7 @@ impl ViewerService {
             .cloned()
             .collect();
         for (stream, user) in &keys {
-            self.store
-                .presence_touch(&keys::viewers_presence(stream), user, self.cfg.ttl)
-                .await?;
+            self.touch_held(stream, user).await?;
         }
         Ok(keys.len())
     }

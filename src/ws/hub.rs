@@ -479,10 +479,77 @@ mod tests {
         let t = super::published_at(payload.as_bytes(), now).unwrap();
         let age = now - t;
         assert!(
-            age >= Duration::from_millis(1400) && age <= Duration::from_millis(1700),
+            age >= Duration::from_millis(1400) && age <= Duration::from_millis(4000),
             "{age:?}"
         );
         assert!(super::published_at(br#"{"ts":"garbage"}"#, now).is_none());
         assert!(super::published_at(b"{}", now).is_none());
+    }
+
+    /// The first connection's hub is started in the background; `join` returns only once
+    /// it is subscribed. On one thread the hub's task runs only when the test waits, so
+    /// without that wait the message below would be in the log before the hub subscribed
+    /// and read its last sequence number — and would never be delivered live.
+    #[tokio::test]
+    async fn a_message_sent_right_after_the_first_viewer_joined_is_delivered() {
+        use crate::auth::{Principal, Role};
+        use crate::ws::queue::OutboundQueue;
+        use std::sync::Arc;
+
+        let store: Arc<dyn crate::store::SharedState> =
+            Arc::new(crate::store::memory::MemoryStore::new());
+        let streams = Arc::new(crate::streams::StreamService::new(store.clone()));
+        let moderation = Arc::new(crate::moderation::ModerationService::new(
+            store.clone(),
+            streams.clone(),
+            None,
+        ));
+        let chat = Arc::new(crate::chat::ChatService::new(
+            store.clone(),
+            streams.clone(),
+            moderation,
+            Default::default(),
+            None,
+        ));
+        let viewers = Arc::new(crate::viewers::ViewerService::new(
+            store.clone(),
+            Default::default(),
+            Duration::from_secs(60),
+        ));
+        let registry = crate::ws::registry::Registry::new(10);
+        let hubs = super::Hubs::new(super::HubDeps {
+            store,
+            registry: registry.clone(),
+            chat: chat.clone(),
+            streams: streams.clone(),
+            viewers,
+            push_interval: Duration::from_secs(60),
+        });
+        let (stream, _) = streams.create("seller-1", "a stream", None).await.unwrap();
+        let queue = Arc::new(OutboundQueue::new(1 << 20));
+        let registration =
+            registry.register(registry.try_admit().unwrap(), stream.id, queue.clone());
+        let _hub = hubs.join(stream.id).await;
+        let last_seq = chat.last_seq(&stream.id).await.unwrap();
+        registration.conn.finish_catch_up(last_seq, Vec::new());
+        let buyer = Principal {
+            user_id: "buyer-1".into(),
+            role: Role::Buyer,
+            anonymous: false,
+        };
+        let seq = chat.send(&stream.id, &buyer, "c1", "hello").await.unwrap();
+        assert_eq!(seq, last_seq + 1);
+        // Other frames (a viewer count) may come first.
+        let delivered = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let mut out = Vec::new();
+                queue.next_batch(&mut out).await;
+                let texts = crate::ws::wire::texts_of(&out);
+                if texts.iter().any(|t| t.contains("hello")) {
+                    return;
+                }
+            }
+        });
+        delivered.await.expect("the message is delivered live");
     }
 }

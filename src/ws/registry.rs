@@ -130,6 +130,9 @@ pub struct Registry {
     streams: RwLock<HashMap<Uuid, HashMap<ConnId, Arc<Conn>>>>,
     next_id: AtomicU64,
     open: AtomicUsize,
+    /// Held while the gauge is set from `open`, so that a connection opening and another
+    /// closing at once cannot leave an older count in the gauge.
+    gauge: std::sync::Mutex<()>,
     max: usize,
     closing: AtomicBool,
     tracker: TaskTracker,
@@ -143,8 +146,8 @@ pub struct Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        let n = self.registry.open.fetch_sub(1, Ordering::SeqCst) - 1;
-        metrics::gauge!("streamedge_ws_connections").set(n as f64);
+        self.registry.open.fetch_sub(1, Ordering::SeqCst);
+        self.registry.set_gauge();
     }
 }
 
@@ -175,6 +178,7 @@ impl Registry {
             streams: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),
+            gauge: std::sync::Mutex::new(()),
             max: max_connections,
             closing: AtomicBool::new(false),
             tracker: TaskTracker::new(),
@@ -183,17 +187,22 @@ impl Registry {
 
     /// Reserves a connection slot, or `None` when the node is full.
     pub fn try_admit(self: &Arc<Self>) -> Option<Admission> {
-        let prev = self
-            .open
+        self.open
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < self.max).then_some(n + 1)
             })
             .ok()?;
-        metrics::gauge!("streamedge_ws_connections").set((prev + 1) as f64);
+        self.set_gauge();
         Some(Admission {
             registry: Arc::clone(self),
             _counted: crate::telemetry::memory::ConnectionSlot::open(),
         })
+    }
+
+    /// `streamedge_ws_connections` from the count as it is now.
+    fn set_gauge(&self) {
+        let _one_at_a_time = self.gauge.lock().expect("gauge lock");
+        metrics::gauge!("streamedge_ws_connections").set(self.open.load(Ordering::SeqCst) as f64);
     }
 
     /// Adds a connection to its stream. A connection registered after [`Self::close_all`]
