@@ -15,6 +15,9 @@ use bytes::Bytes;
 /// Prefix of the internal viewer-left notice.
 const VIEWER_LEFT_PREFIX: &[u8] = br#"{"type":"_viewer_left","user":"#;
 
+/// Prefix of an encoded `state` frame (the type is always the first field).
+const STATE_PREFIX: &[u8] = br#"{"type":"state","#;
+
 /// One message of a stream's channel, by kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChannelEvent {
@@ -45,6 +48,20 @@ pub fn decode(bytes: Bytes) -> ChannelEvent {
         Some(b'{') => ChannelEvent::Frame(bytes),
         _ => ChannelEvent::Unreadable,
     }
+}
+
+/// The `version` of an encoded `state` frame; `None` for any other frame.
+pub fn state_version(frame: &[u8]) -> Option<u64> {
+    if !frame.starts_with(STATE_PREFIX) {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        version: u64,
+    }
+    serde_json::from_slice::<Versioned>(frame)
+        .ok()
+        .map(|v| v.version)
 }
 
 /// Whether a channel message is a chat append (cheap; for batching without decoding).
@@ -86,5 +103,23 @@ mod tests {
             ChannelEvent::Unreadable
         );
         assert!(is_chat(b"1\n{}") && !is_chat(b"{}"));
+    }
+
+    #[test]
+    fn state_frames_tell_their_version() {
+        let sync = crate::protocol::server::ServerFrame::State {
+            stream: uuid::Uuid::nil(),
+            session_id: None,
+            state: crate::domain::StreamState::Live,
+            from: None,
+            kind: "sync",
+            cause: None,
+            at: None,
+            version: 7,
+        }
+        .encode();
+        assert_eq!(state_version(sync.as_bytes()), Some(7));
+        assert_eq!(state_version(br#"{"type":"deleted","seq":3}"#), None);
+        assert_eq!(state_version(br#"{"type":"state","version":"x"}"#), None);
     }
 }

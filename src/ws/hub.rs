@@ -428,7 +428,10 @@ async fn on_event(app: &HubDeps, stream: &Uuid, chat_seq: &mut u64, ev: PubSubEv
             }
             ChannelEvent::Frame(bytes) => match Utf8Bytes::try_from(bytes) {
                 Ok(frame) => {
-                    app.registry.broadcast(stream, &frame).await;
+                    match channel::state_version(frame.as_bytes()) {
+                        Some(v) => app.registry.broadcast_state(stream, v, &frame).await,
+                        None => app.registry.broadcast(stream, &frame).await,
+                    };
                 }
                 Err(_) => tracing::warn!(%stream, "non-UTF-8 event dropped"),
             },
@@ -460,7 +463,9 @@ async fn on_event(app: &HubDeps, stream: &Uuid, chat_seq: &mut u64, ev: PubSubEv
                     at: None,
                     version: s.version,
                 };
-                app.registry.broadcast(stream, &frame.encode()).await;
+                app.registry
+                    .broadcast_state(stream, s.version, &frame.encode())
+                    .await;
             }
         }
     }

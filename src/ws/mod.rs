@@ -7,6 +7,7 @@
 
 pub mod chat;
 pub mod conn;
+pub mod cursor;
 pub mod guard;
 pub mod hub;
 pub mod queue;

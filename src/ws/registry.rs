@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use tokio_util::task::TaskTracker;
 use tungstenite::Utf8Bytes;
 use uuid::Uuid;
@@ -17,113 +16,7 @@ use super::wire;
 
 pub type ConnId = u64;
 
-/// Most chat frames a connection buffers while it catches up from history.
-const MAX_CATCH_UP_BUFFER: usize = 10_000;
-
-/// A registered connection: its outbound queue and its position in the stream's chat.
-pub struct Conn {
-    pub queue: Arc<OutboundQueue>,
-    cursor: std::sync::Mutex<Cursor>,
-}
-
-struct Cursor {
-    /// The last chat sequence number handed to this connection.
-    last_seq: u64,
-    /// While catching up (on connect, or on `resume`), live frames wait here (encoded):
-    /// chat frames with their sequence number, other events with `None`.
-    buffer: Option<Vec<(Option<u64>, Bytes)>>,
-}
-
-impl Conn {
-    fn new(queue: Arc<OutboundQueue>) -> Self {
-        Self {
-            queue,
-            cursor: std::sync::Mutex::new(Cursor {
-                last_seq: 0,
-                buffer: Some(Vec::new()),
-            }),
-        }
-    }
-
-    /// Live chat frames in sequence order (a fan-out batch, encoded once for every
-    /// connection): the ones new to this connection are written (duplicates and stale
-    /// frames are dropped), or buffered while the connection catches up; one push for the
-    /// lot.
-    /// Returns how many frames it took.
-    pub fn deliver_batch(
-        &self,
-        batch: &wire::Batch,
-        published: Option<std::time::Instant>,
-    ) -> usize {
-        let mut c = self.cursor.lock().expect("cursor lock");
-        let from = c.last_seq;
-        if let Some(buf) = c.buffer.as_mut() {
-            let new = batch.tail(buf.iter().rev().find_map(|(s, _)| *s).unwrap_or(from));
-            if buf.len() + new.len() > MAX_CATCH_UP_BUFFER {
-                drop(c);
-                self.queue.close(super::queue::CloseReason {
-                    code: close_code::SLOW_CONSUMER,
-                    reason: "slow_consumer",
-                });
-                return 0;
-            }
-            buf.extend(new.frames().map(|(s, f)| (Some(s), f)));
-            return new.len();
-        }
-        let (bytes, n) = batch.after(from);
-        if n == 0 {
-            return 0;
-        }
-        c.last_seq = batch.last_key().unwrap_or(from);
-        drop(c);
-        let _ = self.queue.push_wire(bytes, n, published);
-        n
-    }
-
-    /// A non-chat event (state, viewers, deleted), encoded: queued, or held back in order
-    /// while the connection catches up (so `welcome` is always the first frame).
-    pub fn push_event(&self, frame: &Bytes) -> Result<(), super::queue::PushError> {
-        let mut c = self.cursor.lock().expect("cursor lock");
-        if let Some(buf) = c.buffer.as_mut() {
-            if buf.len() < MAX_CATCH_UP_BUFFER {
-                buf.push((None, frame.clone()));
-            }
-            return Ok(());
-        }
-        drop(c);
-        self.queue.push_wire(frame.clone(), 1, None)
-    }
-
-    /// Starts holding live chat frames back (before reading history).
-    pub fn start_catch_up(&self) {
-        let mut c = self.cursor.lock().expect("cursor lock");
-        if c.buffer.is_none() {
-            c.buffer = Some(Vec::new());
-        }
-    }
-
-    /// Ends a catch-up: hands over everything after `since` — first `history` (ascending),
-    /// then the held-back live frames — each sequence number once, in order, in one push.
-    pub fn finish_catch_up(&self, since: u64, history: Vec<(u64, Utf8Bytes)>) {
-        let mut c = self.cursor.lock().expect("cursor lock");
-        c.last_seq = since;
-        let held = c.buffer.take().unwrap_or_default();
-        let mut out = BytesMut::new();
-        let mut frames = 0;
-        let history = history.into_iter().map(|(s, f)| (Some(s), wire::text(&f)));
-        for (seq, frame) in history.chain(held) {
-            if let Some(seq) = seq {
-                if seq <= c.last_seq {
-                    continue;
-                }
-                c.last_seq = seq;
-            }
-            out.extend_from_slice(&frame);
-            frames += 1;
-        }
-        let _ = self.queue.push_wire(out.freeze(), frames, None);
-    }
-}
+pub use super::cursor::Conn;
 
 /// See the module documentation.
 pub struct Registry {
@@ -244,6 +137,21 @@ impl Registry {
     /// Sends the same frame (encoded once) to every connection of a stream; returns how
     /// many took it. Connections whose queue is full are closed as slow consumers.
     pub async fn broadcast(&self, stream: &Uuid, frame: &Utf8Bytes) -> usize {
+        self.broadcast_event(stream, frame, None).await
+    }
+
+    /// [`Self::broadcast`] for a lifecycle `state` frame of `version`: connections that
+    /// already have that version (from their `welcome`) skip it.
+    pub async fn broadcast_state(&self, stream: &Uuid, version: u64, frame: &Utf8Bytes) -> usize {
+        self.broadcast_event(stream, frame, Some(version)).await
+    }
+
+    async fn broadcast_event(
+        &self,
+        stream: &Uuid,
+        frame: &Utf8Bytes,
+        state_version: Option<u64>,
+    ) -> usize {
         let conns = self.conns_of(stream);
         if conns.is_empty() {
             return 0;
@@ -256,7 +164,7 @@ impl Registry {
             // (streamedge_ws_closed_total).
             let n = chunk
                 .iter()
-                .filter(|c| c.push_event(&frame).is_ok())
+                .filter(|c| c.push_event(&frame, state_version).is_ok())
                 .count();
             counted.fetch_add(n, Ordering::Relaxed);
         });
@@ -585,6 +493,27 @@ mod tests {
         // A next round with what joined: nothing new for this connection.
         let again = Arc::new(LiveBatch::new(live.get().tail(5), None));
         assert_eq!(r.start_fan_out(&s, again).unwrap().wait().await, 0);
+    }
+
+    #[tokio::test]
+    async fn state_frames_the_welcome_already_stated_are_not_sent_again() {
+        let r = Registry::new(10);
+        let s = Uuid::new_v4();
+        let q = Arc::new(OutboundQueue::new(1 << 20));
+        let reg = r.register(r.try_admit().unwrap(), s, q.clone());
+        // While the welcome is prepared: versions 2 and 3 arrive, and another event.
+        r.broadcast_state(&s, 2, &"v2".into()).await;
+        r.broadcast(&s, &"ev".into()).await;
+        r.broadcast_state(&s, 3, &"v3".into()).await;
+        // The welcome states version 2 (the record was read between the two).
+        reg.conn.set_state_version(2);
+        reg.conn.finish_catch_up(0, Vec::new());
+        // Live: version 3 once more (the hub was behind the record), then 4.
+        r.broadcast_state(&s, 3, &"v3 again".into()).await;
+        r.broadcast_state(&s, 4, &"v4".into()).await;
+        let mut out = Vec::new();
+        q.next_batch(&mut out).await;
+        assert_eq!(wire::texts_of(&out), vec!["ev", "v3", "v4"]);
     }
 
     #[tokio::test]

@@ -212,6 +212,17 @@ async fn open(app: &AppState, a: Accepted) -> Open {
     let queue = Arc::new(OutboundQueue::new(queue_bytes));
     let registration = app.registry.register(admission, stream, queue.clone());
     let hub = app.hubs.join(stream).await;
+    // The record read before the upgrade may be older than what the hub delivers from now
+    // on: the welcome states the stream as it is now, and the `state` frames at or below
+    // its version are not sent after it (each transition once, none missing).
+    let record = match app.streams.get(&stream).await {
+        Ok(now) => now,
+        Err(e) => {
+            tracing::debug!(%stream, error = %e, "stream not read again; welcome from the upgrade's read");
+            record
+        }
+    };
+    registration.conn.set_state_version(record.version);
     metrics::counter!("streamedge_ws_connections_total").increment(1);
     let is_seller = record.owner_id == who.user_id;
     if !is_seller {
