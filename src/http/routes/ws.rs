@@ -212,15 +212,19 @@ async fn open(app: &AppState, a: Accepted) -> Open {
     let queue = Arc::new(OutboundQueue::new(queue_bytes));
     let registration = app.registry.register(admission, stream, queue.clone());
     let hub = app.hubs.join(stream).await;
-    // The record read before the upgrade may be older than what the hub delivers from now
-    // on: the welcome states the stream as it is now, and the `state` frames at or below
-    // its version are not sent after it (each transition once, none missing).
-    let record = match app.streams.get(&stream).await {
-        Ok(now) => now,
-        Err(e) => {
-            tracing::debug!(%stream, error = %e, "stream not read again; welcome from the upgrade's read");
-            record
+    // A transition the hub handed out before this connection was registered, after the
+    // upgrade read the stream, is in neither: then the welcome states the stream as it is
+    // now. (`state` frames at or below the welcome's version are not sent after it.)
+    let record = if hub.seen_version() > record.version {
+        match app.streams.get(&stream).await {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::debug!(%stream, error = %e, "stream not read again; welcome from the upgrade's read");
+                record
+            }
         }
+    } else {
+        record
     };
     registration.conn.set_state_version(record.version);
     metrics::counter!("streamedge_ws_connections_total").increment(1);
