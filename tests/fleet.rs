@@ -281,9 +281,19 @@ async fn three_nodes_behind_nginx_lose_nothing_through_a_drain_and_a_kill() {
     nodes[0].as_ref().unwrap().signal("TERM");
     tokio::time::sleep(Duration::from_secs(4)).await;
     // …node 1 dies, and comes back on the same address a moment later.
-    drop(nodes[1].take());
+    // (Killing and starting a process wait on it: off the runtime's two workers, which the
+    // clients need meanwhile.)
+    let killed = nodes[1].take();
+    tokio::task::spawn_blocking(move || drop(killed))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    nodes[1] = Some(NodeProcess::spawn_on(addrs[1].0, addrs[1].1, &env));
+    let (api, admin, again) = (addrs[1].0, addrs[1].1, env.clone());
+    nodes[1] = Some(
+        tokio::task::spawn_blocking(move || NodeProcess::spawn_on(api, admin, &again))
+            .await
+            .unwrap(),
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // Stop sending; every sent message must be acknowledged (resent as needed).

@@ -168,7 +168,9 @@ async fn five_thousand_viewers_over_two_nodes_are_counted_exactly_on_both() {
     let joined = started.elapsed();
     let last_join = Instant::now();
     for ws in [&mut watch_a, &mut watch_b] {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Each join still has its store round trips to make after the upgrade: 5,000 of
+        // them on two cores shared with the clients.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let f = common::next_of_type(ws, "viewers", deadline - Instant::now()).await;
             if f["current"].as_u64() == Some(N as u64) {
