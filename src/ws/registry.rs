@@ -367,6 +367,15 @@ fn shutdown_reason() -> CloseReason {
 mod tests {
     use super::*;
 
+    /// A registry with one connection (a 1 MiB queue, catching up) on a new stream.
+    fn one_connection() -> (Arc<Registry>, Uuid, Arc<OutboundQueue>, Registration) {
+        let r = Registry::new(10);
+        let s = Uuid::new_v4();
+        let q = Arc::new(OutboundQueue::new(1 << 20));
+        let reg = r.register(r.try_admit().unwrap(), s, q.clone());
+        (r, s, q, reg)
+    }
+
     #[tokio::test]
     async fn admission_is_bounded_and_released() {
         let r = Registry::new(2);
@@ -401,10 +410,7 @@ mod tests {
 
     #[tokio::test]
     async fn catch_up_delivers_history_then_held_frames_each_seq_once() {
-        let r = Registry::new(10);
-        let s = Uuid::new_v4();
-        let q = Arc::new(OutboundQueue::new(1 << 20));
-        let reg = r.register(r.try_admit().unwrap(), s, q.clone());
+        let (r, s, q, reg) = one_connection();
         // While catching up: live chat 5, 6 and an event arrive.
         r.deliver_chat(&s, 5, &"m5".into(), None).await;
         r.broadcast(&s, &"ev".into()).await;
@@ -422,10 +428,7 @@ mod tests {
 
     #[tokio::test]
     async fn batches_keep_each_seq_once_and_in_order() {
-        let r = Registry::new(10);
-        let s = Uuid::new_v4();
-        let q = Arc::new(OutboundQueue::new(1 << 20));
-        let reg = r.register(r.try_admit().unwrap(), s, q.clone());
+        let (r, s, q, reg) = one_connection();
         // A batch during the catch-up is held like single frames.
         r.deliver_chat_batch(&s, &[(5, "m5".into()), (6, "m6".into())], None)
             .await;
@@ -476,10 +479,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_added_while_a_fan_out_runs_go_out_in_the_same_write() {
-        let r = Registry::new(10);
-        let s = Uuid::new_v4();
-        let q = Arc::new(OutboundQueue::new(1 << 20));
-        let reg = r.register(r.try_admit().unwrap(), s, q.clone());
+        let (r, s, q, reg) = one_connection();
         reg.conn.finish_catch_up(4, Vec::new());
         let live = Arc::new(LiveBatch::new(wire::Batch::encode([(5, "m5")]), None));
         let fan = r.start_fan_out(&s, live.clone()).unwrap();
@@ -497,10 +497,7 @@ mod tests {
 
     #[tokio::test]
     async fn state_frames_the_welcome_already_stated_are_not_sent_again() {
-        let r = Registry::new(10);
-        let s = Uuid::new_v4();
-        let q = Arc::new(OutboundQueue::new(1 << 20));
-        let reg = r.register(r.try_admit().unwrap(), s, q.clone());
+        let (r, s, q, reg) = one_connection();
         // While the welcome is prepared: versions 2 and 3 arrive, and another event.
         r.broadcast_state(&s, 2, &"v2".into()).await;
         r.broadcast(&s, &"ev".into()).await;

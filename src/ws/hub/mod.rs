@@ -392,6 +392,18 @@ mod tests {
         }
     }
 
+    impl Setup {
+        /// A connection registered on the stream (catching up until told otherwise).
+        fn connect(&self) -> (Arc<OutboundQueue>, crate::ws::registry::Registration) {
+            let queue = Arc::new(OutboundQueue::new(1 << 20));
+            let admission = self.registry.try_admit().unwrap();
+            let registration = self
+                .registry
+                .register(admission, self.stream, queue.clone());
+            (queue, registration)
+        }
+    }
+
     /// Waits for a frame containing `needle` on `queue` (other frames may come first).
     async fn wait_for(queue: &OutboundQueue, needle: &str) -> bool {
         let found = tokio::time::timeout(Duration::from_secs(5), async {
@@ -415,10 +427,7 @@ mod tests {
     async fn a_message_sent_right_after_the_first_viewer_joined_is_delivered() {
         use crate::auth::{Principal, Role};
         let t = setup().await;
-        let queue = Arc::new(OutboundQueue::new(1 << 20));
-        let registration =
-            t.registry
-                .register(t.registry.try_admit().unwrap(), t.stream, queue.clone());
+        let (queue, registration) = t.connect();
         let _hub = t.hubs.join(t.stream).await;
         let last_seq = t.chat.last_seq(&t.stream).await.unwrap();
         registration.conn.finish_catch_up(last_seq, Vec::new());
@@ -440,10 +449,7 @@ mod tests {
     #[tokio::test]
     async fn the_hub_knows_the_version_it_handed_out() {
         let t = setup().await;
-        let queue = Arc::new(OutboundQueue::new(1 << 20));
-        let registration =
-            t.registry
-                .register(t.registry.try_admit().unwrap(), t.stream, queue.clone());
+        let (queue, registration) = t.connect();
         let hub = t.hubs.join(t.stream).await;
         assert_eq!(hub.seen_version(), 0, "a new stream");
         registration.conn.set_state_version(0);
